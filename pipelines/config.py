@@ -1,0 +1,383 @@
+"""Typed configuration: the one place that reads `conf/*.yaml` and the `CDP_*` environment.
+
+Everything else receives a `Settings` object. A broken file fails at start-up with a `ConfigError`
+that names the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+
+# Envelope carried by every event (DESIGN.md, "Sources"); contracts describe only the payload.
+ENVELOPE_FIELDS = ("event_id", "source", "event_type", "event_ts", "schema_version")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid; the message says where and why."""
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- engine and paths
+
+
+class EngineCfg(Model):
+    """Spark and micro-batch settings."""
+
+    spark_master: str = "local[*]"
+    shuffle_partitions: int = Field(4, ge=1)
+    driver_memory: str = "4g"
+    ui_enabled: bool = False
+    trigger_interval_s: float = Field(2.0, gt=0)
+    max_files_per_trigger: int | None = Field(None, ge=1)
+    # Events stamped further than this beyond their ingest time are quarantined as "future".
+    max_future_skew_minutes: int = Field(60, ge=0)
+
+
+class PathsCfg(Model):
+    """Where the lake, the landing zone and the streaming checkpoints live."""
+
+    lake_root: Path
+    landing_root: Path
+    checkpoint_root: Path
+    truth_root: Path
+
+
+# ---------------------------------------------------------------- contracts
+
+FieldType = Literal[
+    "string", "integer", "decimal", "double", "boolean", "timestamp", "date",
+    "msisdn", "iccid", "email", "enum",
+]
+
+
+class FieldSpec(Model):
+    """One payload field of an event type: its type and whether it must be present."""
+
+    type: FieldType
+    required: bool = False
+    values: list[str] | None = None  # for enum
+    precision: int = Field(18, ge=1, le=38)  # for decimal
+    scale: int = Field(2, ge=0, le=18)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _enum_has_values(self) -> FieldSpec:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum field needs a non-empty 'values' list")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError("'values' is only allowed on enum fields")
+        return self
+
+    def storage_type(self) -> str:
+        """The typed column this field becomes in silver (Spark SQL type name)."""
+        return {
+            "integer": "bigint",
+            "decimal": f"decimal({self.precision},{self.scale})",
+            "double": "double",
+            "boolean": "boolean",
+            "timestamp": "timestamp",
+            "date": "date",
+        }.get(self.type, "string")
+
+
+class EventTypeSpec(Model):
+    description: str = ""
+    fields: dict[str, FieldSpec]
+
+
+class ContractVersion(Model):
+    """One schema version of a source's events; several may be active during a migration."""
+
+    version: int = Field(ge=1)
+    status: Literal["active", "deprecated"] = "active"
+    event_types: dict[str, EventTypeSpec]
+
+
+class Steward(Model):
+    name: str
+    email: str
+
+
+class SourceContract(Model):
+    """What a valid event of one streaming source is (the only place that says so)."""
+
+    source: str
+    domain: str
+    description: str = ""
+    steward: Steward
+    consumers: list[str]
+    versions: list[ContractVersion] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceContract:
+        seen: dict[str, str] = {}
+        for v in self.versions:
+            for etype, spec in v.event_types.items():
+                for name, field in spec.fields.items():
+                    if name in ENVELOPE_FIELDS:
+                        raise ValueError(f"v{v.version}.{etype}.{name}: envelope fields are implicit")
+                    st = field.storage_type()
+                    if seen.setdefault(name, st) != st:
+                        raise ValueError(
+                            f"v{v.version}.{etype}.{name}: type {st} conflicts with {seen[name]} "
+                            "used elsewhere in this contract (one silver column per field name)"
+                        )
+        versions = [v.version for v in self.versions]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"duplicate version numbers {versions}")
+        return self
+
+    def active_versions(self) -> list[ContractVersion]:
+        return [v for v in self.versions if v.status == "active"]
+
+    def silver_fields(self) -> dict[str, FieldSpec]:
+        """Union of payload fields over every version and event type, in first-seen order."""
+        out: dict[str, FieldSpec] = {}
+        for v in self.versions:
+            for spec in v.event_types.values():
+                for name, field in spec.fields.items():
+                    out.setdefault(name, field)
+        return out
+
+    @property
+    def latest_version(self) -> int:
+        return max(v.version for v in self.versions)
+
+
+class RefColumn(Model):
+    type: Literal["string", "integer", "decimal", "double", "boolean", "date"]
+    required: bool = True
+    precision: int = 18
+    scale: int = 2
+
+
+class RefTableSpec(Model):
+    file: str
+    key: str
+    description: str = ""
+    columns: dict[str, RefColumn]
+
+
+class ReferenceContract(Model):
+    """Batch reference files (tariffs, products, segments) and their columns."""
+
+    steward: Steward
+    consumers: list[str]
+    tables: dict[str, RefTableSpec]
+
+
+# ---------------------------------------------------------------- identity (junk values so far)
+
+
+class JunkCfg(Model):
+    """Placeholder identifiers sources send instead of a real value."""
+
+    values: dict[str, list[str]] = Field(default_factory=dict)
+    patterns: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for id_type, pats in v.items():
+            for p in pats:
+                try:
+                    re.compile(p)
+                except re.error as exc:
+                    raise ValueError(f"{id_type}: bad regular expression {p!r}: {exc}") from exc
+        return v
+
+
+class CountryCfg(Model):
+    """Numbering plan used to normalise MSISDNs to E.164 digits."""
+
+    name: str = "Uzbekistan"
+    calling_code: str = Field("998", pattern=r"^[1-9]\d{0,2}$")
+    national_number_length: int = 9
+    mobile_prefixes: list[str] = Field(default_factory=lambda: ["90", "91", "93", "94", "97", "99"])
+
+
+class IdentityCfg(Model):
+    country: CountryCfg = CountryCfg()
+    junk: JunkCfg = JunkCfg()
+
+
+# ---------------------------------------------------------------- generator
+
+
+class BadRecordShares(Model):
+    """Share of generated events (per kind) that break the contract in a known way."""
+
+    bad_json: float = 0.001
+    missing_field: float = 0.001
+    wrong_type: float = 0.001
+    unknown_event_type: float = 0.0005
+    unknown_schema_version: float = 0.0005
+    future_event_time: float = 0.0005
+    duplicate: float = 0.002
+    junk_identifier: float = 0.0005
+    schema_drift: float = 0.002
+
+
+class GeneratorCfg(Model):
+    """Defaults for `cdp generate`; CLI flags override the scale ones."""
+
+    seed: int = 42
+    subscribers: int = Field(2000, ge=10)
+    days: int = Field(14, ge=1)
+    events_per_subscriber_per_day: float = Field(6.0, gt=0)
+    files_per_source: int = Field(4, ge=1)
+    start_date: str = "2026-10-01"
+    family_account_share: float = 0.12
+    corporate_account_share: float = 0.02
+    multi_line_person_share: float = 0.05
+    late_event_share: float = 0.01
+    recycle_share: float = 0.01
+    sim_swap_share: float = 0.01
+    port_out_share: float = 0.005
+    recycle_quarantine_days: int = 3
+    bad_records: BadRecordShares = BadRecordShares()
+
+
+# ---------------------------------------------------------------- the whole thing
+
+
+class Settings(Model):
+    conf_dir: Path
+    engine: EngineCfg
+    paths: PathsCfg
+    contracts: dict[str, SourceContract]
+    reference: ReferenceContract
+    identity: IdentityCfg
+    generator: GeneratorCfg
+
+    def contract(self, source: str) -> SourceContract:
+        try:
+            return self.contracts[source]
+        except KeyError:
+            known = ", ".join(sorted(self.contracts))
+            raise ConfigError(f"unknown source {source!r}; contracts exist for: {known}") from None
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(self.contracts)
+
+
+_ENV_PATHS = {
+    "CDP_LAKE_ROOT": "lake_root",
+    "CDP_LANDING_ROOT": "landing_root",
+    "CDP_CHECKPOINT_ROOT": "checkpoint_root",
+    "CDP_TRUTH_ROOT": "truth_root",
+}
+# Folder names below CDP_DATA_ROOT, the same as the defaults in conf/engine.yaml.
+_DATA_SUBDIRS = {
+    "lake_root": "lake", "landing_root": "landing", "checkpoint_root": "checkpoints",
+    "truth_root": "truth",
+}
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        return yaml.safe_load(os.path.expandvars(text)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _parse(model: type[M], data: Any, path: Path) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {key}: {err['msg']}")
+        raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines)) from None
+
+
+def load_settings(
+    conf_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read every file under `conf_dir` once, apply `CDP_*` overrides and validate."""
+    env = os.environ if env is None else env
+    conf_dir = Path(env.get("CDP_CONF_DIR") or conf_dir or DEFAULT_CONF_DIR).resolve()
+    engine_path = conf_dir / "engine.yaml"
+    raw = _read_yaml(engine_path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{engine_path}: expected a mapping at the top level")
+
+    engine_raw = dict(raw.get("engine") or {})
+    if env.get("CDP_SPARK_MASTER"):
+        engine_raw["spark_master"] = env["CDP_SPARK_MASTER"]
+    paths_raw = dict(raw.get("paths") or {})
+    data_root = env.get("CDP_DATA_ROOT")
+    if data_root:
+        for key, sub in _DATA_SUBDIRS.items():
+            paths_raw[key] = str(Path(data_root) / sub)
+    for var, key in _ENV_PATHS.items():
+        if env.get(var):
+            paths_raw[key] = env[var]
+    unknown = set(raw) - {"engine", "paths"}
+    if unknown:
+        raise ConfigError(f"{engine_path}: unknown top-level key(s) {sorted(unknown)}")
+    engine = _parse(EngineCfg, engine_raw, engine_path)
+    paths = _parse(PathsCfg, paths_raw, engine_path)
+    # Relative paths are relative to the project, not to wherever the command was started.
+    paths = PathsCfg(
+        **{k: (v if v.is_absolute() else PROJECT_ROOT / v) for k, v in paths.model_dump().items()}
+    )
+
+    contracts: dict[str, SourceContract] = {}
+    for path in sorted((conf_dir / "contracts").glob("*.yaml")):
+        if path.stem == "reference":
+            continue
+        contract = _parse(SourceContract, _read_yaml(path), path)
+        if contract.source != path.stem:
+            raise ConfigError(f"{path}: source: {contract.source!r} must match the file name")
+        contracts[contract.source] = contract
+    if not contracts:
+        raise ConfigError(f"{conf_dir / 'contracts'}: no source contracts found")
+    ref_path = conf_dir / "contracts" / "reference.yaml"
+    reference = _parse(ReferenceContract, _read_yaml(ref_path), ref_path)
+    identity_path = conf_dir / "identity.yaml"
+    identity = _parse(IdentityCfg, _read_yaml(identity_path), identity_path)
+    gen_path = conf_dir / "generator.yaml"
+    generator = _parse(GeneratorCfg, _read_yaml(gen_path), gen_path)
+
+    return Settings(
+        conf_dir=conf_dir,
+        engine=engine,
+        paths=paths,
+        contracts=contracts,
+        reference=reference,
+        identity=identity,
+        generator=generator,
+    )
+
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "SourceContract",
+    "FieldSpec",
+    "load_settings",
+    "ENVELOPE_FIELDS",
+]

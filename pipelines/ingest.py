@@ -1,0 +1,192 @@
+"""Landing -> bronze -> silver, as one Spark structured-streaming query per source.
+
+Each query reads new landing files as text (a broken line is still a line), appends them to
+`bronze.<source>` with ingest metadata, then refreshes silver from the bronze rows it has not seen.
+The bronze append carries an app transaction (query id + batch id) and the streaming checkpoint
+records the files of each batch, so a crash and restart neither loses nor duplicates a row. The same
+queries run bounded (`availableNow`, `cdp run` and Dagster) or continuously (`cdp stream`), sharing
+one checkpoint per source; a lock file stops two processes running the same source at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.config import Settings, SourceContract
+from pipelines.lake import Lake
+from pipelines.silver import SilverResult, ValidationRules, refresh_silver
+
+BRONZE_COLUMNS = ("raw_line", "source", "file_path", "ingest_ts", "batch_id")
+
+
+class StageBusyError(RuntimeError):
+    """Another process is already running this stage."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A streaming checkpoint says files were ingested into a table that is not there."""
+
+
+@contextmanager
+def stage_lock(checkpoint_root: Path, stage: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock for `stage`; released when the process dies too."""
+    checkpoint_root.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_root / f"{stage}.lock"
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise StageBusyError(
+                f"stage {stage} is already running in another process (pid {holder}); "
+                f"wait for it to finish or stop it (lock: {path})"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def to_bronze(lines: DataFrame, source: str, batch_id: int) -> DataFrame:
+    """Raw landing lines plus ingest metadata: the bronze row, nothing parsed."""
+    return lines.select(
+        F.col("value").alias("raw_line"),
+        F.lit(source).alias("source"),
+        F.col("file_path"),
+        F.current_timestamp().alias("ingest_ts"),
+        F.lit(batch_id).cast("bigint").alias("batch_id"),
+    )
+
+
+@dataclass
+class SourceProgress:
+    """What one source's query did in this process."""
+
+    source: str
+    batches: int = 0
+    bronze_rows: int = 0
+    silver: list[SilverResult] = field(default_factory=list)
+
+
+class Ingestion:
+    """Runs the per-source streaming queries against one lake."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        lake: Lake | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.lake = lake or Lake(settings.paths.lake_root)
+        self.rules = ValidationRules.from_settings(settings)
+        self.say = on_event or (lambda msg: None)
+        self.progress = {s: SourceProgress(s) for s in settings.sources}
+        self._lock = threading.Lock()
+
+    def checkpoint(self, source: str) -> Path:
+        return self.settings.paths.checkpoint_root / "ingest" / source
+
+    def _query_id(self, source: str) -> str:
+        # Spark keeps the query id in the checkpoint across restarts; a new checkpoint gets a new
+        # id, so its batch ids (restarting at 0) never collide with the old ones' transactions.
+        meta = self.checkpoint(source) / "metadata"
+        return str(json.loads(meta.read_text().splitlines()[0])["id"])
+
+    def _on_batch(self, contract: SourceContract) -> Callable[[DataFrame, int], None]:
+        source = contract.source
+
+        def handle(lines: DataFrame, batch_id: int) -> None:
+            rows = to_bronze(lines, source, batch_id).toArrow()
+            app_id = f"ingest.{source}:{self._query_id(source)}"
+            wrote = self.lake.append(
+                f"bronze.{source}", rows, app_id=app_id, txn_version=batch_id,
+                stage=f"bronze.{source}", metadata={"batch_id": str(batch_id)},
+            )
+            result = refresh_silver(lines.sparkSession, self.lake, contract, self.rules)
+            with self._lock:
+                p = self.progress[source]
+                p.batches += 1
+                p.bronze_rows += rows.num_rows if wrote else 0
+                if not result.skipped:
+                    p.silver.append(result)
+            bad = sum(result.quarantined.values())
+            self.say(
+                f"{source}: batch {batch_id}: bronze +{rows.num_rows if wrote else 0}"
+                f"{'' if wrote else ' (already committed)'}, silver +{result.valid}, "
+                f"quarantine +{bad}"
+            )
+
+        return handle
+
+    def _check_checkpoint(self, source: str) -> None:
+        commits = self.checkpoint(source) / "commits"
+        done = [p for p in commits.glob("[0-9]*")] if commits.exists() else []
+        if done and not self.lake.exists(f"bronze.{source}"):
+            raise CheckpointMismatchError(
+                f"checkpoint {self.checkpoint(source)} records {len(done)} ingested batches but "
+                f"bronze.{source} does not exist under {self.lake.root}: the lake was removed "
+                "without its checkpoints. Delete that checkpoint folder to ingest the landing "
+                "files again, or point CDP_LAKE_ROOT at the lake it belongs to."
+            )
+
+    def start(self, source: str, *, available_now: bool) -> StreamingQuery:
+        self._check_checkpoint(source)
+        contract = self.settings.contract(source)
+        landing = self.settings.paths.landing_root / source
+        landing.mkdir(parents=True, exist_ok=True)
+        reader = self.spark.readStream.format("text").option("pathGlobFilter", "*.jsonl")
+        if self.settings.engine.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", self.settings.engine.max_files_per_trigger)
+        lines = reader.load(str(landing)).select("value", F.col("_metadata.file_path"))
+        writer = (
+            lines.writeStream.queryName(f"ingest_{source}")
+            .foreachBatch(self._on_batch(contract))
+            .option("checkpointLocation", str(self.checkpoint(source)))
+        )
+        if available_now:
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=f"{self.settings.engine.trigger_interval_s} seconds")
+        return writer.start()
+
+    def run(self, sources: list[str] | None = None, *, available_now: bool = True) -> None:
+        """Run the queries of `sources` (default all); bounded runs return when all are done."""
+        sources = sources or self.settings.sources
+        with ExitStack() as locks:
+            for s in sources:
+                locks.enter_context(stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}"))
+            queries = [self.start(s, available_now=available_now) for s in sources]
+            try:
+                for q in queries:
+                    q.awaitTermination()
+            finally:
+                for q in queries:
+                    if q.isActive:
+                        q.stop()
+            for q in queries:
+                if q.exception() is not None:
+                    raise RuntimeError(f"query {q.name} failed: {q.exception()}")
+            # Catch up silver on bronze rows a crashed run committed but did not refine.
+            for s in sources:
+                result = refresh_silver(self.spark, self.lake, self.settings.contract(s), self.rules)
+                if not result.skipped:
+                    self.progress[s].silver.append(result)

@@ -1,0 +1,180 @@
+"""The lake: every Delta read and write goes through here (delta-rs; no Delta jars on the JVM).
+
+The interface is deliberately narrow (append, overwrite, read, changes) so its body can change for a
+cluster (executors write Parquet, the driver commits) without touching any stage. Appends are
+idempotent: each carries an app transaction (app id + version), and a version already committed for
+that app id is skipped, so a replayed micro-batch never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import CommitProperties, Transaction
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema
+
+# Tables stay readable by every Delta reader (Spark, delta-rs, Polars, DuckDB).
+TABLE_CONFIG = {"delta.enableDeletionVectors": "false"}
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Rows a table gained between two versions, as a Spark frame, and the version they end at."""
+
+    frame: DataFrame
+    files: list[str]
+    to_version: int
+
+
+class Lake:
+    """Delta tables under one root, named `layer.table` (for example `silver.billing`)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def uri(self, table: str) -> str:
+        layer, _, name = table.partition(".")
+        if not layer or not name:
+            raise ValueError(f"table name {table!r} must look like 'layer.name'")
+        return str(self.root / layer / name)
+
+    def table(self, table: str, version: int | None = None) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.uri(table), version=version)
+        except TableNotFoundError:
+            return None
+
+    def exists(self, table: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(table))
+
+    def version(self, table: str) -> int | None:
+        dt = self.table(table)
+        return None if dt is None else dt.version()
+
+    def committed(self, table: str, app_id: str) -> int | None:
+        """Highest app-transaction version committed to `table` by `app_id`, if any."""
+        dt = self.table(table)
+        return None if dt is None else dt.transaction_version(app_id)
+
+    def append(
+        self,
+        table: str,
+        data: pa.Table,
+        *,
+        app_id: str,
+        txn_version: int,
+        stage: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Append `data` once per (app_id, txn_version); returns False if it was already there."""
+        with self._locks[table]:
+            done = self.committed(table, app_id)
+            if done is not None and done >= txn_version:
+                return False
+            props = CommitProperties(
+                app_transactions=[Transaction(app_id, txn_version)],
+                custom_metadata={"stage": stage, **(metadata or {})},
+            )
+            write_deltalake(
+                self.uri(table), data, mode="append", commit_properties=props,
+                configuration=TABLE_CONFIG if not self.exists(table) else None,
+            )
+            return True
+
+    def overwrite(
+        self, table: str, data: pa.Table, *, stage: str, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Replace the table's content in one new version (reference loads)."""
+        with self._locks[table]:
+            props = CommitProperties(custom_metadata={"stage": stage, **(metadata or {})})
+            write_deltalake(
+                self.uri(table), data, mode="overwrite", schema_mode="overwrite",
+                commit_properties=props,
+                configuration=TABLE_CONFIG if not self.exists(table) else None,
+            )
+
+    def last_commit_metadata(self, table: str) -> dict[str, Any]:
+        dt = self.table(table)
+        if dt is None:
+            return {}
+        history = dt.history(1)
+        return dict(history[0]) if history else {}
+
+    def read_arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        dt = self.table(table)
+        if dt is None:
+            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        return dt.to_pyarrow_table(columns=columns)
+
+    def arrow_schema(self, table: str) -> pa.Schema:
+        dt = self.table(table)
+        if dt is None:
+            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        return pa.schema(dt.schema().to_arrow())
+
+    def read_spark(
+        self, spark: SparkSession, table: str, columns: list[str] | None = None
+    ) -> DataFrame:
+        """The table's current snapshot as a Spark frame, read from its active Parquet files."""
+        dt = self.table(table)
+        if dt is None:
+            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        return self._frame(spark, dt, dt.file_uris(), columns)
+
+    def changes(
+        self,
+        spark: SparkSession,
+        table: str,
+        since_version: int | None,
+        until_version: int | None = None,
+    ) -> Changes:
+        """Rows appended after `since_version` (None: from the start) up to `until_version`
+        (None: the current version).
+
+        Works on append-only tables (bronze): the rows are those of files active now that were
+        not active at `since_version`. A rewrite (compaction, delete) in that range is refused
+        rather than replayed as new rows.
+        """
+        dt = self.table(table, until_version)
+        if dt is None:
+            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        current = dt.version()
+        if since_version is not None and since_version >= current:
+            return Changes(self._frame(spark, dt, [], None), [], current)
+        if since_version is not None:
+            for entry in dt.history():
+                v, op = entry.get("version", -1), entry.get("operation")
+                if since_version < v <= current and op not in ("WRITE", "CREATE TABLE"):
+                    raise RuntimeError(
+                        f"{table}: version {v} is a {op}, not an append; "
+                        "incremental reads of an append-only table cannot replay it"
+                    )
+        now = set(dt.file_uris())
+        before: set[str] = set()
+        if since_version is not None:
+            before = set(DeltaTable(self.uri(table), version=since_version).file_uris())
+        files = sorted(now - before)
+        return Changes(self._frame(spark, dt, files, None), files, current)
+
+    @staticmethod
+    def _frame(
+        spark: SparkSession, dt: DeltaTable, files: list[str], columns: list[str] | None
+    ) -> DataFrame:
+        schema = from_arrow_schema(pa.schema(dt.schema().to_arrow()))
+        if dt.metadata().partition_columns:
+            raise NotImplementedError("partitioned tables are not read through Spark yet")
+        frame = (
+            spark.read.schema(schema).parquet(*files)
+            if files
+            else spark.createDataFrame([], schema)
+        )
+        return frame.select(*columns) if columns else frame

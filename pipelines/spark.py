@@ -1,0 +1,55 @@
+"""The Spark session: one per process, configured from `EngineCfg`, UTC everywhere."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from pyspark.sql import SparkSession
+
+from pipelines.config import EngineCfg
+
+
+class JavaMissingError(RuntimeError):
+    """No usable Java runtime: Spark cannot start."""
+
+
+JAVA_HELP = (
+    "Spark needs a Java 17+ runtime and `java` was not found on the PATH.\n"
+    "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless\n"
+    "  or run `make java` (installs it when run as root), or set JAVA_HOME."
+)
+
+
+def check_java() -> None:
+    """Fail with install instructions instead of a Py4J stack trace when Java is missing."""
+    java = shutil.which("java")
+    if java is None:
+        raise JavaMissingError(JAVA_HELP)
+    try:
+        subprocess.run([java, "-version"], capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise JavaMissingError(f"`{java} -version` failed ({exc}).\n{JAVA_HELP}") from exc
+
+
+def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
+    """Get or create the process's Spark session with the project's settings."""
+    check_java()
+    builder = (
+        SparkSession.builder.master(cfg.spark_master)
+        .appName(app_name)
+        .config("spark.ui.enabled", str(cfg.ui_enabled).lower())
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # A source line repeating a JSON key must not fail the whole micro-batch.
+        .config("spark.sql.mapKeyDedupPolicy", "LAST_WIN")
+        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+        .config("spark.sql.adaptive.enabled", "true")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -1,0 +1,664 @@
+"""Synthetic mobile operator: landing files for every source plus a ground truth the pipeline never reads.
+
+It models what makes a real operator hard: individual, family and corporate accounts; people with
+several lines, passports, emails and app accounts; household emails shared by family members; MSISDN
+recycling, SIM swaps and port-outs; consent given and withdrawn; late events; and a known share of
+records that break the source contracts in each of the ways silver must catch. Output is deterministic
+for a given seed. See docs/generator.md for the model and the truth files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.config import CountryCfg, GeneratorCfg
+
+TASHKENT = timezone(timedelta(hours=5))
+SOURCES = ("billing", "crm", "network", "app")
+FIRST_NAMES = ["Aziz", "Dilnoza", "Jasur", "Madina", "Otabek", "Nilufar", "Sardor", "Gulnora",
+               "Bekzod", "Shahnoza", "Timur", "Malika", "Rustam", "Zarina", "Farrukh", "Kamola"]
+LAST_NAMES = ["Karimov", "Rashidova", "Tursunov", "Yusupova", "Aliyev", "Nazarova", "Umarov",
+              "Saidova", "Ismoilov", "Qodirova", "Ergashev", "Xolmatova"]
+REGIONS = ["Tashkent", "Samarkand", "Bukhara", "Fergana", "Andijan", "Namangan", "Khorezm",
+           "Navoi", "Kashkadarya", "Surkhandarya", "Jizzakh", "Syrdarya", "Karakalpakstan"]
+MAIL_DOMAINS = ["mail.uz", "gmail.com", "yandex.ru", "inbox.uz"]
+TARIFFS = [("T-MINI", "Mini", "29000.00", 3.0, "prepaid"), ("T-START", "Start", "49000.00", 10.0,
+           "prepaid"), ("T-PLUS", "Plus", "79000.00", 25.0, "postpaid"), ("T-MAX", "Max",
+           "129000.00", 60.0, "postpaid"), ("T-FAMILY", "Family", "99000.00", 40.0, "postpaid"),
+           ("T-CORP", "Business", "89000.00", 30.0, "postpaid")]
+BAD_KINDS = ("bad_json", "missing_field", "wrong_type", "unknown_event_type",
+             "unknown_schema_version", "future_event_time", "duplicate", "junk_identifier",
+             "schema_drift")
+
+
+@dataclass
+class Person:
+    key: str
+    first_name: str
+    last_name: str
+    passport: str | None
+    email: str | None
+    app_user_id: str | None
+    language: str
+    platform: str
+    shared_email: str | None = None  # a household email also used by another person
+
+
+@dataclass
+class Account:
+    account_id: str
+    type: str
+    holder: str  # person key of the paying holder (corporate: none of the lines' users)
+    company: str | None = None
+
+
+@dataclass
+class Line:
+    msisdn: str
+    iccid: str
+    person: str
+    account_id: str
+    role: str
+    tariff_id: str
+    start: datetime
+    end: datetime | None = None
+    end_reason: str | None = None
+    balance: int = 0  # in tiyin (1/100 UZS) to keep money exact
+    swaps: list[tuple[datetime, str]] = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    source: str
+    event_type: str
+    ts: datetime
+    payload: dict[str, object]
+    person: str | None
+    event_id: str = ""
+    arrival: datetime | None = None
+
+
+@dataclass
+class Summary:
+    persons: int
+    accounts: int
+    lines: int
+    events: int
+    bad_records: dict[str, int]
+    files: dict[str, int]
+    landing_root: Path
+    truth_root: Path
+
+
+class Operator:
+    """Builds the population and its timeline, then writes landing files and truth."""
+
+    def __init__(self, cfg: GeneratorCfg, country: CountryCfg) -> None:
+        self.cfg = cfg
+        self.country = country
+        self.rng = random.Random(cfg.seed)
+        self.start = datetime.fromisoformat(cfg.start_date).replace(tzinfo=UTC)
+        self.end = self.start + timedelta(days=cfg.days)
+        self.persons: dict[str, Person] = {}
+        self.accounts: dict[str, Account] = {}
+        self.lines: list[Line] = []
+        self.events: list[Event] = []
+        self._used_msisdn: set[str] = set()
+        self._seq: dict[str, int] = dict.fromkeys(SOURCES, 0)
+        self._n = {"person": 0, "account": 0, "iccid": 0, "case": 0, "session": 0}
+
+    # ------------------------------------------------------------ identifiers
+
+    def _next(self, kind: str) -> int:
+        self._n[kind] += 1
+        return self._n[kind]
+
+    def new_msisdn(self) -> str:
+        while True:
+            prefix = self.rng.choice(self.country.mobile_prefixes)
+            rest = self.country.national_number_length - len(prefix)
+            number = prefix + "".join(str(self.rng.randrange(10)) for _ in range(rest))
+            if number not in self._used_msisdn and len(set(number[len(prefix):])) > 2:
+                self._used_msisdn.add(number)
+                return self.country.calling_code + number
+
+    def new_iccid(self) -> str:
+        body = f"89{self.country.calling_code}01{self._next('iccid'):011d}"
+        return body + _luhn_digit(body)
+
+    def new_person(self, *, passport: bool = True, email_share: float = 0.7,
+                   app_share: float = 0.55, company: str | None = None) -> Person:
+        n = self._next("person")
+        first, last = self.rng.choice(FIRST_NAMES), self.rng.choice(LAST_NAMES)
+        email = None
+        if self.rng.random() < email_share:
+            domain = f"{company}.uz" if company else self.rng.choice(MAIL_DOMAINS)
+            email = f"{first}.{last}{n}@{domain}".lower()
+        p = Person(
+            key=f"P{n:07d}", first_name=first, last_name=last,
+            passport=f"A{chr(65 + n % 26)}{n:07d}" if passport else None,
+            email=email,
+            app_user_id=f"u{self.rng.getrandbits(40):010x}" if self.rng.random() < app_share else None,
+            language=self.rng.choices(["uz", "ru", "en"], [6, 3, 1])[0],
+            platform=self.rng.choices(["android", "ios", "web"], [7, 2, 1])[0],
+        )
+        self.persons[p.key] = p
+        return p
+
+    def new_account(self, type_: str, holder: Person, company: str | None = None) -> Account:
+        a = Account(f"AC{self._next('account'):08d}", type_, holder.key, company)
+        self.accounts[a.account_id] = a
+        return a
+
+    def past_start(self) -> datetime:
+        """An activation time before the simulated window (lines that already exist)."""
+        return self.start - timedelta(days=self.rng.randint(30, 1500), seconds=self.rng.randint(0, 86399))
+
+    def add_line(self, person: Person, account: Account, role: str, tariff: str,
+                 start: datetime | None = None) -> Line:
+        line = Line(self.new_msisdn(), self.new_iccid(), person.key, account.account_id, role,
+                    tariff, start or self.past_start(),
+                    balance=self.rng.randint(0, 50_000) * 100)
+        self.lines.append(line)
+        return line
+
+    # ------------------------------------------------------------ population
+
+    def build_population(self) -> None:
+        cfg, rng = self.cfg, self.rng
+        target = cfg.subscribers
+        corporate_lines = int(target * cfg.corporate_account_share)
+        made = 0
+        corp_no = 0
+        while corporate_lines - made >= 10:
+            corp_no += 1
+            size = min(corporate_lines - made, rng.randint(10, max(10, min(2000, target // 20))))
+            company = f"corp{corp_no}"
+            contact = self.new_person(passport=False, email_share=1.0, app_share=0.0, company=company)
+            del self.persons[contact.key]  # the account contact is not one of its lines' users
+            acc = self.new_account("corporate", contact, company=company)
+            for _ in range(size):
+                user = self.new_person(passport=False, email_share=0.8, app_share=0.4, company=company)
+                self.add_line(user, acc, "member", "T-CORP")
+            made += size
+        while made < target:
+            if rng.random() < cfg.family_account_share and target - made >= 2:
+                size = min(rng.randint(2, 6), target - made)
+                holder = self.new_person()
+                acc = self.new_account("family", holder)
+                self.add_line(holder, acc, "holder", "T-FAMILY")
+                for _ in range(size - 1):
+                    member = self.new_person(passport=rng.random() < 0.5, email_share=0.5)
+                    self.add_line(member, acc, "member", "T-FAMILY")
+                    if holder.email and member.email is None and rng.random() < 0.3:
+                        member.shared_email = holder.email  # the household's one email
+                made += size
+            else:
+                person = self.new_person()
+                acc = self.new_account("individual", person)
+                tariff = rng.choice(["T-MINI", "T-START", "T-PLUS", "T-MAX"])
+                self.add_line(person, acc, "holder", tariff)
+                made += 1
+                if rng.random() < cfg.multi_line_person_share and made < target:
+                    self.add_line(person, acc, "holder", rng.choice(["T-MINI", "T-START"]))
+                    made += 1
+
+    def plan_lifecycle(self) -> None:
+        """Recycling, port-outs and SIM swaps inside the window."""
+        cfg, rng = self.cfg, self.rng
+        existing = list(self.lines)
+        window = cfg.days
+        q = cfg.recycle_quarantine_days
+        if window > q + 2:
+            for line in rng.sample(existing, int(len(existing) * cfg.recycle_share)):
+                if line.end is not None:
+                    continue
+                day = rng.randint(1, window - q - 2)
+                line.end = self.start + timedelta(days=day, seconds=rng.randint(0, 86399))
+                line.end_reason = rng.choice(["customer_request", "non_payment"])
+                newcomer = self.new_person()
+                acc = self.new_account("individual", newcomer)
+                reissue = line.end + timedelta(days=q + rng.randint(0, 1), seconds=rng.randint(0, 3600))
+                if reissue >= self.end:
+                    continue
+                new_line = Line(line.msisdn, self.new_iccid(), newcomer.key, acc.account_id,
+                                "holder", rng.choice(["T-MINI", "T-START"]), reissue,
+                                balance=0)
+                self.lines.append(new_line)
+        for line in rng.sample(existing, int(len(existing) * cfg.port_out_share)):
+            if line.end is None:
+                line.end = self.start + timedelta(days=rng.randint(1, window - 1),
+                                                  seconds=rng.randint(0, 86399))
+                line.end_reason = "port_out"
+        for line in rng.sample(existing, int(len(existing) * cfg.sim_swap_share)):
+            at = self.start + timedelta(days=rng.uniform(0.5, window - 0.5))
+            if line.end is None or at < line.end:
+                line.swaps.append((at, self.new_iccid()))
+
+    # ------------------------------------------------------------ events
+
+    def emit(self, source: str, event_type: str, ts: datetime, person: str | None,
+             **payload: object) -> Event:
+        e = Event(source, event_type, ts, {k: v for k, v in payload.items() if v is not None}, person)
+        self.events.append(e)
+        return e
+
+    def lifecycle_events(self) -> None:
+        rng = self.rng
+        for acc in self.accounts.values():
+            holder = self.persons.get(acc.holder)
+            first_line = next(ln for ln in self.lines if ln.account_id == acc.account_id)
+            ts = first_line.start + timedelta(minutes=rng.randint(1, 120))
+            if acc.type == "corporate":
+                self.emit("crm", "customer_update", ts, None, account_id=acc.account_id,
+                          first_name=f"{acc.company.upper() if acc.company else ''} LLC")
+            elif holder is not None:
+                self.emit("crm", "customer_update", ts, holder.key, account_id=acc.account_id,
+                          msisdn=first_line.msisdn, passport=holder.passport, email=holder.email,
+                          first_name=holder.first_name, last_name=holder.last_name,
+                          preferred_language=holder.language)
+        for line in self.lines:
+            acc = self.accounts[line.account_id]
+            self.emit("billing", "activation", line.start, line.person, msisdn=line.msisdn,
+                      iccid=line.iccid, account_id=line.account_id, account_type=acc.type,
+                      line_role=line.role, tariff_id=line.tariff_id)
+            user = self.persons[line.person]
+            if acc.type == "family" and line.role == "member" and user.passport:
+                # Members register their own passport against their line (not the account).
+                self.emit("crm", "customer_update", line.start + timedelta(hours=2), user.key,
+                          account_id=line.account_id, msisdn=line.msisdn, passport=user.passport,
+                          email=user.email, first_name=user.first_name, last_name=user.last_name)
+            iccid = line.iccid
+            for at, new_iccid in line.swaps:
+                self.emit("billing", "sim_swap", at, line.person, msisdn=line.msisdn,
+                          iccid=new_iccid, previous_iccid=iccid, account_id=line.account_id)
+                iccid = new_iccid
+            if line.end is not None:
+                self.emit("billing", "deactivation", line.end, line.person, msisdn=line.msisdn,
+                          iccid=iccid, account_id=line.account_id, reason=line.end_reason)
+            self._consents(line)
+
+    def _consents(self, line: Line) -> None:
+        rng = self.rng
+        person = self.persons[line.person]
+        base = max(line.start, self.start - timedelta(days=10)) + timedelta(hours=3)
+        for purpose, share in (("marketing", 0.6), ("profiling", 0.4), ("location", 0.3),
+                               ("third_party", 0.1)):
+            if rng.random() >= share:
+                continue
+            key = rng.choice(["msisdn", "msisdn", "email", "account_id"])
+            ident: dict[str, object] = {"msisdn": line.msisdn}
+            if key == "email" and person.email:
+                ident = {"email": person.email}
+            elif key == "account_id" and self.accounts[line.account_id].type == "individual":
+                ident = {"account_id": line.account_id}
+            channel = rng.choice(["app", "web", "shop", "call_centre", "sms"])
+            t = base + timedelta(minutes=rng.randint(0, 600))
+            self.emit("crm", "consent", t, line.person, purpose=purpose, granted=True,
+                      legal_basis="consent", channel=channel, **ident)
+            if rng.random() < 0.15:  # withdrawn inside the window, sometimes granted again
+                t2 = self.start + timedelta(days=rng.uniform(0.5, self.cfg.days - 0.5))
+                if line.end is None or t2 < line.end:
+                    self.emit("crm", "consent", t2, line.person, purpose=purpose, granted=False,
+                              legal_basis="consent", channel=channel, **ident)
+                    if rng.random() < 0.4:
+                        t3 = t2 + timedelta(hours=rng.uniform(1, 72))
+                        if t3 < self.end and (line.end is None or t3 < line.end):
+                            self.emit("crm", "consent", t3, line.person, purpose=purpose,
+                                      granted=True, legal_basis="consent", channel=channel,
+                                      **ident)
+
+    def usage_events(self, progress: Callable[[int], None]) -> None:
+        """Daily traffic per active line: network, app, payments and service cases."""
+        rng, cfg = self.rng, self.cfg
+        rate = cfg.events_per_subscriber_per_day
+        open_cases: dict[str, list[str]] = {}
+        for line in self.lines:
+            person = self.persons[line.person]
+            acc = self.accounts[line.account_id]
+            home = rng.choice(REGIONS)
+            logged_in = False
+            begin = max(line.start, self.start)
+            finish = min(line.end or self.end, self.end)
+            day = begin
+            while day < finish:
+                n = _poisson(rng, rate)
+                for _ in range(n):
+                    ts = day + timedelta(seconds=rng.randint(0, 86399))
+                    if ts >= finish:
+                        continue
+                    r = rng.random()
+                    if r < 0.22:
+                        region = home if rng.random() < 0.85 else rng.choice(REGIONS)
+                        self.emit("network", "location", ts, line.person, msisdn=line.msisdn,
+                                  cell_id=f"{region[:3].upper()}-{rng.randint(1, 400):04d}",
+                                  region=region)
+                    elif r < 0.62:
+                        sid = f"s{self._next('session'):010d}"
+                        dur = rng.randint(30, 3600)
+                        self.emit("network", "data_session_start", ts, line.person,
+                                  msisdn=line.msisdn, session_id=sid)
+                        self.emit("network", "data_session_end", ts + timedelta(seconds=dur),
+                                  line.person, msisdn=line.msisdn, session_id=sid,
+                                  bytes_up=rng.randint(1_000, 20_000_000),
+                                  bytes_down=rng.randint(10_000, 400_000_000), duration_s=dur)
+                    elif r < 0.85 and person.app_user_id:
+                        if not logged_in or rng.random() < 0.05:
+                            email = person.email or person.shared_email
+                            self.emit("app", "login", ts, line.person,
+                                      app_user_id=person.app_user_id, msisdn=line.msisdn,
+                                      email=email, platform=person.platform)
+                            logged_in = True
+                        elif rng.random() < 0.6:
+                            self.emit("app", "open", ts, line.person,
+                                      app_user_id=person.app_user_id, platform=person.platform,
+                                      msisdn=line.msisdn if rng.random() < 0.5 else None)
+                        else:
+                            self.emit("app", "in_app_action", ts, line.person,
+                                      app_user_id=person.app_user_id,
+                                      action=rng.choice(["view_balance", "buy_bundle",
+                                                         "change_tariff", "chat", "pay"]))
+                    elif r < 0.95:
+                        if acc.type != "individual" and line.role == "member" and rng.random() < 0.7:
+                            continue  # family/corporate members rarely pay themselves
+                        amount = rng.choice([10_000, 20_000, 30_000, 50_000, 100_000]) * 100
+                        line.balance += amount - rng.randint(0, amount // 2)
+                        self.emit("billing", "payment", ts, line.person, msisdn=line.msisdn,
+                                  account_id=line.account_id, amount=_money(amount),
+                                  currency="UZS", balance_after=_money(line.balance),
+                                  payment_channel=rng.choice(["card", "cash", "bank", "app",
+                                                              "voucher"]))
+                    else:
+                        cases = open_cases.setdefault(line.msisdn + line.person, [])
+                        if cases and rng.random() < 0.5:
+                            case_id = cases.pop()
+                            self.emit("crm", "case", ts, line.person, case_id=case_id,
+                                      account_id=line.account_id, msisdn=line.msisdn,
+                                      category="other", status="closed")
+                        else:
+                            case_id = f"CS{self._next('case'):08d}"
+                            cases.append(case_id)
+                            self.emit("crm", "case", ts, line.person, case_id=case_id,
+                                      account_id=line.account_id, msisdn=line.msisdn,
+                                      category=rng.choice(["billing", "network", "device",
+                                                           "other"]), status="open")
+                            if rng.random() < 0.5:
+                                self.emit("crm", "promise_to_resolve", ts + timedelta(minutes=5),
+                                          line.person, case_id=case_id,
+                                          account_id=line.account_id, msisdn=line.msisdn,
+                                          due_ts=(ts + timedelta(days=rng.randint(1, 5))))
+                day += timedelta(days=1)
+            progress(1)
+
+    # ------------------------------------------------------------ output
+
+    def assign_ids_and_arrival(self) -> None:
+        rng = self.rng
+        self.events.sort(key=lambda e: (e.ts, e.source, e.event_type))
+        for e in self.events:
+            self._seq[e.source] += 1
+            e.event_id = f"{e.source[:3]}-{self._seq[e.source]:010d}"
+            delay = timedelta(seconds=rng.randint(1, 120))
+            if rng.random() < self.cfg.late_event_share:
+                delay = timedelta(hours=rng.uniform(6, 72))
+            e.arrival = max(e.ts, self.start) + delay
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    # Knuth's method is fine for the small daily rates used here.
+    limit, k, p = pow(2.718281828459045, -lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def _money(tiyin: int) -> str:
+    return f"{tiyin // 100}.{tiyin % 100:02d}"
+
+
+def _luhn_digit(body: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def _ts_text(source: str, ts: datetime) -> str:
+    # Billing and CRM stamp local Tashkent time with its offset; network and app send UTC.
+    if source in ("billing", "crm"):
+        return ts.astimezone(TASHKENT).isoformat(timespec="milliseconds")
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_record(e: Event) -> dict[str, object]:
+    rec: dict[str, object] = {"event_id": e.event_id, "source": e.source,
+                              "event_type": e.event_type, "event_ts": _ts_text(e.source, e.ts),
+                              "schema_version": 1}
+    for k, v in e.payload.items():
+        rec[k] = _ts_text(e.source, v) if isinstance(v, datetime) else v
+    return rec
+
+
+@dataclass
+class Line_:
+    """One line of a landing file with what the truth knows about it."""
+
+    text: str
+    event_id: str
+    kind: str  # "valid" or one of BAD_KINDS
+    arrival: datetime
+    event: Event
+
+
+def _bad_variants(op: Operator, shares: dict[str, float]) -> Iterator[tuple[str, Event, str]]:
+    """Extra lines that break the contract: (kind, event it was derived from, line text)."""
+    rng = op.rng
+    by_kind: dict[str, list[Event]] = {}
+    candidates = [e for e in op.events if e.event_type not in
+                  ("activation", "deactivation", "sim_swap", "customer_update", "consent")]
+    n_total = len(op.events)
+    for kind in BAD_KINDS:
+        count = int(round(n_total * shares[kind]))
+        if shares[kind] > 0:
+            count = max(count, 1)
+        by_kind[kind] = rng.sample(candidates, min(count, len(candidates)))
+    for kind, events in by_kind.items():
+        for e in events:
+            rec = event_record(e)
+            if kind != "duplicate" and kind != "schema_drift":
+                rec["event_id"] = f"bad-{kind}-{e.event_id}"
+            if kind == "bad_json":
+                text = json.dumps(rec, separators=(",", ":"))
+                yield kind, e, text[: rng.randint(10, len(text) - 5)]
+                continue
+            if kind == "missing_field":
+                rec.pop(rng.choice(["event_ts", "event_type"]) if rng.random() < 0.2 else
+                        _required_payload_field(e), None)
+            elif kind == "wrong_type":
+                numeric = [k for k in ("amount", "balance_after", "bytes_up", "bytes_down",
+                                       "duration_s") if k in rec]
+                if numeric:
+                    rec[rng.choice(numeric)] = "abc"
+                else:
+                    rec["event_ts"] = "yesterday"
+            elif kind == "unknown_event_type":
+                rec["event_type"] = "teleport"
+            elif kind == "unknown_schema_version":
+                rec["schema_version"] = 99
+            elif kind == "future_event_time":
+                # Years ahead, so it is "future" whenever the files are ingested.
+                future = (e.arrival or e.ts) + timedelta(days=rng.randint(3650, 4000))
+                rec["event_ts"] = _ts_text(e.source, future)
+            elif kind == "junk_identifier":
+                if "msisdn" in rec:
+                    rec["msisdn"] = rng.choice(["000000000", "998000000000"])
+                else:
+                    rec["msisdn"] = "000000000"
+                if e.source == "app":
+                    rec["email"] = "test@test.com"
+                    rec["event_type"] = "login"
+                    rec.setdefault("platform", "android")
+            elif kind == "schema_drift":
+                rec["loyalty_tier"] = rng.choice(["gold", "silver", "bronze"])
+            yield kind, e, json.dumps(rec, separators=(",", ":"))
+
+
+def _required_payload_field(e: Event) -> str:
+    required = {"location": "msisdn", "data_session_start": "session_id",
+                "data_session_end": "bytes_down", "payment": "amount", "case": "case_id",
+                "promise_to_resolve": "due_ts", "open": "app_user_id",
+                "in_app_action": "action", "login": "app_user_id", "tariff_change": "tariff_id"}
+    return required.get(e.event_type, "event_id")
+
+
+def generate(
+    cfg: GeneratorCfg,
+    country: CountryCfg,
+    landing_root: Path,
+    truth_root: Path,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    clean: bool = True,
+) -> Summary:
+    """Generate an operator and write landing files, reference files and the ground truth."""
+    say = progress or (lambda step, done, total: None)
+    op = Operator(cfg, country)
+    op.build_population()
+    op.plan_lifecycle()
+    say("population", 1, 1)
+    op.lifecycle_events()
+    total_lines = len(op.lines)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if done % 500 == 0 or done == total_lines:
+            say("events", done, total_lines)
+
+    op.usage_events(tick)
+    op.assign_ids_and_arrival()
+
+    shares = cfg.bad_records.model_dump()
+    out: dict[str, list[Line_]] = {s: [] for s in SOURCES}
+    drift_ids: set[str] = set()
+    dup_ids: set[str] = set()
+    bad_lines: list[Line_] = []
+    for kind, e, text in _bad_variants(op, shares):
+        if kind == "schema_drift":
+            drift_ids.add(e.event_id)
+            continue
+        arrival = (e.arrival or e.ts) + timedelta(minutes=op.rng.randint(0, 600))
+        if kind == "duplicate":
+            dup_ids.add(e.event_id)
+        bad_lines.append(Line_(text, e.event_id, kind, arrival, e))
+    for e in op.events:
+        rec = event_record(e)
+        if e.event_id in drift_ids:
+            rec["loyalty_tier"] = "gold"
+        text = json.dumps(rec, separators=(",", ":"))
+        kind = "schema_drift" if e.event_id in drift_ids else "valid"
+        out[e.source].append(Line_(text, e.event_id, kind, e.arrival or e.ts, e))
+    for bl in bad_lines:
+        out[bl.event.source].append(bl)
+
+    if clean:
+        for d in (landing_root, truth_root):
+            if d.exists():
+                shutil.rmtree(d)
+    files: dict[str, int] = {}
+    truth_rows: list[dict[str, object]] = []
+    for source, lines in out.items():
+        lines.sort(key=lambda ln: ln.arrival)
+        folder = landing_root / source
+        folder.mkdir(parents=True, exist_ok=True)
+        n_files = cfg.files_per_source
+        per_file = max(1, -(-len(lines) // n_files))
+        for i in range(n_files):
+            chunk = lines[i * per_file:(i + 1) * per_file]
+            if not chunk:
+                continue
+            name = f"{source}-{i + 1:05d}.jsonl"
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text("".join(ln.text + "\n" for ln in chunk))
+            tmp.rename(folder / name)  # a reader never sees a half-written file
+            for pos, ln in enumerate(chunk):
+                truth_rows.append({
+                    "source": source, "file": name, "line_no": pos + 1,
+                    "event_id": ln.event_id if ln.kind in ("valid", "schema_drift", "duplicate")
+                    else f"bad-{ln.kind}-{ln.event_id}",
+                    "original_event_id": ln.event_id, "kind": ln.kind,
+                    "event_type": ln.event.event_type, "event_ts": ln.event.ts,
+                    "person_key": ln.event.person,
+                })
+        files[source] = min(n_files, len(lines))
+        say(f"landing/{source}", 1, 1)
+
+    _write_reference(landing_root / "reference")
+    _write_truth(op, truth_root, truth_rows)
+    bad_counts = {k: 0 for k in BAD_KINDS}
+    for row in truth_rows:
+        if row["kind"] != "valid":
+            bad_counts[str(row["kind"])] += 1
+    say("truth", 1, 1)
+    return Summary(len(op.persons), len(op.accounts), len(op.lines), len(truth_rows),
+                   bad_counts, files, landing_root, truth_root)
+
+
+def _write_reference(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tariffs = ["tariff_id,name,monthly_fee,data_gb,kind"]
+    tariffs += [f"{t},{n},{fee},{gb},{k}" for t, n, fee, gb, k in TARIFFS]
+    (folder / "tariffs.csv").write_text("\n".join(tariffs) + "\n")
+    products = ["product_id,name,category,price",
+                "BND-1GB,1 GB bundle,data,9000.00", "BND-5GB,5 GB bundle,data,29000.00",
+                "BND-ROAM,Roaming day pass,roaming,45000.00", "VAS-TUNE,Caller tune,vas,5000.00",
+                "DEV-PHONE,Smartphone instalment,device,250000.00"]
+    (folder / "products.csv").write_text("\n".join(products) + "\n")
+    segments = ["segment_id,name,min_monthly_spend,max_monthly_spend",
+                "SEG-LOW,Low value,0.00,40000.00", "SEG-MID,Mid value,40000.00,100000.00",
+                "SEG-HIGH,High value,100000.00,250000.00", "SEG-VIP,VIP,250000.00,"]
+    (folder / "segments.csv").write_text("\n".join(segments) + "\n")
+
+
+def _write_truth(op: Operator, folder: Path, events: list[dict[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    persons = [{"person_key": p.key, "passport": p.passport, "email": p.email,
+                "shared_email": p.shared_email, "app_user_id": p.app_user_id,
+                "first_name": p.first_name, "last_name": p.last_name}
+               for p in op.persons.values()]
+    accounts = [{"account_id": a.account_id, "account_type": a.type,
+                 "holder_person_key": a.holder if a.type != "corporate" else None}
+                for a in op.accounts.values()]
+    tenures = []
+    iccids = []
+    for ln in op.lines:
+        tenures.append({"msisdn": ln.msisdn, "person_key": ln.person, "account_id": ln.account_id,
+                        "role": ln.role, "tariff_id": ln.tariff_id, "valid_from": ln.start,
+                        "valid_to": ln.end, "end_reason": ln.end_reason})
+        start, iccid = ln.start, ln.iccid
+        for at, new in ln.swaps:
+            iccids.append({"iccid": iccid, "msisdn": ln.msisdn, "person_key": ln.person,
+                           "valid_from": start, "valid_to": at})
+            start, iccid = at, new
+        iccids.append({"iccid": iccid, "msisdn": ln.msisdn, "person_key": ln.person,
+                       "valid_from": start, "valid_to": ln.end})
+    for name, rows in (("persons", persons), ("accounts", accounts), ("tenures", tenures),
+                       ("iccids", iccids), ("events", events)):
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
