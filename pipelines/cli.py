@@ -55,15 +55,23 @@ def generate(
     overrides = {
         k: v
         for k, v in {
-            "subscribers": subscribers, "days": days,
+            "subscribers": subscribers,
+            "days": days,
             "events_per_subscriber_per_day": events_per_day,
-            "files_per_source": files_per_source, "seed": seed, "start_date": start_date,
+            "files_per_source": files_per_source,
+            "seed": seed,
+            "start_date": start_date,
         }.items()
         if v is not None
     }
     cfg = settings.generator.model_copy(update=overrides)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def step(name: str, done: int, total: int) -> None:
@@ -71,8 +79,13 @@ def generate(
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done, total=total)
 
-        summary = run_generator(cfg, settings.identity.country, settings.paths.landing_root,
-                                settings.paths.truth_root, progress=step)
+        summary = run_generator(
+            cfg,
+            settings.identity.country,
+            settings.paths.landing_root,
+            settings.paths.truth_root,
+            progress=step,
+        )
     console.print(
         f"generated {summary.persons} persons, {summary.accounts} accounts, {summary.lines} "
         f"lines, {summary.events} landing lines "
@@ -89,7 +102,9 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
 
     lake = Lake(settings.paths.lake_root)
     try:
-        for load in load_reference(lake, settings.reference, settings.paths.landing_root / "reference"):
+        for load in load_reference(
+            lake, settings.reference, settings.paths.landing_root / "reference"
+        ):
             state = "loaded" if load.changed else "unchanged"
             console.print(f"{load.table}: {load.rows} rows ({state}, version {load.version})")
         spark = spark_session(settings.engine)

@@ -61,8 +61,17 @@ class PathsCfg(Model):
 # ---------------------------------------------------------------- contracts
 
 FieldType = Literal[
-    "string", "integer", "decimal", "double", "boolean", "timestamp", "date",
-    "msisdn", "iccid", "email", "enum",
+    "string",
+    "integer",
+    "decimal",
+    "double",
+    "boolean",
+    "timestamp",
+    "date",
+    "msisdn",
+    "iccid",
+    "email",
+    "enum",
 ]
 
 
@@ -131,7 +140,9 @@ class SourceContract(Model):
             for etype, spec in v.event_types.items():
                 for name, field in spec.fields.items():
                     if name in ENVELOPE_FIELDS:
-                        raise ValueError(f"v{v.version}.{etype}.{name}: envelope fields are implicit")
+                        raise ValueError(
+                            f"v{v.version}.{etype}.{name}: envelope fields are implicit"
+                        )
                     st = field.storage_type()
                     if seen.setdefault(name, st) != st:
                         raise ValueError(
@@ -286,7 +297,9 @@ _ENV_PATHS = {
 }
 # Folder names below CDP_DATA_ROOT, the same as the defaults in conf/engine.yaml.
 _DATA_SUBDIRS = {
-    "lake_root": "lake", "landing_root": "landing", "checkpoint_root": "checkpoints",
+    "lake_root": "lake",
+    "landing_root": "landing",
+    "checkpoint_root": "checkpoints",
     "truth_root": "truth",
 }
 
@@ -313,9 +326,7 @@ def _parse(model: type[M], data: Any, path: Path) -> M:
         raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines)) from None
 
 
-def load_settings(
-    conf_dir: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read every file under `conf_dir` once, apply `CDP_*` overrides and validate."""
     env = os.environ if env is None else env
     conf_dir = Path(env.get("CDP_CONF_DIR") or conf_dir or DEFAULT_CONF_DIR).resolve()

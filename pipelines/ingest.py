@@ -25,9 +25,9 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, SourceContract
 from pipelines.lake import Lake
-from pipelines.silver import SilverResult, ValidationRules, refresh_silver
+from pipelines.silver import SilverResult, ValidationRules, event_id_of, refresh_silver
 
-BRONZE_COLUMNS = ("raw_line", "source", "file_path", "ingest_ts", "batch_id")
+BRONZE_COLUMNS = ("raw_line", "event_id", "source", "file_path", "ingest_ts", "batch_id", "line_id")
 
 
 class StageBusyError(RuntimeError):
@@ -64,13 +64,16 @@ def stage_lock(checkpoint_root: Path, stage: str) -> Iterator[None]:
 
 
 def to_bronze(lines: DataFrame, source: str, batch_id: int) -> DataFrame:
-    """Raw landing lines plus ingest metadata: the bronze row, nothing parsed."""
+    """Raw landing lines plus ingest metadata; only the event id is read out (for dedupe)."""
     return lines.select(
         F.col("value").alias("raw_line"),
+        event_id_of(F.col("value")).alias("event_id"),
         F.lit(source).alias("source"),
         F.col("file_path"),
         F.current_timestamp().alias("ingest_ts"),
         F.lit(batch_id).cast("bigint").alias("batch_id"),
+        # Unique within the batch and stored once, so it orders lines for dedupe and lineage.
+        F.monotonically_increasing_id().alias("line_id"),
     )
 
 
@@ -118,8 +121,12 @@ class Ingestion:
             rows = to_bronze(lines, source, batch_id).toArrow()
             app_id = f"ingest.{source}:{self._query_id(source)}"
             wrote = self.lake.append(
-                f"bronze.{source}", rows, app_id=app_id, txn_version=batch_id,
-                stage=f"bronze.{source}", metadata={"batch_id": str(batch_id)},
+                f"bronze.{source}",
+                rows,
+                app_id=app_id,
+                txn_version=batch_id,
+                stage=f"bronze.{source}",
+                metadata={"batch_id": str(batch_id)},
             )
             result = refresh_silver(lines.sparkSession, self.lake, contract, self.rules)
             with self._lock:
@@ -139,7 +146,7 @@ class Ingestion:
 
     def _check_checkpoint(self, source: str) -> None:
         commits = self.checkpoint(source) / "commits"
-        done = [p for p in commits.glob("[0-9]*")] if commits.exists() else []
+        done = list(commits.glob("[0-9]*")) if commits.exists() else []
         if done and not self.lake.exists(f"bronze.{source}"):
             raise CheckpointMismatchError(
                 f"checkpoint {self.checkpoint(source)} records {len(done)} ingested batches but "
@@ -165,7 +172,9 @@ class Ingestion:
         if available_now:
             writer = writer.trigger(availableNow=True)
         else:
-            writer = writer.trigger(processingTime=f"{self.settings.engine.trigger_interval_s} seconds")
+            writer = writer.trigger(
+                processingTime=f"{self.settings.engine.trigger_interval_s} seconds"
+            )
         return writer.start()
 
     def run(self, sources: list[str] | None = None, *, available_now: bool = True) -> None:
@@ -187,6 +196,8 @@ class Ingestion:
                     raise RuntimeError(f"query {q.name} failed: {q.exception()}")
             # Catch up silver on bronze rows a crashed run committed but did not refine.
             for s in sources:
-                result = refresh_silver(self.spark, self.lake, self.settings.contract(s), self.rules)
+                result = refresh_silver(
+                    self.spark, self.lake, self.settings.contract(s), self.rules
+                )
                 if not result.skipped:
                     self.progress[s].silver.append(result)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import CommitProperties, Transaction
 from pyspark.sql import DataFrame, SparkSession
@@ -23,6 +23,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 # Tables stay readable by every Delta reader (Spark, delta-rs, Polars, DuckDB).
 TABLE_CONFIG = {"delta.enableDeletionVectors": "false"}
+# Row groups of 64k rows let Spark split one file across cores (it splits at row groups).
+WRITER = WriterProperties(max_row_group_size=64 * 1024, compression="ZSTD")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,11 @@ class Lake:
                 custom_metadata={"stage": stage, **(metadata or {})},
             )
             write_deltalake(
-                self.uri(table), data, mode="append", commit_properties=props,
+                self.uri(table),
+                data,
+                mode="append",
+                commit_properties=props,
+                writer_properties=WRITER,
                 configuration=TABLE_CONFIG if not self.exists(table) else None,
             )
             return True
@@ -97,7 +103,10 @@ class Lake:
         with self._locks[table]:
             props = CommitProperties(custom_metadata={"stage": stage, **(metadata or {})})
             write_deltalake(
-                self.uri(table), data, mode="overwrite", schema_mode="overwrite",
+                self.uri(table),
+                data,
+                mode="overwrite",
+                schema_mode="overwrite",
                 commit_properties=props,
                 configuration=TABLE_CONFIG if not self.exists(table) else None,
             )

@@ -101,7 +101,11 @@ def load_reference(lake: Lake, contract: ReferenceContract, folder: Path) -> lis
             out.append(RefLoad(table, lake.table(table).count(), lake.version(table), False))  # type: ignore[union-attr]
             continue
         data = parse_reference(path, spec)
-        lake.overwrite(table, data, stage=f"reference.{name}",
-                       metadata={"source_sha256": digest, "source_file": str(path)})
+        lake.overwrite(
+            table,
+            data,
+            stage=f"reference.{name}",
+            metadata={"source_sha256": digest, "source_file": str(path)},
+        )
         out.append(RefLoad(table, data.num_rows, lake.version(table), True))
     return out

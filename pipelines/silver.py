@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -26,22 +27,34 @@ from pipelines.lake import Lake
 
 QUARANTINE = "silver.quarantine"
 DRIFT = "silver.schema_drift"
-ISO_TS = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
-ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
-INTEGER = r"^-?\d{1,18}$"
-DECIMAL = r"^-?\d{1,20}(\.\d+)?$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-ICCID = r"^89\d{16,20}$"
-E164 = r"^[1-9]\d{7,14}$"
 REASON_CODES = (
-    "bad_json", "missing_field", "wrong_source", "unknown_schema_version", "unknown_event_type",
-    "wrong_type", "junk_identifier", "future_event_time", "duplicate",
+    "bad_json",
+    "missing_field",
+    "wrong_source",
+    "unknown_schema_version",
+    "unknown_event_type",
+    "wrong_type",
+    "junk_identifier",
+    "future_event_time",
+    "duplicate",
 )
 # Columns silver adds to the contract's fields (lineage back to bronze).
 LINEAGE = ("_ingest_ts", "_file", "_unknown_fields")
+# Identifies a bronze line: ingest order is (ingest_ts, batch_id, line_id).
+LINE_KEY = ("ingest_ts", "batch_id", "line_id")
 QUARANTINE_COLUMNS = (
-    "source", "event_id", "event_type", "reason_code", "reason", "details", "raw_line",
-    "file_path", "ingest_ts", "contract_version", "bronze_version",
+    "source",
+    "event_id",
+    "event_type",
+    "reason_code",
+    "reason",
+    "details",
+    "raw_line",
+    "file_path",
+    "ingest_ts",
+    "contract_version",
+    "bronze_version",
 )
 
 
@@ -66,18 +79,33 @@ def _shown(v: Column) -> Column:
     return F.concat(F.lit('"'), F.substring(v, 1, 40), F.lit('"'))
 
 
-def _reason(code: str, message: Column | str) -> Column:
-    msg = F.lit(message) if isinstance(message, str) else message
-    return F.struct(F.lit(code).alias("code"), msg.alias("message"))
+@dataclass(frozen=True)
+class Check:
+    """One contract rule: the reason code, when a line breaks it, and what the steward reads."""
+
+    code: str
+    fails: Column
+    message: Column
+
+
+def _check(code: str, fails: Column, message: Column | str) -> Check:
+    return Check(code, fails, F.lit(message) if isinstance(message, str) else message)
+
+
+def _all_digits(s: Column) -> Column:
+    # translate() strips characters without a regex: several times cheaper per row.
+    return (F.length(s) > 0) & (F.translate(s, "0123456789", "") == "")
 
 
 def normalise_msisdn(v: Column, rules: ValidationRules) -> Column:
     """Digits only, international form: `+998 90 123-45-67`, `0090…` and `901234567` agree."""
     c = rules.identity.country
-    digits = F.regexp_replace(F.regexp_replace(v, r"[\s\-().]", ""), r"^(\+|00)", "")
+    digits = F.translate(v, " -().+", "")
+    digits = F.when(digits.startswith("00"), F.substring(digits, 3, 64)).otherwise(digits)
     return (
-        F.when(~digits.rlike(r"^\d+$"), F.lit(None).cast("string"))
-        .when(F.length(digits) == c.national_number_length, F.concat(F.lit(c.calling_code), digits))
+        F.when(
+            F.length(digits) == c.national_number_length, F.concat(F.lit(c.calling_code), digits)
+        )
         .when(
             (F.length(digits) == c.national_number_length + 1) & digits.startswith("0"),
             F.concat(F.lit(c.calling_code), F.substring(digits, 2, 64)),
@@ -87,27 +115,31 @@ def normalise_msisdn(v: Column, rules: ValidationRules) -> Column:
 
 
 def typed_value(v: Column, spec: FieldSpec, rules: ValidationRules) -> Column:
-    """The field's value in its silver type, or null when the text does not fit the type."""
+    """The field's value in its silver type, or null when the text does not fit the type.
+
+    Checks avoid regular expressions on the hot types (numbers, MSISDN, timestamps): they run on
+    every line of every batch, and a regex costs several times a cast.
+    """
     s = F.trim(v)
     t = spec.type
-    if t == "integer":
-        return F.when(s.rlike(INTEGER), s.cast("bigint"))
-    if t == "decimal":
-        return F.when(s.rlike(DECIMAL), s.try_cast(spec.storage_type()))
-    if t == "double":
-        return s.try_cast("double")
+    if t in ("integer", "decimal", "double"):
+        return s.try_cast(spec.storage_type())
     if t == "boolean":
         return F.when(F.lower(s).isin("true", "false"), F.lower(s) == "true")
     if t == "timestamp":
-        return F.when(s.rlike(ISO_TS), s.try_cast("timestamp"))
+        # Spark's cast also accepts words ("yesterday", "now") and local times: insist on a
+        # date part and an explicit offset.
+        dated = (F.substring(s, 5, 1) == "-") & (F.substring(s, 11, 1).isin("T", " "))
+        offset = s.endswith("Z") | F.substring(s, -6, 1).isin("+", "-")
+        return F.when(dated & offset, s.try_cast("timestamp"))
     if t == "date":
-        return F.when(s.rlike(ISO_DATE), s.try_cast("date"))
+        return F.when(F.length(s) == 10, s.try_cast("date"))
     if t == "msisdn":
         n = normalise_msisdn(s, rules)
-        return F.when(n.rlike(E164), n)
+        e164 = _all_digits(n) & F.length(n).between(8, 15) & ~n.startswith("0")
+        return F.when(e164, n)
     if t == "iccid":
-        n = F.regexp_replace(s, r"\s", "")
-        return F.when(n.rlike(ICCID), n)
+        return F.when(s.startswith("89") & F.length(s).between(18, 22) & _all_digits(s), s)
     if t == "email":
         n = F.lower(s)
         return F.when(n.rlike(EMAIL), n)
@@ -117,10 +149,16 @@ def typed_value(v: Column, spec: FieldSpec, rules: ValidationRules) -> Column:
 
 
 TYPE_WORDS = {
-    "integer": "integer", "decimal": "decimal", "double": "number", "boolean": "true or false",
-    "timestamp": "ISO-8601 timestamp with offset", "date": "date YYYY-MM-DD",
-    "msisdn": "MSISDN (E.164 digits)", "iccid": "ICCID (89 + 16-20 digits)",
-    "email": "e-mail address", "string": "string",
+    "integer": "integer",
+    "decimal": "decimal",
+    "double": "number",
+    "boolean": "true or false",
+    "timestamp": "ISO-8601 timestamp with offset",
+    "date": "date YYYY-MM-DD",
+    "msisdn": "MSISDN (E.164 digits)",
+    "iccid": "ICCID (89 + 16-20 digits)",
+    "email": "e-mail address",
+    "string": "string",
 }
 
 
@@ -130,38 +168,349 @@ def _id_type(name: str, spec: FieldSpec) -> str | None:
     return name if name in ("passport", "app_user_id", "account_id") else None
 
 
-def _junk_check(name: str, raw: Column, value: Column, id_type: str, rules: ValidationRules) -> Column | None:
+def _is_junk(raw: Column, value: Column, id_type: str, rules: ValidationRules) -> Column | None:
     junk = rules.identity.junk
     values = junk.values.get(id_type, [])
     patterns = junk.patterns.get(id_type, [])
     if not values and not patterns:
         return None
     trimmed = F.trim(raw)
-    cond = trimmed.isin(*values) | value.isin(*values) if values else F.lit(False)
+    subject = F.coalesce(value, trimmed)
+    cond = (trimmed.isin(*values) | subject.isin(*values)) if values else F.lit(False)
     for p in patterns:
-        cond = cond | trimmed.rlike(p) | F.coalesce(value.rlike(p), F.lit(False))
-    return F.when(cond, _reason("junk_identifier",
-                                F.concat(F.lit(f"{name}: junk identifier "), _shown(trimmed))))
+        cond = cond | subject.rlike(p)
+    return cond
 
 
-def _field_checks(
-    m: Column, name: str, spec: FieldSpec, rules: ValidationRules
+@dataclass(frozen=True)
+class _ContractIndex:
+    """The contract keyed by "version:event_type": known keys, and where each field is
+    required or allowed."""
+
+    keys: dict[str, list[str]]
+    required_in: dict[str, list[str]]
+    allowed_in: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, contract: SourceContract) -> _ContractIndex:
+        fields = contract.silver_fields()
+        keys: dict[str, list[str]] = {}
+        required_in: dict[str, list[str]] = {name: [] for name in fields}
+        allowed_in: dict[str, list[str]] = {name: [] for name in fields}
+        for v in contract.active_versions():
+            for t, spec in v.event_types.items():
+                vt = f"{v.version}:{t}"
+                keys[vt] = [*ENVELOPE_FIELDS, *spec.fields]
+                for name, fs in spec.fields.items():
+                    allowed_in[name].append(vt)
+                    if fs.required:
+                        required_in[name].append(vt)
+        return cls(keys, required_in, allowed_in)
+
+
+def _raw(name: str) -> str:
+    return f"_raw_{name}"
+
+
+def _typed(name: str) -> str:
+    return f"_typed_{name}"
+
+
+def _field_columns(
+    name: str, spec: FieldSpec, index: _ContractIndex, rules: ValidationRules
 ) -> list[Column]:
-    raw = m[name]
+    """Per-field facts computed once per line: typed value, present, allowed, required, junk."""
+    raw, vt = F.col(_raw(name)), F.col("_vt")
     value = typed_value(raw, spec, rules)
-    present = raw.isNotNull() & (F.trim(raw) != "")
-    checks = []
-    if spec.required:
-        checks.append(F.when(~present, _reason("missing_field", f"missing field {name}")))
-    expected = TYPE_WORDS.get(spec.type) or f"one of {', '.join(spec.values or [])}"
-    checks.append(F.when(present & value.isNull(), _reason(
-        "wrong_type", F.concat(F.lit(f"{name}: expected {expected}, got "), _shown(raw)))))
+    cols = [
+        value.alias(_typed(name)),
+        (raw.isNotNull() & (F.trim(raw) != "")).alias(f"_present_{name}"),
+        vt.isin(*index.allowed_in[name]).alias(f"_allowed_{name}"),
+        vt.isin(*index.required_in[name]).alias(f"_required_{name}"),
+    ]
     id_type = _id_type(name, spec)
-    if id_type:
-        junk = _junk_check(name, raw, value, id_type, rules)
-        if junk is not None:
-            checks.append(F.when(present, junk))
+    junk = _is_junk(raw, value, id_type, rules) if id_type else None
+    if junk is not None:
+        cols.append(junk.alias(f"_junk_{name}"))
+    return cols
+
+
+def _field_checks(name: str, spec: FieldSpec, rules: ValidationRules) -> list[Check]:
+    """Checks of one payload field, over the facts `_field_columns` computed."""
+    raw, value = F.col(_raw(name)), F.col(_typed(name))
+    present, allowed = F.col(f"_present_{name}"), F.col(f"_allowed_{name}")
+    checks = [
+        _check("missing_field", F.col(f"_required_{name}") & ~present, f"missing field {name}")
+    ]
+    expected = TYPE_WORDS.get(spec.type) or f"one of {', '.join(spec.values or [])}"
+    checks.append(
+        _check(
+            "wrong_type",
+            allowed & present & value.isNull(),
+            F.concat(F.lit(f"{name}: expected {expected}, got "), _shown(raw)),
+        )
+    )
+    id_type = _id_type(name, spec)
+    if id_type and _is_junk(raw, value, id_type, rules) is not None:
+        checks.append(
+            _check(
+                "junk_identifier",
+                allowed & present & F.col(f"_junk_{name}"),
+                F.concat(F.lit(f"{name}: junk identifier "), _shown(raw)),
+            )
+        )
     return checks
+
+
+def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationRules) -> DataFrame:
+    """Parse each line and find the first contract rule it breaks (`_reason`, null when valid).
+
+    The work is staged in separate projections (raw values, typed values, then one CASE over the
+    rules) so each field is parsed once and rules stop at the first failure; messages and the
+    full list of breaches are only built for the few lines that fail.
+    """
+    fields = contract.silver_fields()
+    index = _ContractIndex.of(contract)
+    keys = index.keys
+    known_versions = sorted(v.version for v in contract.active_versions())
+
+    m = F.col("_m")
+    parsed = bronze.select(
+        *LINE_KEY,
+        "event_id",
+        "raw_line",
+        "file_path",
+        F.from_json("raw_line", "map<string,string>").alias("_m"),
+    )
+    env = parsed.select(
+        *LINE_KEY,
+        "event_id",
+        "raw_line",
+        "file_path",
+        m.isNull().alias("_bad_json"),
+        F.map_keys(m).alias("_keys"),
+        *[m[f].alias(_raw(f)) for f in (*ENVELOPE_FIELDS, *fields)],
+    )
+    version = F.trim(_raw("schema_version")).try_cast("int")
+    typed = env.select(
+        "*",
+        version.alias("_version"),
+        F.concat_ws(":", version.cast("string"), F.col(_raw("event_type"))).alias("_vt"),
+        F.col("event_id").alias("_event_id"),
+        typed_value(F.col(_raw("event_ts")), FieldSpec(type="timestamp"), rules).alias("_event_ts"),
+    )
+    typed = typed.select(
+        "*", *[c for f, spec in fields.items() for c in _field_columns(f, spec, index, rules)]
+    )
+
+    raw = {f: F.col(_raw(f)) for f in ENVELOPE_FIELDS}
+    vt, event_ts, ver = F.col("_vt"), F.col("_event_ts"), F.col("_version")
+    known_types = ", ".join(sorted({k.split(":", 1)[1] for k in keys}))
+    checks = [
+        _check(
+            "bad_json",
+            F.col("_bad_json"),
+            F.concat(F.lit("not a JSON object: "), _shown(F.col("raw_line"))),
+        ),
+        _check(
+            "missing_field",
+            F.coalesce(F.col("_event_id"), F.lit("")) == "",
+            "missing field event_id",
+        ),
+        _check("missing_field", raw["source"].isNull(), "missing field source"),
+        _check(
+            "wrong_source",
+            raw["source"] != contract.source,
+            F.concat(F.lit(f'source: expected "{contract.source}", got '), _shown(raw["source"])),
+        ),
+        _check("missing_field", raw["schema_version"].isNull(), "missing field schema_version"),
+        _check(
+            "unknown_schema_version",
+            ~F.coalesce(ver.isin(*known_versions), F.lit(False)),
+            F.concat(
+                F.lit("schema_version "),
+                _shown(raw["schema_version"]),
+                F.lit(
+                    f" is not an active version of the {contract.source} contract "
+                    f"(active: {', '.join(map(str, known_versions))})"
+                ),
+            ),
+        ),
+        _check("missing_field", raw["event_type"].isNull(), "missing field event_type"),
+        _check(
+            "unknown_event_type",
+            ~vt.isin(*keys),
+            F.concat(
+                F.lit("event_type "),
+                _shown(raw["event_type"]),
+                F.lit(f" is not in the {contract.source} contract v"),
+                ver.cast("string"),
+                F.lit(f" (known: {known_types})"),
+            ),
+        ),
+        _check("missing_field", raw["event_ts"].isNull(), "missing field event_ts"),
+        _check(
+            "wrong_type",
+            event_ts.isNull(),
+            F.concat(
+                F.lit("event_ts: expected ISO-8601 timestamp with offset, got "),
+                _shown(raw["event_ts"]),
+            ),
+        ),
+        *[c for name, spec in fields.items() for c in _field_checks(name, spec, rules)],
+        _check(
+            "future_event_time",
+            event_ts
+            > F.col("ingest_ts") + F.expr(f"INTERVAL {rules.max_future_skew_minutes} MINUTES"),
+            F.concat(
+                F.lit("event_ts "),
+                _shown(raw["event_ts"]),
+                F.lit(f" is more than {rules.max_future_skew_minutes} min after ingest time"),
+            ),
+        ),
+    ]
+    first = F.when(checks[0].fails, F.lit(0))
+    for i, c in enumerate(checks[1:], start=1):
+        first = first.when(c.fails, F.lit(i))
+    known_keys = F.create_map(
+        *[x for k, ks in keys.items() for x in (F.lit(k), F.array(*map(F.lit, ks)))]
+    )
+    checked = typed.select(
+        "*",
+        first.alias("_first_check"),
+        # Judged only where the version and event type are known; otherwise nothing is "unknown".
+        F.array_sort(F.array_except(F.col("_keys"), known_keys[vt])).alias("_unknown_fields"),
+    )
+    idx = F.col("_first_check")
+    message = F.when(idx == 0, checks[0].message)
+    for i, c in enumerate(checks[1:], start=1):
+        message = message.when(idx == i, c.message)
+    # After bad JSON no other rule applies; otherwise list every rule the line breaks.
+    details = F.when(idx == 0, checks[0].message).otherwise(
+        F.concat_ws("; ", *[F.when(c.fails, c.message) for c in checks[1:]])
+    )
+    return checked.withColumn(
+        "_reason",
+        F.when(
+            idx.isNotNull(),
+            F.struct(
+                F.element_at(F.array(*[F.lit(c.code) for c in checks]), idx + 1).alias("code"),
+                message.alias("message"),
+                details.alias("details"),
+            ),
+        ),
+    )
+
+
+def event_id_of(raw_line: Column) -> Column:
+    """The line's event id, read without parsing the whole line; bronze stores it so dedupe
+    reads one narrow column instead of parsing every line again."""
+    return F.trim(F.get_json_object(raw_line, "$.event_id"))
+
+
+def shape_validated(checked: DataFrame, contract: SourceContract) -> DataFrame:
+    """Final columns: typed silver fields, lineage, the reason (null when valid) and, for
+    rejected lines only, the raw line."""
+    fields = contract.silver_fields()
+    allowed_in = _ContractIndex.of(contract).allowed_in
+    vt = F.col("_vt")
+    payload = [
+        F.when(vt.isin(*allowed_in[name]), F.col(_typed(name)))
+        .cast(spec.storage_type())
+        .alias(name)
+        for name, spec in fields.items()
+    ]
+    reason = F.col("_reason")
+    return checked.select(
+        F.col("_event_id").alias("event_id"),
+        F.col(_raw("source")).alias("source"),
+        F.col(_raw("event_type")).alias("event_type"),
+        F.col("_event_ts").alias("event_ts"),
+        F.col("_version").alias("schema_version"),
+        *payload,
+        F.col("ingest_ts").alias("_ingest_ts"),
+        F.col("file_path").alias("_file"),
+        "_unknown_fields",
+        reason["code"].alias("_reason_code"),
+        reason["message"].alias("_reason"),
+        F.when(reason["details"] != reason["message"], reason["details"]).alias("_details"),
+        F.when(reason.isNotNull(), F.col("raw_line")).alias("raw_line"),
+    )
+
+
+@dataclass(frozen=True)
+class DuplicateVerdicts:
+    """Which lines of a batch repeat an event id: small frames, broadcast into the main pass.
+
+    `repeats` holds the line keys of valid lines that lost to an earlier valid line with the same
+    id in this batch; `in_silver` the ids of this batch that silver already holds.
+    """
+
+    repeats: DataFrame
+    in_silver: DataFrame | None
+
+
+def find_duplicates(
+    bronze: DataFrame,
+    contract: SourceContract,
+    rules: ValidationRules,
+    known_event_ids: DataFrame | None,
+) -> DuplicateVerdicts:
+    """Decide duplicates from ids alone plus a full check of the few lines whose id repeats.
+
+    The first valid line of an id (by ingest time, batch, line) wins, so a broken line that the
+    source resends corrected under the same id is not lost. Only narrow id frames are shuffled.
+    """
+    ids = bronze.select(*LINE_KEY, F.col("event_id").alias("_event_id"))
+    ids = ids.where(F.col("_event_id").isNotNull() & (F.col("_event_id") != ""))
+    repeated = ids.groupBy("_event_id").count().where(F.col("count") > 1).select("_event_id")
+    # Materialise the few suspect lines first: without that barrier the optimizer pushes the
+    # validity filter below the join and inlines the JSON parse into it once per field.
+    suspects = bronze.join(
+        F.broadcast(repeated), F.col("event_id") == F.col("_event_id"), "left_semi"
+    ).localCheckpoint(eager=True)
+    checked = check_events(suspects, contract, rules).where(F.col("_reason").isNull())
+    order = Window.partitionBy("_event_id").orderBy(*LINE_KEY)
+    repeats = (
+        checked.withColumn("_rank", F.row_number().over(order))
+        .where(F.col("_rank") > 1)
+        .select(*LINE_KEY, F.lit(True).alias("_repeat"))
+    )
+    in_silver = None
+    if known_event_ids is not None:
+        in_silver = (
+            ids.select("_event_id")
+            .distinct()
+            .join(
+                known_event_ids.select(F.col("event_id").alias("_event_id")),
+                "_event_id",
+                "left_semi",
+            )
+            .select("_event_id", F.lit(True).alias("_in_silver"))
+        )
+    return DuplicateVerdicts(repeats, in_silver)
+
+
+def apply_duplicates(checked: DataFrame, verdicts: DuplicateVerdicts) -> DataFrame:
+    """Give valid lines the `duplicate` reason the verdicts found for them."""
+    flagged = checked.join(F.broadcast(verdicts.repeats), list(LINE_KEY), "left")
+    if verdicts.in_silver is not None:
+        flagged = flagged.join(F.broadcast(verdicts.in_silver), "_event_id", "left")
+    else:
+        flagged = flagged.withColumn("_in_silver", F.lit(None).cast("boolean"))
+    shown = _shown(F.col("_event_id"))
+    why = F.when(
+        F.col("_in_silver").eqNullSafe(True),
+        F.concat(F.lit("duplicate event_id "), shown, F.lit(" (already in silver)")),
+    ).when(
+        F.col("_repeat").eqNullSafe(True),
+        F.concat(F.lit("duplicate event_id "), shown, F.lit(" (repeated earlier in this batch)")),
+    )
+    dup = F.struct(F.lit("duplicate").alias("code"), why.alias("message"), why.alias("details"))
+    return flagged.withColumn(
+        "_reason",
+        F.when(F.col("_reason").isNull() & why.isNotNull(), dup).otherwise(F.col("_reason")),
+    ).drop("_repeat", "_in_silver")
 
 
 def validate_events(
@@ -170,124 +519,15 @@ def validate_events(
     rules: ValidationRules,
     known_event_ids: DataFrame | None = None,
 ) -> DataFrame:
-    """Parse and check every bronze line; returns silver columns plus `_reason_code`, `_reason`,
-    `_details` (null when valid), `_unknown_fields` and the raw line for quarantine.
+    """Parse and check every bronze line; one row per line with the silver columns plus
+    `_reason_code`, `_reason`, `_details` (null when valid), `_unknown_fields`, `raw_line`.
 
-    `bronze` needs `raw_line`, `file_path`, `ingest_ts`. `known_event_ids` (column `event_id`)
-    are ids already in silver: a line repeating one is a duplicate.
+    `bronze` has the bronze columns (`raw_line`, `event_id`, `file_path`, `ingest_ts`,
+    `batch_id`, `line_id`); `known_event_ids` (column `event_id`) are the ids silver already holds.
     """
-    m = F.col("_m")
-    df = bronze.withColumn("_m", F.from_json("raw_line", "map<string,string>"))
-    version = F.when(F.trim(m["schema_version"]).rlike(r"^\d{1,9}$"),
-                     F.trim(m["schema_version"]).cast("int"))
-    etype = m["event_type"]
-    event_ts = typed_value(m["event_ts"], FieldSpec(type="timestamp"), rules)
-    known_versions = sorted(v.version for v in contract.active_versions())
-
-    envelope = [
-        F.when(F.coalesce(F.trim(m["event_id"]), F.lit("")) == "",
-               _reason("missing_field", "missing field event_id")),
-        F.when(m["source"].isNull(), _reason("missing_field", "missing field source"))
-        .when(m["source"] != contract.source, _reason(
-            "wrong_source", F.concat(F.lit(f"source: expected \"{contract.source}\", got "),
-                                     _shown(m["source"])))),
-        F.when(m["schema_version"].isNull(),
-               _reason("missing_field", "missing field schema_version"))
-        .when(~F.coalesce(version.isin(*known_versions), F.lit(False)), _reason(
-            "unknown_schema_version",
-            F.concat(F.lit("schema_version "), _shown(m["schema_version"]),
-                     F.lit(f" is not an active version of the {contract.source} contract "
-                           f"(active: {', '.join(map(str, known_versions))})")))),
-        F.when(m["event_type"].isNull(), _reason("missing_field", "missing field event_type")),
-        F.when(m["event_ts"].isNull(), _reason("missing_field", "missing field event_ts"))
-        .when(event_ts.isNull(), _reason(
-            "wrong_type", F.concat(F.lit("event_ts: expected ISO-8601 timestamp with offset, got "),
-                                   _shown(m["event_ts"])))),
-    ]
-    blocks: list[Column] = []
-    known_keys: list[Column] = []
-    for v in contract.active_versions():
-        types = sorted(v.event_types)
-        blocks.append(F.when((version == v.version) & etype.isNotNull() & ~etype.isin(*types),
-                             F.array(_reason("unknown_event_type", F.concat(
-                                 F.lit("event_type "), _shown(etype),
-                                 F.lit(f" is not in the {contract.source} contract v{v.version} "
-                                       f"(known: {', '.join(types)})"))))))
-        for t, spec in v.event_types.items():
-            here = (version == v.version) & (etype == t)
-            checks = [c for name, fs in spec.fields.items() for c in _field_checks(m, name, fs, rules)]
-            blocks.append(F.when(here, F.array(*checks)))
-            keys = F.array(*[F.lit(k) for k in (*ENVELOPE_FIELDS, *spec.fields)])
-            known_keys.append(F.when(here, keys))
-    skew = F.expr(f"INTERVAL {rules.max_future_skew_minutes} MINUTES")
-    future = F.when(event_ts > F.col("ingest_ts") + skew, _reason(
-        "future_event_time",
-        F.concat(F.lit("event_ts "), _shown(m["event_ts"]),
-                 F.lit(f" is more than {rules.max_future_skew_minutes} min after ingest time"))))
-    empty = F.array().cast("array<struct<code:string,message:string>>")
-    reasons = F.when(m.isNull(), F.array(_reason("bad_json", F.concat(
-        F.lit("not a JSON object: "), _shown(F.col("raw_line")))))).otherwise(
-        F.array_compact(F.concat(
-            F.array(*envelope),
-            *[F.coalesce(b, empty) for b in blocks],
-            F.array(future),
-        ))
-    )
-    df = df.withColumn("_reasons", reasons)
-    df = df.withColumn(
-        "_unknown_fields",
-        # Only judged where the version and event type are known: otherwise nothing is "unknown".
-        F.array_sort(F.array_except(F.map_keys(m), F.coalesce(*known_keys))),
-    )
-
-    # Duplicates among otherwise valid lines: the first by ingest order wins, later ones and ids
-    # already in silver go to quarantine with the reason.
-    valid = F.size("_reasons") == 0
-    event_id = F.trim(m["event_id"])
-    df = df.withColumn("_rank", F.when(valid, F.row_number().over(
-        Window.partitionBy(valid, event_id).orderBy("ingest_ts", "file_path", "raw_line"))))
-    if known_event_ids is not None:
-        seen = known_event_ids.select(F.col("event_id").alias("_seen_id")).distinct()
-        df = df.join(seen, event_id == F.col("_seen_id"), "left")
-        already = F.col("_seen_id").isNotNull()
-    else:
-        already = F.lit(False)
-    dup = F.when(valid & already, _reason("duplicate", F.concat(
-        F.lit("duplicate event_id "), _shown(event_id), F.lit(" (already in silver)")))).when(
-        valid & (F.col("_rank") > 1), _reason("duplicate", F.concat(
-            F.lit("duplicate event_id "), _shown(event_id), F.lit(" (repeated in this batch)"))))
-    df = df.withColumn("_reasons", F.array_compact(F.concat("_reasons", F.array(dup))))
-
-    fields = contract.silver_fields()
-    allowed: dict[str, list[Column]] = {}
-    for v in contract.active_versions():
-        for t, spec in v.event_types.items():
-            for name in spec.fields:
-                allowed.setdefault(name, []).append((version == v.version) & (etype == t))
-    payload = []
-    for name, spec in fields.items():
-        conds = allowed.get(name)
-        when_allowed = conds[0] if conds else F.lit(False)
-        for c in (conds or [])[1:]:
-            when_allowed = when_allowed | c
-        payload.append(F.when(when_allowed, typed_value(m[name], spec, rules))
-                       .cast(spec.storage_type()).alias(name))
-    first = F.col("_reasons")[0]
-    return df.select(
-        event_id.alias("event_id"),
-        m["source"].alias("source"),
-        etype.alias("event_type"),
-        event_ts.alias("event_ts"),
-        version.alias("schema_version"),
-        *payload,
-        F.col("ingest_ts").alias("_ingest_ts"),
-        F.col("file_path").alias("_file"),
-        "_unknown_fields",
-        F.when(F.size("_reasons") > 0, first["code"]).alias("_reason_code"),
-        F.when(F.size("_reasons") > 0, first["message"]).alias("_reason"),
-        F.when(F.size("_reasons") > 1, F.array_join(F.col("_reasons.message"), "; "))
-        .alias("_details"),
-        "raw_line",
+    verdicts = find_duplicates(bronze, contract, rules, known_event_ids)
+    return shape_validated(
+        apply_duplicates(check_events(bronze, contract, rules), verdicts), contract
     )
 
 
@@ -295,37 +535,78 @@ def silver_columns(contract: SourceContract) -> list[str]:
     return [*ENVELOPE_FIELDS, *contract.silver_fields(), *LINEAGE]
 
 
-def quarantine_rows(validated: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
-    return validated.where(F.col("_reason_code").isNotNull()).select(
-        F.lit(contract.source).alias("source"),
-        "event_id",
-        "event_type",
-        F.col("_reason_code").alias("reason_code"),
-        F.col("_reason").alias("reason"),
-        F.col("_details").alias("details"),
-        "raw_line",
-        F.col("_file").alias("file_path"),
-        F.col("_ingest_ts").alias("ingest_ts"),
-        F.lit(contract.latest_version).cast("int").alias("contract_version"),
-        F.lit(bronze_version).cast("bigint").alias("bronze_version"),
+@dataclass(frozen=True)
+class SplitBatch:
+    """A validated batch routed to its three tables."""
+
+    silver: pa.Table
+    quarantine: pa.Table
+    drift: pa.Table
+
+
+def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: int) -> SplitBatch:
+    """Route an already-validated batch (one Spark pass, collected once) to silver, quarantine
+    and the drift counts, so no wide frame is cached or computed twice."""
+    rejected = pc.is_valid(batch.column("_reason_code"))
+    good = batch.filter(pc.invert(rejected)).select(silver_columns(contract))
+    bad = batch.filter(rejected)
+    n = bad.num_rows
+    quarantine = pa.table(
+        {
+            "source": pa.array([contract.source] * n, pa.string()),
+            "event_id": bad.column("event_id"),
+            "event_type": bad.column("event_type"),
+            "reason_code": bad.column("_reason_code"),
+            "reason": bad.column("_reason"),
+            "details": bad.column("_details"),
+            "raw_line": bad.column("raw_line"),
+            "file_path": bad.column("_file"),
+            "ingest_ts": bad.column("_ingest_ts"),
+            "contract_version": pa.array([contract.latest_version] * n, pa.int32()),
+            "bronze_version": pa.array([bronze_version] * n, pa.int64()),
+        }
     )
+    return SplitBatch(good, quarantine, _drift(batch, contract, bronze_version))
 
 
-def drift_rows(validated: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
-    """Unknown fields per source and field in this batch: count, first/last seen, an example."""
-    exploded = validated.where(F.size("_unknown_fields") > 0).select(
-        F.explode("_unknown_fields").alias("field"), "event_id", "event_type", "_ingest_ts")
-    return exploded.groupBy("field").agg(
-        F.count(F.lit(1)).alias("events"),
-        F.min("_ingest_ts").alias("first_seen"),
-        F.max("_ingest_ts").alias("last_seen"),
-        F.min("event_id").alias("example_event_id"),
-        F.array_sort(F.collect_set("event_type")).alias("event_types"),
-    ).select(
-        F.lit(contract.source).alias("source"), "field", "events", "first_seen", "last_seen",
-        "example_event_id", "event_types",
-        F.lit(contract.latest_version).cast("int").alias("contract_version"),
-        F.lit(bronze_version).cast("bigint").alias("bronze_version"),
+def _drift(batch: pa.Table, contract: SourceContract, bronze_version: int) -> pa.Table:
+    """Unknown fields of this batch per field: events, first/last seen, an example event id."""
+    unknown = batch.column("_unknown_fields")
+    lengths = pc.fill_null(pc.list_value_length(unknown), 0)
+    has = pc.greater(lengths, 0)
+    rows = batch.filter(has)
+    fields = pc.list_flatten(rows.column("_unknown_fields"))
+    parent = pc.list_parent_indices(rows.column("_unknown_fields"))
+    exploded = pa.table(
+        {
+            "field": fields,
+            "event_id": pc.take(rows.column("event_id"), parent),
+            "event_type": pc.take(rows.column("event_type"), parent),
+            "ts": pc.take(rows.column("_ingest_ts"), parent),
+        }
+    )
+    agg = exploded.group_by("field").aggregate(
+        [
+            ("field", "count"),
+            ("ts", "min"),
+            ("ts", "max"),
+            ("event_id", "min"),
+            ("event_type", "distinct"),
+        ]
+    )
+    n = agg.num_rows
+    return pa.table(
+        {
+            "source": pa.array([contract.source] * n, pa.string()),
+            "field": agg.column("field"),
+            "events": pc.cast(agg.column("field_count"), pa.int64()),
+            "first_seen": agg.column("ts_min"),
+            "last_seen": agg.column("ts_max"),
+            "example_event_id": agg.column("event_id_min"),
+            "event_types": agg.column("event_type_distinct"),
+            "contract_version": pa.array([contract.latest_version] * n, pa.int32()),
+            "bronze_version": pa.array([bronze_version] * n, pa.int64()),
+        }
     )
 
 
@@ -358,36 +639,46 @@ def refresh_silver(
     done = {t: lake.committed(t, app) for t, app in app_ids.items()}
     since = done[silver]
     # A crash after quarantine/drift committed but before silver did: finish exactly that range.
-    ahead = [v for t, v in done.items() if t != silver and v is not None and (since is None or v > since)]
-    until = max(ahead) if ahead else None
-    changes = lake.changes(spark, bronze, since, until)
+    ahead = [
+        v for t, v in done.items() if t != silver and v is not None and (since is None or v > since)
+    ]
+    changes = lake.changes(spark, bronze, since, max(ahead) if ahead else None)
     if since is not None and changes.to_version <= since:
         return SilverResult(source)
+    target = changes.to_version
     known_ids = lake.read_spark(spark, silver, ["event_id"]) if lake.exists(silver) else None
-    validated = validate_events(changes.frame, contract, rules, known_ids).persist()
-    try:
-        target = changes.to_version
-        good = validated.where(F.col("_reason_code").isNull()).select(*silver_columns(contract))
-        bad = quarantine_rows(validated, contract, target)
-        drift = drift_rows(validated, contract, target)
-        good_rows, bad_rows, drift_table = good.toArrow(), bad.toArrow(), drift.toArrow()
-    finally:
-        validated.unpersist()
+    batch = validate_events(changes.frame, contract, rules, known_ids).toArrow()
+    out = split_validated(batch, contract, target)
     meta = {"bronze_version": str(target)}
-    lake.append(QUARANTINE, _compact(bad_rows), app_id=app_ids[QUARANTINE], txn_version=target,
-                stage=f"silver.{source}", metadata=meta)
-    lake.append(DRIFT, drift_table, app_id=app_ids[DRIFT], txn_version=target,
-                stage=f"silver.{source}", metadata=meta)
+    stage = f"silver.{source}"
+    lake.append(
+        QUARANTINE,
+        out.quarantine,
+        app_id=app_ids[QUARANTINE],
+        txn_version=target,
+        stage=stage,
+        metadata=meta,
+    )
+    lake.append(
+        DRIFT, out.drift, app_id=app_ids[DRIFT], txn_version=target, stage=stage, metadata=meta
+    )
     # Silver last: its app transaction is the watermark of what has been consumed.
-    lake.append(silver, good_rows, app_id=app_ids[silver], txn_version=target,
-                stage=f"silver.{source}", metadata=meta)
-    reasons: dict[str, int] = {}
-    for code in bad_rows.column("reason_code").to_pylist():
-        reasons[code] = reasons.get(code, 0) + 1
-    drift_counts = dict(zip(drift_table.column("field").to_pylist(),
-                            drift_table.column("events").to_pylist(), strict=True))
-    return SilverResult(source, target, good_rows.num_rows, reasons, drift_counts)
-
-
-def _compact(table: pa.Table) -> pa.Table:
-    return table.combine_chunks() if table.num_rows else table
+    lake.append(
+        silver, out.silver, app_id=app_ids[silver], txn_version=target, stage=stage, metadata=meta
+    )
+    reasons = (
+        out.quarantine.group_by("reason_code").aggregate([("reason_code", "count")]).to_pylist()
+    )
+    return SilverResult(
+        source,
+        target,
+        out.silver.num_rows,
+        {r["reason_code"]: r["reason_code_count"] for r in reasons},
+        dict(
+            zip(
+                out.drift.column("field").to_pylist(),
+                out.drift.column("events").to_pylist(),
+                strict=True,
+            )
+        ),
+    )

@@ -24,20 +24,73 @@ from pipelines.config import CountryCfg, GeneratorCfg
 
 TASHKENT = timezone(timedelta(hours=5))
 SOURCES = ("billing", "crm", "network", "app")
-FIRST_NAMES = ["Aziz", "Dilnoza", "Jasur", "Madina", "Otabek", "Nilufar", "Sardor", "Gulnora",
-               "Bekzod", "Shahnoza", "Timur", "Malika", "Rustam", "Zarina", "Farrukh", "Kamola"]
-LAST_NAMES = ["Karimov", "Rashidova", "Tursunov", "Yusupova", "Aliyev", "Nazarova", "Umarov",
-              "Saidova", "Ismoilov", "Qodirova", "Ergashev", "Xolmatova"]
-REGIONS = ["Tashkent", "Samarkand", "Bukhara", "Fergana", "Andijan", "Namangan", "Khorezm",
-           "Navoi", "Kashkadarya", "Surkhandarya", "Jizzakh", "Syrdarya", "Karakalpakstan"]
+FIRST_NAMES = [
+    "Aziz",
+    "Dilnoza",
+    "Jasur",
+    "Madina",
+    "Otabek",
+    "Nilufar",
+    "Sardor",
+    "Gulnora",
+    "Bekzod",
+    "Shahnoza",
+    "Timur",
+    "Malika",
+    "Rustam",
+    "Zarina",
+    "Farrukh",
+    "Kamola",
+]
+LAST_NAMES = [
+    "Karimov",
+    "Rashidova",
+    "Tursunov",
+    "Yusupova",
+    "Aliyev",
+    "Nazarova",
+    "Umarov",
+    "Saidova",
+    "Ismoilov",
+    "Qodirova",
+    "Ergashev",
+    "Xolmatova",
+]
+REGIONS = [
+    "Tashkent",
+    "Samarkand",
+    "Bukhara",
+    "Fergana",
+    "Andijan",
+    "Namangan",
+    "Khorezm",
+    "Navoi",
+    "Kashkadarya",
+    "Surkhandarya",
+    "Jizzakh",
+    "Syrdarya",
+    "Karakalpakstan",
+]
 MAIL_DOMAINS = ["mail.uz", "gmail.com", "yandex.ru", "inbox.uz"]
-TARIFFS = [("T-MINI", "Mini", "29000.00", 3.0, "prepaid"), ("T-START", "Start", "49000.00", 10.0,
-           "prepaid"), ("T-PLUS", "Plus", "79000.00", 25.0, "postpaid"), ("T-MAX", "Max",
-           "129000.00", 60.0, "postpaid"), ("T-FAMILY", "Family", "99000.00", 40.0, "postpaid"),
-           ("T-CORP", "Business", "89000.00", 30.0, "postpaid")]
-BAD_KINDS = ("bad_json", "missing_field", "wrong_type", "unknown_event_type",
-             "unknown_schema_version", "future_event_time", "duplicate", "junk_identifier",
-             "schema_drift")
+TARIFFS = [
+    ("T-MINI", "Mini", "29000.00", 3.0, "prepaid"),
+    ("T-START", "Start", "49000.00", 10.0, "prepaid"),
+    ("T-PLUS", "Plus", "79000.00", 25.0, "postpaid"),
+    ("T-MAX", "Max", "129000.00", 60.0, "postpaid"),
+    ("T-FAMILY", "Family", "99000.00", 40.0, "postpaid"),
+    ("T-CORP", "Business", "89000.00", 30.0, "postpaid"),
+]
+BAD_KINDS = (
+    "bad_json",
+    "missing_field",
+    "wrong_type",
+    "unknown_event_type",
+    "unknown_schema_version",
+    "future_event_time",
+    "duplicate",
+    "junk_identifier",
+    "schema_drift",
+)
 
 
 @dataclass
@@ -127,7 +180,7 @@ class Operator:
             prefix = self.rng.choice(self.country.mobile_prefixes)
             rest = self.country.national_number_length - len(prefix)
             number = prefix + "".join(str(self.rng.randrange(10)) for _ in range(rest))
-            if number not in self._used_msisdn and len(set(number[len(prefix):])) > 2:
+            if number not in self._used_msisdn and len(set(number[len(prefix) :])) > 2:
                 self._used_msisdn.add(number)
                 return self.country.calling_code + number
 
@@ -135,8 +188,14 @@ class Operator:
         body = f"89{self.country.calling_code}01{self._next('iccid'):011d}"
         return body + _luhn_digit(body)
 
-    def new_person(self, *, passport: bool = True, email_share: float = 0.7,
-                   app_share: float = 0.55, company: str | None = None) -> Person:
+    def new_person(
+        self,
+        *,
+        passport: bool = True,
+        email_share: float = 0.7,
+        app_share: float = 0.55,
+        company: str | None = None,
+    ) -> Person:
         n = self._next("person")
         first, last = self.rng.choice(FIRST_NAMES), self.rng.choice(LAST_NAMES)
         email = None
@@ -144,10 +203,14 @@ class Operator:
             domain = f"{company}.uz" if company else self.rng.choice(MAIL_DOMAINS)
             email = f"{first}.{last}{n}@{domain}".lower()
         p = Person(
-            key=f"P{n:07d}", first_name=first, last_name=last,
+            key=f"P{n:07d}",
+            first_name=first,
+            last_name=last,
             passport=f"A{chr(65 + n % 26)}{n:07d}" if passport else None,
             email=email,
-            app_user_id=f"u{self.rng.getrandbits(40):010x}" if self.rng.random() < app_share else None,
+            app_user_id=f"u{self.rng.getrandbits(40):010x}"
+            if self.rng.random() < app_share
+            else None,
             language=self.rng.choices(["uz", "ru", "en"], [6, 3, 1])[0],
             platform=self.rng.choices(["android", "ios", "web"], [7, 2, 1])[0],
         )
@@ -161,13 +224,28 @@ class Operator:
 
     def past_start(self) -> datetime:
         """An activation time before the simulated window (lines that already exist)."""
-        return self.start - timedelta(days=self.rng.randint(30, 1500), seconds=self.rng.randint(0, 86399))
+        return self.start - timedelta(
+            days=self.rng.randint(30, 1500), seconds=self.rng.randint(0, 86399)
+        )
 
-    def add_line(self, person: Person, account: Account, role: str, tariff: str,
-                 start: datetime | None = None) -> Line:
-        line = Line(self.new_msisdn(), self.new_iccid(), person.key, account.account_id, role,
-                    tariff, start or self.past_start(),
-                    balance=self.rng.randint(0, 50_000) * 100)
+    def add_line(
+        self,
+        person: Person,
+        account: Account,
+        role: str,
+        tariff: str,
+        start: datetime | None = None,
+    ) -> Line:
+        line = Line(
+            self.new_msisdn(),
+            self.new_iccid(),
+            person.key,
+            account.account_id,
+            role,
+            tariff,
+            start or self.past_start(),
+            balance=self.rng.randint(0, 50_000) * 100,
+        )
         self.lines.append(line)
         return line
 
@@ -183,11 +261,15 @@ class Operator:
             corp_no += 1
             size = min(corporate_lines - made, rng.randint(10, max(10, min(2000, target // 20))))
             company = f"corp{corp_no}"
-            contact = self.new_person(passport=False, email_share=1.0, app_share=0.0, company=company)
+            contact = self.new_person(
+                passport=False, email_share=1.0, app_share=0.0, company=company
+            )
             del self.persons[contact.key]  # the account contact is not one of its lines' users
             acc = self.new_account("corporate", contact, company=company)
             for _ in range(size):
-                user = self.new_person(passport=False, email_share=0.8, app_share=0.4, company=company)
+                user = self.new_person(
+                    passport=False, email_share=0.8, app_share=0.4, company=company
+                )
                 self.add_line(user, acc, "member", "T-CORP")
             made += size
         while made < target:
@@ -227,17 +309,27 @@ class Operator:
                 line.end_reason = rng.choice(["customer_request", "non_payment"])
                 newcomer = self.new_person()
                 acc = self.new_account("individual", newcomer)
-                reissue = line.end + timedelta(days=q + rng.randint(0, 1), seconds=rng.randint(0, 3600))
+                reissue = line.end + timedelta(
+                    days=q + rng.randint(0, 1), seconds=rng.randint(0, 3600)
+                )
                 if reissue >= self.end:
                     continue
-                new_line = Line(line.msisdn, self.new_iccid(), newcomer.key, acc.account_id,
-                                "holder", rng.choice(["T-MINI", "T-START"]), reissue,
-                                balance=0)
+                new_line = Line(
+                    line.msisdn,
+                    self.new_iccid(),
+                    newcomer.key,
+                    acc.account_id,
+                    "holder",
+                    rng.choice(["T-MINI", "T-START"]),
+                    reissue,
+                    balance=0,
+                )
                 self.lines.append(new_line)
         for line in rng.sample(existing, int(len(existing) * cfg.port_out_share)):
             if line.end is None:
-                line.end = self.start + timedelta(days=rng.randint(1, window - 1),
-                                                  seconds=rng.randint(0, 86399))
+                line.end = self.start + timedelta(
+                    days=rng.randint(1, window - 1), seconds=rng.randint(0, 86399)
+                )
                 line.end_reason = "port_out"
         for line in rng.sample(existing, int(len(existing) * cfg.sim_swap_share)):
             at = self.start + timedelta(days=rng.uniform(0.5, window - 0.5))
@@ -246,9 +338,12 @@ class Operator:
 
     # ------------------------------------------------------------ events
 
-    def emit(self, source: str, event_type: str, ts: datetime, person: str | None,
-             **payload: object) -> Event:
-        e = Event(source, event_type, ts, {k: v for k, v in payload.items() if v is not None}, person)
+    def emit(
+        self, source: str, event_type: str, ts: datetime, person: str | None, **payload: object
+    ) -> Event:
+        e = Event(
+            source, event_type, ts, {k: v for k, v in payload.items() if v is not None}, person
+        )
         self.events.append(e)
         return e
 
@@ -259,40 +354,93 @@ class Operator:
             first_line = next(ln for ln in self.lines if ln.account_id == acc.account_id)
             ts = first_line.start + timedelta(minutes=rng.randint(1, 120))
             if acc.type == "corporate":
-                self.emit("crm", "customer_update", ts, None, account_id=acc.account_id,
-                          first_name=f"{acc.company.upper() if acc.company else ''} LLC")
+                self.emit(
+                    "crm",
+                    "customer_update",
+                    ts,
+                    None,
+                    account_id=acc.account_id,
+                    first_name=f"{acc.company.upper() if acc.company else ''} LLC",
+                )
             elif holder is not None:
-                self.emit("crm", "customer_update", ts, holder.key, account_id=acc.account_id,
-                          msisdn=first_line.msisdn, passport=holder.passport, email=holder.email,
-                          first_name=holder.first_name, last_name=holder.last_name,
-                          preferred_language=holder.language)
+                self.emit(
+                    "crm",
+                    "customer_update",
+                    ts,
+                    holder.key,
+                    account_id=acc.account_id,
+                    msisdn=first_line.msisdn,
+                    passport=holder.passport,
+                    email=holder.email,
+                    first_name=holder.first_name,
+                    last_name=holder.last_name,
+                    preferred_language=holder.language,
+                )
         for line in self.lines:
             acc = self.accounts[line.account_id]
-            self.emit("billing", "activation", line.start, line.person, msisdn=line.msisdn,
-                      iccid=line.iccid, account_id=line.account_id, account_type=acc.type,
-                      line_role=line.role, tariff_id=line.tariff_id)
+            self.emit(
+                "billing",
+                "activation",
+                line.start,
+                line.person,
+                msisdn=line.msisdn,
+                iccid=line.iccid,
+                account_id=line.account_id,
+                account_type=acc.type,
+                line_role=line.role,
+                tariff_id=line.tariff_id,
+            )
             user = self.persons[line.person]
             if acc.type == "family" and line.role == "member" and user.passport:
                 # Members register their own passport against their line (not the account).
-                self.emit("crm", "customer_update", line.start + timedelta(hours=2), user.key,
-                          account_id=line.account_id, msisdn=line.msisdn, passport=user.passport,
-                          email=user.email, first_name=user.first_name, last_name=user.last_name)
+                self.emit(
+                    "crm",
+                    "customer_update",
+                    line.start + timedelta(hours=2),
+                    user.key,
+                    account_id=line.account_id,
+                    msisdn=line.msisdn,
+                    passport=user.passport,
+                    email=user.email,
+                    first_name=user.first_name,
+                    last_name=user.last_name,
+                )
             iccid = line.iccid
             for at, new_iccid in line.swaps:
-                self.emit("billing", "sim_swap", at, line.person, msisdn=line.msisdn,
-                          iccid=new_iccid, previous_iccid=iccid, account_id=line.account_id)
+                self.emit(
+                    "billing",
+                    "sim_swap",
+                    at,
+                    line.person,
+                    msisdn=line.msisdn,
+                    iccid=new_iccid,
+                    previous_iccid=iccid,
+                    account_id=line.account_id,
+                )
                 iccid = new_iccid
             if line.end is not None:
-                self.emit("billing", "deactivation", line.end, line.person, msisdn=line.msisdn,
-                          iccid=iccid, account_id=line.account_id, reason=line.end_reason)
+                self.emit(
+                    "billing",
+                    "deactivation",
+                    line.end,
+                    line.person,
+                    msisdn=line.msisdn,
+                    iccid=iccid,
+                    account_id=line.account_id,
+                    reason=line.end_reason,
+                )
             self._consents(line)
 
     def _consents(self, line: Line) -> None:
         rng = self.rng
         person = self.persons[line.person]
         base = max(line.start, self.start - timedelta(days=10)) + timedelta(hours=3)
-        for purpose, share in (("marketing", 0.6), ("profiling", 0.4), ("location", 0.3),
-                               ("third_party", 0.1)):
+        for purpose, share in (
+            ("marketing", 0.6),
+            ("profiling", 0.4),
+            ("location", 0.3),
+            ("third_party", 0.1),
+        ):
             if rng.random() >= share:
                 continue
             key = rng.choice(["msisdn", "msisdn", "email", "account_id"])
@@ -303,19 +451,45 @@ class Operator:
                 ident = {"account_id": line.account_id}
             channel = rng.choice(["app", "web", "shop", "call_centre", "sms"])
             t = base + timedelta(minutes=rng.randint(0, 600))
-            self.emit("crm", "consent", t, line.person, purpose=purpose, granted=True,
-                      legal_basis="consent", channel=channel, **ident)
+            self.emit(
+                "crm",
+                "consent",
+                t,
+                line.person,
+                purpose=purpose,
+                granted=True,
+                legal_basis="consent",
+                channel=channel,
+                **ident,
+            )
             if rng.random() < 0.15:  # withdrawn inside the window, sometimes granted again
                 t2 = self.start + timedelta(days=rng.uniform(0.5, self.cfg.days - 0.5))
                 if line.end is None or t2 < line.end:
-                    self.emit("crm", "consent", t2, line.person, purpose=purpose, granted=False,
-                              legal_basis="consent", channel=channel, **ident)
+                    self.emit(
+                        "crm",
+                        "consent",
+                        t2,
+                        line.person,
+                        purpose=purpose,
+                        granted=False,
+                        legal_basis="consent",
+                        channel=channel,
+                        **ident,
+                    )
                     if rng.random() < 0.4:
                         t3 = t2 + timedelta(hours=rng.uniform(1, 72))
                         if t3 < self.end and (line.end is None or t3 < line.end):
-                            self.emit("crm", "consent", t3, line.person, purpose=purpose,
-                                      granted=True, legal_basis="consent", channel=channel,
-                                      **ident)
+                            self.emit(
+                                "crm",
+                                "consent",
+                                t3,
+                                line.person,
+                                purpose=purpose,
+                                granted=True,
+                                legal_basis="consent",
+                                channel=channel,
+                                **ident,
+                            )
 
     def usage_events(self, progress: Callable[[int], None]) -> None:
         """Daily traffic per active line: network, app, payments and service cases."""
@@ -339,63 +513,133 @@ class Operator:
                     r = rng.random()
                     if r < 0.22:
                         region = home if rng.random() < 0.85 else rng.choice(REGIONS)
-                        self.emit("network", "location", ts, line.person, msisdn=line.msisdn,
-                                  cell_id=f"{region[:3].upper()}-{rng.randint(1, 400):04d}",
-                                  region=region)
+                        self.emit(
+                            "network",
+                            "location",
+                            ts,
+                            line.person,
+                            msisdn=line.msisdn,
+                            cell_id=f"{region[:3].upper()}-{rng.randint(1, 400):04d}",
+                            region=region,
+                        )
                     elif r < 0.62:
                         sid = f"s{self._next('session'):010d}"
                         dur = rng.randint(30, 3600)
-                        self.emit("network", "data_session_start", ts, line.person,
-                                  msisdn=line.msisdn, session_id=sid)
-                        self.emit("network", "data_session_end", ts + timedelta(seconds=dur),
-                                  line.person, msisdn=line.msisdn, session_id=sid,
-                                  bytes_up=rng.randint(1_000, 20_000_000),
-                                  bytes_down=rng.randint(10_000, 400_000_000), duration_s=dur)
+                        self.emit(
+                            "network",
+                            "data_session_start",
+                            ts,
+                            line.person,
+                            msisdn=line.msisdn,
+                            session_id=sid,
+                        )
+                        self.emit(
+                            "network",
+                            "data_session_end",
+                            ts + timedelta(seconds=dur),
+                            line.person,
+                            msisdn=line.msisdn,
+                            session_id=sid,
+                            bytes_up=rng.randint(1_000, 20_000_000),
+                            bytes_down=rng.randint(10_000, 400_000_000),
+                            duration_s=dur,
+                        )
                     elif r < 0.85 and person.app_user_id:
                         if not logged_in or rng.random() < 0.05:
                             email = person.email or person.shared_email
-                            self.emit("app", "login", ts, line.person,
-                                      app_user_id=person.app_user_id, msisdn=line.msisdn,
-                                      email=email, platform=person.platform)
+                            self.emit(
+                                "app",
+                                "login",
+                                ts,
+                                line.person,
+                                app_user_id=person.app_user_id,
+                                msisdn=line.msisdn,
+                                email=email,
+                                platform=person.platform,
+                            )
                             logged_in = True
                         elif rng.random() < 0.6:
-                            self.emit("app", "open", ts, line.person,
-                                      app_user_id=person.app_user_id, platform=person.platform,
-                                      msisdn=line.msisdn if rng.random() < 0.5 else None)
+                            self.emit(
+                                "app",
+                                "open",
+                                ts,
+                                line.person,
+                                app_user_id=person.app_user_id,
+                                platform=person.platform,
+                                msisdn=line.msisdn if rng.random() < 0.5 else None,
+                            )
                         else:
-                            self.emit("app", "in_app_action", ts, line.person,
-                                      app_user_id=person.app_user_id,
-                                      action=rng.choice(["view_balance", "buy_bundle",
-                                                         "change_tariff", "chat", "pay"]))
+                            self.emit(
+                                "app",
+                                "in_app_action",
+                                ts,
+                                line.person,
+                                app_user_id=person.app_user_id,
+                                action=rng.choice(
+                                    ["view_balance", "buy_bundle", "change_tariff", "chat", "pay"]
+                                ),
+                            )
                     elif r < 0.95:
-                        if acc.type != "individual" and line.role == "member" and rng.random() < 0.7:
+                        if (
+                            acc.type != "individual"
+                            and line.role == "member"
+                            and rng.random() < 0.7
+                        ):
                             continue  # family/corporate members rarely pay themselves
                         amount = rng.choice([10_000, 20_000, 30_000, 50_000, 100_000]) * 100
                         line.balance += amount - rng.randint(0, amount // 2)
-                        self.emit("billing", "payment", ts, line.person, msisdn=line.msisdn,
-                                  account_id=line.account_id, amount=_money(amount),
-                                  currency="UZS", balance_after=_money(line.balance),
-                                  payment_channel=rng.choice(["card", "cash", "bank", "app",
-                                                              "voucher"]))
+                        self.emit(
+                            "billing",
+                            "payment",
+                            ts,
+                            line.person,
+                            msisdn=line.msisdn,
+                            account_id=line.account_id,
+                            amount=_money(amount),
+                            currency="UZS",
+                            balance_after=_money(line.balance),
+                            payment_channel=rng.choice(["card", "cash", "bank", "app", "voucher"]),
+                        )
                     else:
                         cases = open_cases.setdefault(line.msisdn + line.person, [])
                         if cases and rng.random() < 0.5:
                             case_id = cases.pop()
-                            self.emit("crm", "case", ts, line.person, case_id=case_id,
-                                      account_id=line.account_id, msisdn=line.msisdn,
-                                      category="other", status="closed")
+                            self.emit(
+                                "crm",
+                                "case",
+                                ts,
+                                line.person,
+                                case_id=case_id,
+                                account_id=line.account_id,
+                                msisdn=line.msisdn,
+                                category="other",
+                                status="closed",
+                            )
                         else:
                             case_id = f"CS{self._next('case'):08d}"
                             cases.append(case_id)
-                            self.emit("crm", "case", ts, line.person, case_id=case_id,
-                                      account_id=line.account_id, msisdn=line.msisdn,
-                                      category=rng.choice(["billing", "network", "device",
-                                                           "other"]), status="open")
+                            self.emit(
+                                "crm",
+                                "case",
+                                ts,
+                                line.person,
+                                case_id=case_id,
+                                account_id=line.account_id,
+                                msisdn=line.msisdn,
+                                category=rng.choice(["billing", "network", "device", "other"]),
+                                status="open",
+                            )
                             if rng.random() < 0.5:
-                                self.emit("crm", "promise_to_resolve", ts + timedelta(minutes=5),
-                                          line.person, case_id=case_id,
-                                          account_id=line.account_id, msisdn=line.msisdn,
-                                          due_ts=(ts + timedelta(days=rng.randint(1, 5))))
+                                self.emit(
+                                    "crm",
+                                    "promise_to_resolve",
+                                    ts + timedelta(minutes=5),
+                                    line.person,
+                                    case_id=case_id,
+                                    account_id=line.account_id,
+                                    msisdn=line.msisdn,
+                                    due_ts=(ts + timedelta(days=rng.randint(1, 5))),
+                                )
                 day += timedelta(days=1)
             progress(1)
 
@@ -447,9 +691,13 @@ def _ts_text(source: str, ts: datetime) -> str:
 
 
 def event_record(e: Event) -> dict[str, object]:
-    rec: dict[str, object] = {"event_id": e.event_id, "source": e.source,
-                              "event_type": e.event_type, "event_ts": _ts_text(e.source, e.ts),
-                              "schema_version": 1}
+    rec: dict[str, object] = {
+        "event_id": e.event_id,
+        "source": e.source,
+        "event_type": e.event_type,
+        "event_ts": _ts_text(e.source, e.ts),
+        "schema_version": 1,
+    }
     for k, v in e.payload.items():
         rec[k] = _ts_text(e.source, v) if isinstance(v, datetime) else v
     return rec
@@ -470,8 +718,12 @@ def _bad_variants(op: Operator, shares: dict[str, float]) -> Iterator[tuple[str,
     """Extra lines that break the contract: (kind, event it was derived from, line text)."""
     rng = op.rng
     by_kind: dict[str, list[Event]] = {}
-    candidates = [e for e in op.events if e.event_type not in
-                  ("activation", "deactivation", "sim_swap", "customer_update", "consent")]
+    candidates = [
+        e
+        for e in op.events
+        if e.event_type
+        not in ("activation", "deactivation", "sim_swap", "customer_update", "consent")
+    ]
     n_total = len(op.events)
     for kind in BAD_KINDS:
         count = int(round(n_total * shares[kind]))
@@ -488,11 +740,18 @@ def _bad_variants(op: Operator, shares: dict[str, float]) -> Iterator[tuple[str,
                 yield kind, e, text[: rng.randint(10, len(text) - 5)]
                 continue
             if kind == "missing_field":
-                rec.pop(rng.choice(["event_ts", "event_type"]) if rng.random() < 0.2 else
-                        _required_payload_field(e), None)
+                rec.pop(
+                    rng.choice(["event_ts", "event_type"])
+                    if rng.random() < 0.2
+                    else _required_payload_field(e),
+                    None,
+                )
             elif kind == "wrong_type":
-                numeric = [k for k in ("amount", "balance_after", "bytes_up", "bytes_down",
-                                       "duration_s") if k in rec]
+                numeric = [
+                    k
+                    for k in ("amount", "balance_after", "bytes_up", "bytes_down", "duration_s")
+                    if k in rec
+                ]
                 if numeric:
                     rec[rng.choice(numeric)] = "abc"
                 else:
@@ -520,10 +779,18 @@ def _bad_variants(op: Operator, shares: dict[str, float]) -> Iterator[tuple[str,
 
 
 def _required_payload_field(e: Event) -> str:
-    required = {"location": "msisdn", "data_session_start": "session_id",
-                "data_session_end": "bytes_down", "payment": "amount", "case": "case_id",
-                "promise_to_resolve": "due_ts", "open": "app_user_id",
-                "in_app_action": "action", "login": "app_user_id", "tariff_change": "tariff_id"}
+    required = {
+        "location": "msisdn",
+        "data_session_start": "session_id",
+        "data_session_end": "bytes_down",
+        "payment": "amount",
+        "case": "case_id",
+        "promise_to_resolve": "due_ts",
+        "open": "app_user_id",
+        "in_app_action": "action",
+        "login": "app_user_id",
+        "tariff_change": "tariff_id",
+    }
     return required.get(e.event_type, "event_id")
 
 
@@ -591,7 +858,7 @@ def generate(
         n_files = cfg.files_per_source
         per_file = max(1, -(-len(lines) // n_files))
         for i in range(n_files):
-            chunk = lines[i * per_file:(i + 1) * per_file]
+            chunk = lines[i * per_file : (i + 1) * per_file]
             if not chunk:
                 continue
             name = f"{source}-{i + 1:05d}.jsonl"
@@ -599,26 +866,41 @@ def generate(
             tmp.write_text("".join(ln.text + "\n" for ln in chunk))
             tmp.rename(folder / name)  # a reader never sees a half-written file
             for pos, ln in enumerate(chunk):
-                truth_rows.append({
-                    "source": source, "file": name, "line_no": pos + 1,
-                    "event_id": ln.event_id if ln.kind in ("valid", "schema_drift", "duplicate")
-                    else f"bad-{ln.kind}-{ln.event_id}",
-                    "original_event_id": ln.event_id, "kind": ln.kind,
-                    "event_type": ln.event.event_type, "event_ts": ln.event.ts,
-                    "person_key": ln.event.person,
-                })
+                truth_rows.append(
+                    {
+                        "source": source,
+                        "file": name,
+                        "line_no": pos + 1,
+                        "event_id": ln.event_id
+                        if ln.kind in ("valid", "schema_drift", "duplicate")
+                        else f"bad-{ln.kind}-{ln.event_id}",
+                        "original_event_id": ln.event_id,
+                        "kind": ln.kind,
+                        "event_type": ln.event.event_type,
+                        "event_ts": ln.event.ts,
+                        "person_key": ln.event.person,
+                    }
+                )
         files[source] = min(n_files, len(lines))
         say(f"landing/{source}", 1, 1)
 
     _write_reference(landing_root / "reference")
     _write_truth(op, truth_root, truth_rows)
-    bad_counts = {k: 0 for k in BAD_KINDS}
+    bad_counts = dict.fromkeys(BAD_KINDS, 0)
     for row in truth_rows:
         if row["kind"] != "valid":
             bad_counts[str(row["kind"])] += 1
     say("truth", 1, 1)
-    return Summary(len(op.persons), len(op.accounts), len(op.lines), len(truth_rows),
-                   bad_counts, files, landing_root, truth_root)
+    return Summary(
+        len(op.persons),
+        len(op.accounts),
+        len(op.lines),
+        len(truth_rows),
+        bad_counts,
+        files,
+        landing_root,
+        truth_root,
+    )
 
 
 def _write_reference(folder: Path) -> None:
@@ -626,39 +908,88 @@ def _write_reference(folder: Path) -> None:
     tariffs = ["tariff_id,name,monthly_fee,data_gb,kind"]
     tariffs += [f"{t},{n},{fee},{gb},{k}" for t, n, fee, gb, k in TARIFFS]
     (folder / "tariffs.csv").write_text("\n".join(tariffs) + "\n")
-    products = ["product_id,name,category,price",
-                "BND-1GB,1 GB bundle,data,9000.00", "BND-5GB,5 GB bundle,data,29000.00",
-                "BND-ROAM,Roaming day pass,roaming,45000.00", "VAS-TUNE,Caller tune,vas,5000.00",
-                "DEV-PHONE,Smartphone instalment,device,250000.00"]
+    products = [
+        "product_id,name,category,price",
+        "BND-1GB,1 GB bundle,data,9000.00",
+        "BND-5GB,5 GB bundle,data,29000.00",
+        "BND-ROAM,Roaming day pass,roaming,45000.00",
+        "VAS-TUNE,Caller tune,vas,5000.00",
+        "DEV-PHONE,Smartphone instalment,device,250000.00",
+    ]
     (folder / "products.csv").write_text("\n".join(products) + "\n")
-    segments = ["segment_id,name,min_monthly_spend,max_monthly_spend",
-                "SEG-LOW,Low value,0.00,40000.00", "SEG-MID,Mid value,40000.00,100000.00",
-                "SEG-HIGH,High value,100000.00,250000.00", "SEG-VIP,VIP,250000.00,"]
+    segments = [
+        "segment_id,name,min_monthly_spend,max_monthly_spend",
+        "SEG-LOW,Low value,0.00,40000.00",
+        "SEG-MID,Mid value,40000.00,100000.00",
+        "SEG-HIGH,High value,100000.00,250000.00",
+        "SEG-VIP,VIP,250000.00,",
+    ]
     (folder / "segments.csv").write_text("\n".join(segments) + "\n")
 
 
 def _write_truth(op: Operator, folder: Path, events: list[dict[str, object]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    persons = [{"person_key": p.key, "passport": p.passport, "email": p.email,
-                "shared_email": p.shared_email, "app_user_id": p.app_user_id,
-                "first_name": p.first_name, "last_name": p.last_name}
-               for p in op.persons.values()]
-    accounts = [{"account_id": a.account_id, "account_type": a.type,
-                 "holder_person_key": a.holder if a.type != "corporate" else None}
-                for a in op.accounts.values()]
+    persons = [
+        {
+            "person_key": p.key,
+            "passport": p.passport,
+            "email": p.email,
+            "shared_email": p.shared_email,
+            "app_user_id": p.app_user_id,
+            "first_name": p.first_name,
+            "last_name": p.last_name,
+        }
+        for p in op.persons.values()
+    ]
+    accounts = [
+        {
+            "account_id": a.account_id,
+            "account_type": a.type,
+            "holder_person_key": a.holder if a.type != "corporate" else None,
+        }
+        for a in op.accounts.values()
+    ]
     tenures = []
     iccids = []
     for ln in op.lines:
-        tenures.append({"msisdn": ln.msisdn, "person_key": ln.person, "account_id": ln.account_id,
-                        "role": ln.role, "tariff_id": ln.tariff_id, "valid_from": ln.start,
-                        "valid_to": ln.end, "end_reason": ln.end_reason})
+        tenures.append(
+            {
+                "msisdn": ln.msisdn,
+                "person_key": ln.person,
+                "account_id": ln.account_id,
+                "role": ln.role,
+                "tariff_id": ln.tariff_id,
+                "valid_from": ln.start,
+                "valid_to": ln.end,
+                "end_reason": ln.end_reason,
+            }
+        )
         start, iccid = ln.start, ln.iccid
         for at, new in ln.swaps:
-            iccids.append({"iccid": iccid, "msisdn": ln.msisdn, "person_key": ln.person,
-                           "valid_from": start, "valid_to": at})
+            iccids.append(
+                {
+                    "iccid": iccid,
+                    "msisdn": ln.msisdn,
+                    "person_key": ln.person,
+                    "valid_from": start,
+                    "valid_to": at,
+                }
+            )
             start, iccid = at, new
-        iccids.append({"iccid": iccid, "msisdn": ln.msisdn, "person_key": ln.person,
-                       "valid_from": start, "valid_to": ln.end})
-    for name, rows in (("persons", persons), ("accounts", accounts), ("tenures", tenures),
-                       ("iccids", iccids), ("events", events)):
+        iccids.append(
+            {
+                "iccid": iccid,
+                "msisdn": ln.msisdn,
+                "person_key": ln.person,
+                "valid_from": start,
+                "valid_to": ln.end,
+            }
+        )
+    for name, rows in (
+        ("persons", persons),
+        ("accounts", accounts),
+        ("tenures", tenures),
+        ("iccids", iccids),
+        ("events", events),
+    ):
         pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
