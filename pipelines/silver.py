@@ -101,15 +101,14 @@ def normalise_msisdn(v: Column, rules: ValidationRules) -> Column:
     """Digits only, international form: `+998 90 123-45-67`, `0090…` and `901234567` agree."""
     c = rules.identity.country
     digits = F.translate(v, " -().+", "")
-    digits = F.when(digits.startswith("00"), F.substring(digits, 3, 64)).otherwise(digits)
+    n = c.national_number_length
     return (
-        F.when(
-            F.length(digits) == c.national_number_length, F.concat(F.lit(c.calling_code), digits)
-        )
+        F.when(F.length(digits) == n, F.concat(F.lit(c.calling_code), digits))
         .when(
-            (F.length(digits) == c.national_number_length + 1) & digits.startswith("0"),
+            (F.length(digits) == n + 1) & digits.startswith("0"),
             F.concat(F.lit(c.calling_code), F.substring(digits, 2, 64)),
         )
+        .when(digits.startswith("00"), F.substring(digits, 3, 64))
         .otherwise(digits)
     )
 
@@ -242,6 +241,16 @@ def _field_checks(name: str, spec: FieldSpec, rules: ValidationRules) -> list[Ch
     checks = [
         _check("missing_field", F.col(f"_required_{name}") & ~present, f"missing field {name}")
     ]
+    id_type = _id_type(name, spec)
+    if id_type and _is_junk(raw, value, id_type, rules) is not None:
+        # Before the type check: "junk identifier" tells the steward more than "not an MSISDN".
+        checks.append(
+            _check(
+                "junk_identifier",
+                allowed & present & F.col(f"_junk_{name}"),
+                F.concat(F.lit(f"{name}: junk identifier "), _shown(raw)),
+            )
+        )
     expected = TYPE_WORDS.get(spec.type) or f"one of {', '.join(spec.values or [])}"
     checks.append(
         _check(
@@ -250,15 +259,6 @@ def _field_checks(name: str, spec: FieldSpec, rules: ValidationRules) -> list[Ch
             F.concat(F.lit(f"{name}: expected {expected}, got "), _shown(raw)),
         )
     )
-    id_type = _id_type(name, spec)
-    if id_type and _is_junk(raw, value, id_type, rules) is not None:
-        checks.append(
-            _check(
-                "junk_identifier",
-                allowed & present & F.col(f"_junk_{name}"),
-                F.concat(F.lit(f"{name}: junk identifier "), _shown(raw)),
-            )
-        )
     return checks
 
 

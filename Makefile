@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+# uv is bootstrapped into .uv/ (Python's own venv + pip), the project into .venv/ from uv.lock.
+PYTHON ?= python3.11
+UV := .uv/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.synced
+SMALL := --subscribers 400 --days 7 --files-per-source 3
+
+.PHONY: run test serve lint java install clean help
+
+help:
+	@echo "make run    install what is missing, generate a small operator, run the pipeline, summarise"
+	@echo "make test   install what is missing and run the whole test suite"
+	@echo "make serve  run the streaming ingestion continuously (Ctrl-C stops cleanly)"
+	@echo "make lint   ruff and mypy"
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on the PATH (Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check uv
+
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	@touch $(STAMP)
+
+install: $(STAMP) java
+
+java:
+	@scripts/ensure-java.sh
+
+run: install
+	$(VENV)/bin/cdp generate $(SMALL)
+	$(VENV)/bin/cdp run
+
+serve: install
+	$(VENV)/bin/cdp stream
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipelines assets expectations api tests bench
+	$(VENV)/bin/ruff format --check pipelines assets expectations api tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf data .pytest_cache
