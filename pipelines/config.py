@@ -329,7 +329,8 @@ def _parse(model: type[M], data: Any, path: Path) -> M:
 def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read every file under `conf_dir` once, apply `CDP_*` overrides and validate."""
     env = os.environ if env is None else env
-    conf_dir = Path(env.get("CDP_CONF_DIR") or conf_dir or DEFAULT_CONF_DIR).resolve()
+    # An explicit folder (--conf) wins over $CDP_CONF_DIR, which wins over ./conf.
+    conf_dir = Path(conf_dir or env.get("CDP_CONF_DIR") or DEFAULT_CONF_DIR).resolve()
     engine_path = conf_dir / "engine.yaml"
     raw = _read_yaml(engine_path)
     if not isinstance(raw, dict):

@@ -1,0 +1,56 @@
+"""Reference loads: same file is a no-op, a changed file is a new version, a bad file says where."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Settings
+from pipelines.lake import Lake
+from pipelines.reference import ReferenceFileError, load_reference
+from pipelines.synthetic import _write_reference
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    _write_reference(tmp_path / "ref")
+    return tmp_path / "ref"
+
+
+def test_reload_of_same_file_is_a_noop_and_change_is_new_version(
+    settings: Settings, folder: Path
+) -> None:
+    lake = Lake(settings.paths.lake_root)
+    first = {r.table: r for r in load_reference(lake, settings.reference, folder)}
+    assert first["ref.tariffs"].changed and first["ref.tariffs"].version == 0
+    again = {r.table: r for r in load_reference(lake, settings.reference, folder)}
+    assert not any(r.changed for r in again.values())
+    assert lake.version("ref.tariffs") == 0
+
+    path = folder / "tariffs.csv"
+    path.write_text(path.read_text() + "T-NEW,New,10000.00,1.0,prepaid\n")
+    load_reference(lake, settings.reference, folder)
+    assert lake.version("ref.tariffs") == 1 and lake.version("ref.products") == 0
+    tariffs = {r["tariff_id"]: r for r in lake.read_arrow("ref.tariffs").to_pylist()}
+    assert tariffs["T-NEW"]["monthly_fee"] == Decimal("10000.00")
+    old = lake.table("ref.tariffs", version=0)
+    assert old is not None and "T-NEW" not in old.to_pyarrow_table().column("tariff_id").to_pylist()
+
+
+def test_bad_value_names_file_line_and_column(settings: Settings, folder: Path) -> None:
+    path = folder / "segments.csv"
+    path.write_text(path.read_text().replace("SEG-MID,Mid value,40000.00", "SEG-MID,Mid value,forty"))
+    with pytest.raises(ReferenceFileError, match=r"segments\.csv:3: column min_monthly_spend: "
+                                                 r"expected decimal, got 'forty'"):
+        load_reference(Lake(settings.paths.lake_root), settings.reference, folder)
+
+
+def test_missing_column_is_named(settings: Settings, folder: Path) -> None:
+    path = folder / "products.csv"
+    path.write_text(path.read_text().replace("product_id,name,category,price", "id,name,category,price"))
+    with pytest.raises(ReferenceFileError, match=r"missing column\(s\) \['product_id'\]"):
+        load_reference(Lake(settings.paths.lake_root), settings.reference, folder)
