@@ -1,7 +1,7 @@
 """Reference loads: batch CSV files (tariffs, products, segments) into `ref.<table>` Delta tables.
 
-Reloading an unchanged file is a no-op (the file's SHA-256 is kept in the commit metadata); a changed
-file replaces the table in one new version, so earlier versions stay readable for audits.
+Reloading an unchanged file is a no-op (the file's SHA-256 is kept in the commit metadata); a
+changed file replaces the table in one new version, so earlier versions stay readable for audits.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 `validate_events` is the pure transform: every bronze line comes out once, either typed (no reason)
 or with the reason a steward reads (`missing field msisdn`, `amount: expected decimal, got "abc"`).
-`refresh_silver` is the driver: it reads the bronze rows appended since the last run, writes valid
-events to `silver.<domain>`, the rest to `silver.quarantine`, unknown fields to `silver.schema_drift`,
-each commit keyed by the bronze version it consumed, so a rerun after a crash adds nothing twice.
+`refresh_silver` is the driver: it reads the bronze rows appended since the last run, writes
+valid events to `silver.<domain>`, the rest to `silver.quarantine` and unknown fields to
+`silver.schema_drift`, each commit keyed by the bronze version it consumed, so a rerun after a
+crash adds nothing twice.
 """
 
 from __future__ import annotations

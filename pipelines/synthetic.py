@@ -1,10 +1,11 @@
-"""Synthetic mobile operator: landing files for every source plus a ground truth the pipeline never reads.
+"""Synthetic mobile operator: landing files for every source, plus a ground truth that the
+pipeline never reads.
 
 It models what makes a real operator hard: individual, family and corporate accounts; people with
 several lines, passports, emails and app accounts; household emails shared by family members; MSISDN
 recycling, SIM swaps and port-outs; consent given and withdrawn; late events; and a known share of
-records that break the source contracts in each of the ways silver must catch. Output is deterministic
-for a given seed. See docs/generator.md for the model and the truth files.
+records that break the source contracts in each of the ways silver must catch. Output is
+deterministic for a given seed. See docs/generator.md for the model and the truth files.
 """
 
 from __future__ import annotations

@@ -55,13 +55,17 @@ def _snapshot(root: Path) -> dict[str, Counter]:
 def test_sigkill_mid_run_then_restart_equals_clean_run(tmp_path: Path) -> None:
     conf = _conf(tmp_path)
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    subprocess.run([*CDP, "generate", "--subscribers", "150", "--days", "4",
-                    "--files-per-source", "5"], env=_env(conf, clean), check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*CDP, "generate", "--subscribers", "150", "--days", "4", "--files-per-source", "5"],
+        env=_env(conf, clean),
+        check=True,
+        capture_output=True,
+    )
     shutil.copytree(clean / "landing", crashed / "landing")
 
-    proc = subprocess.Popen([*CDP, "run"], env=_env(conf, crashed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CDP, "run"], env=_env(conf, crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     log = crashed / "lake" / "bronze" / "network" / "_delta_log"
     deadline = time.monotonic() + 240
     while not (log / "00000000000000000001.json").exists() and time.monotonic() < deadline:

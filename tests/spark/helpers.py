@@ -14,8 +14,14 @@ from pipelines.lake import Lake
 
 
 def event(source: str, event_type: str, event_id: str, **payload: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "source": source, "event_type": event_type,
-            "event_ts": "2026-10-02T10:00:00+05:00", "schema_version": 1, **payload}
+    return {
+        "event_id": event_id,
+        "source": source,
+        "event_type": event_type,
+        "event_ts": "2026-10-02T10:00:00+05:00",
+        "schema_version": 1,
+        **payload,
+    }
 
 
 def land(settings: Settings, source: str, name: str, lines: list[dict[str, Any] | str]) -> Path:

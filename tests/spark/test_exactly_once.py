@@ -21,8 +21,12 @@ def _versions(settings: Settings) -> dict[str, int | None]:
 
 
 def test_second_run_over_same_input_adds_nothing(spark, settings: Settings) -> None:
-    land(settings, "network", "n-1.jsonl", [event("network", "location", f"n{i}", **LOC)
-                                           for i in range(50)] + ["{oops"])
+    land(
+        settings,
+        "network",
+        "n-1.jsonl",
+        [event("network", "location", f"n{i}", **LOC) for i in range(50)] + ["{oops"],
+    )
     ingest(spark, settings, ["network"])
     before = _versions(settings)
     ingest(spark, settings, ["network"])
@@ -32,11 +36,19 @@ def test_second_run_over_same_input_adds_nothing(spark, settings: Settings) -> N
 
 
 def test_ids_already_in_silver_are_duplicates_in_a_later_batch(spark, settings: Settings) -> None:
-    land(settings, "network", "n-1.jsonl", [event("network", "location", "a", **LOC),
-                                           event("network", "location", "b", **LOC)])
+    land(
+        settings,
+        "network",
+        "n-1.jsonl",
+        [event("network", "location", "a", **LOC), event("network", "location", "b", **LOC)],
+    )
     ingest(spark, settings, ["network"])
-    land(settings, "network", "n-2.jsonl", [event("network", "location", "b", **LOC),
-                                           event("network", "location", "c", **LOC)])
+    land(
+        settings,
+        "network",
+        "n-2.jsonl",
+        [event("network", "location", "b", **LOC), event("network", "location", "c", **LOC)],
+    )
     ingest(spark, settings, ["network"])
     assert sorted(r["event_id"] for r in rows(settings, "silver.network")) == ["a", "b", "c"]
     [dup] = rows(settings, "silver.quarantine")

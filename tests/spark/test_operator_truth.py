@@ -16,30 +16,39 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 # What each injected kind must be quarantined as.
 EXPECTED_REASON = {
-    "bad_json": "bad_json", "missing_field": "missing_field", "wrong_type": "wrong_type",
-    "unknown_event_type": "unknown_event_type", "unknown_schema_version": "unknown_schema_version",
-    "future_event_time": "future_event_time", "duplicate": "duplicate",
+    "bad_json": "bad_json",
+    "missing_field": "missing_field",
+    "wrong_type": "wrong_type",
+    "unknown_event_type": "unknown_event_type",
+    "unknown_schema_version": "unknown_schema_version",
+    "future_event_time": "future_event_time",
+    "duplicate": "duplicate",
     "junk_identifier": "junk_identifier",
 }
 
 
 def test_generated_operator_matches_truth(spark, settings: Settings) -> None:
-    cfg = settings.generator.model_copy(update={"subscribers": 300, "days": 5,
-                                                "files_per_source": 2})
+    cfg = settings.generator.model_copy(
+        update={"subscribers": 300, "days": 5, "files_per_source": 2}
+    )
     generate(cfg, settings.identity.country, settings.paths.landing_root, settings.paths.truth_root)
     ingest(spark, settings, settings.sources)
     truth = pq.read_table(settings.paths.truth_root / "events.parquet").to_pylist()
 
-    expected = Counter((t["source"], EXPECTED_REASON[t["kind"]]) for t in truth
-                       if t["kind"] in EXPECTED_REASON)
+    expected = Counter(
+        (t["source"], EXPECTED_REASON[t["kind"]]) for t in truth if t["kind"] in EXPECTED_REASON
+    )
     got = Counter((q["source"], q["reason_code"]) for q in rows(settings, "silver.quarantine"))
     assert got == expected
 
     for source in settings.sources:
         silver_ids = [r["event_id"] for r in rows(settings, f"silver.{source}")]
         assert len(silver_ids) == len(set(silver_ids)), "no event id twice in silver"
-        valid = {t["event_id"] for t in truth if t["source"] == source
-                 and t["kind"] in ("valid", "schema_drift")}
+        valid = {
+            t["event_id"]
+            for t in truth
+            if t["source"] == source and t["kind"] in ("valid", "schema_drift")
+        }
         assert set(silver_ids) == valid
 
     drifted = sum(t["kind"] == "schema_drift" for t in truth)

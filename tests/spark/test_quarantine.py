@@ -12,8 +12,14 @@ from tests.spark.helpers import event, ingest, land, rows
 
 pytestmark = pytest.mark.spark
 
-PAYMENT = {"msisdn": "+998 90 123-45-67", "account_id": "AC1", "amount": "15000.50",
-           "currency": "UZS", "balance_after": 20000, "payment_channel": "card"}
+PAYMENT = {
+    "msisdn": "+998 90 123-45-67",
+    "account_id": "AC1",
+    "amount": "15000.50",
+    "currency": "UZS",
+    "balance_after": 20000,
+    "payment_channel": "card",
+}
 
 
 @pytest.fixture
@@ -56,12 +62,14 @@ def test_each_breach_is_quarantined_with_its_reason(spark, billing_file: Setting
     assert by_reason[("e-type", "wrong_type")] == 'amount: expected decimal, got "abc"'
     assert by_reason[("e-missing", "missing_field")] == "missing field msisdn"
     assert by_reason[("e-type-unknown", "unknown_event_type")].startswith(
-        'event_type "teleport" is not in the billing contract v1')
+        'event_type "teleport" is not in the billing contract v1'
+    )
     assert by_reason[("e-version", "unknown_schema_version")].startswith('schema_version "99"')
     assert ("e-future", "future_event_time") in by_reason
     assert by_reason[("e-local", "wrong_type")].startswith("event_ts: expected ISO-8601")
     assert by_reason[("e-word", "wrong_type")] == (
-        'event_ts: expected ISO-8601 timestamp with offset, got "yesterday"')
+        'event_ts: expected ISO-8601 timestamp with offset, got "yesterday"'
+    )
     assert by_reason[("e-junk", "junk_identifier")] == 'msisdn: junk identifier "000000000"'
     assert by_reason[("e-ok-1", "duplicate")].startswith('duplicate event_id "e-ok-1"')
     assert ("e-wrong-source", "wrong_source") in by_reason
@@ -99,4 +107,5 @@ def test_every_line_is_accounted_for(spark, billing_file: Settings) -> None:
     ingest(spark, billing_file, ["billing"])
     bronze = len(rows(billing_file, "bronze.billing"))
     assert bronze == len(rows(billing_file, "silver.billing")) + len(
-        rows(billing_file, "silver.quarantine"))
+        rows(billing_file, "silver.quarantine")
+    )

@@ -1,4 +1,5 @@
-"""A broken config fails at start-up naming the file, the key and what is wrong; env overrides paths."""
+"""A broken config fails at start-up naming the file, the key and what is wrong; the
+environment overrides paths."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def test_unknown_key_is_refused(conf: Path) -> None:
 def test_contract_type_conflict_names_version_event_and_field(conf: Path) -> None:
     path = conf / "contracts" / "network.yaml"
     text = path.read_text().replace(
-        "bytes_up: {type: integer, required: true}", "bytes_up: {type: integer, required: true}\n"
-        "          region: {type: integer}"
+        "bytes_up: {type: integer, required: true}",
+        "bytes_up: {type: integer, required: true}\n          region: {type: integer}",
     )
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -56,9 +57,13 @@ def test_contract_type_conflict_names_version_event_and_field(conf: Path) -> Non
 
 def test_enum_without_values_is_refused(conf: Path) -> None:
     path = conf / "contracts" / "app.yaml"
-    path.write_text(path.read_text().replace(
-        "platform: {type: enum, values: [android, ios, web], required: true}",
-        "platform: {type: enum, required: true}", 1))
+    path.write_text(
+        path.read_text().replace(
+            "platform: {type: enum, values: [android, ios, web], required: true}",
+            "platform: {type: enum, required: true}",
+            1,
+        )
+    )
     with pytest.raises(ConfigError, match="enum field needs"):
         load_settings(conf, env={})
 

@@ -17,9 +17,11 @@ pytestmark = pytest.mark.unit
 
 def test_second_holder_of_a_stage_gets_a_clear_message(tmp_path: Path) -> None:
     with stage_lock(tmp_path, "ingest.billing"):
-        with pytest.raises(StageBusyError, match=r"ingest\.billing is already running.*pid"):
-            with stage_lock(tmp_path, "ingest.billing"):
-                pass
+        with (
+            pytest.raises(StageBusyError, match=r"ingest\.billing is already running.*pid"),
+            stage_lock(tmp_path, "ingest.billing"),
+        ):
+            pass
         with stage_lock(tmp_path, "ingest.crm"):  # other stages are independent
             pass
     with stage_lock(tmp_path, "ingest.billing"):  # released after use
@@ -33,8 +35,12 @@ def test_missing_java_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_help_lists_every_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for command in ("generate", "run", "stream", "summary"):
         assert command in out
 
@@ -47,7 +53,10 @@ def test_broken_config_exits_with_the_key(tmp_path: Path) -> None:
     shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf")
     engine = tmp_path / "conf" / "engine.yaml"
     engine.write_text(engine.read_text().replace("trigger_interval_s: 2", "trigger_interval_s: -1"))
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--conf",
-                             str(tmp_path / "conf")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--conf", str(tmp_path / "conf")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "trigger_interval_s" in result.stdout and "engine.yaml" in result.stdout

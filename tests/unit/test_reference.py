@@ -43,14 +43,21 @@ def test_reload_of_same_file_is_a_noop_and_change_is_new_version(
 
 def test_bad_value_names_file_line_and_column(settings: Settings, folder: Path) -> None:
     path = folder / "segments.csv"
-    path.write_text(path.read_text().replace("SEG-MID,Mid value,40000.00", "SEG-MID,Mid value,forty"))
-    with pytest.raises(ReferenceFileError, match=r"segments\.csv:3: column min_monthly_spend: "
-                                                 r"expected decimal, got 'forty'"):
+    path.write_text(
+        path.read_text().replace("SEG-MID,Mid value,40000.00", "SEG-MID,Mid value,forty")
+    )
+    with pytest.raises(
+        ReferenceFileError,
+        match=r"segments\.csv:3: column min_monthly_spend: "
+        r"expected decimal, got 'forty'",
+    ):
         load_reference(Lake(settings.paths.lake_root), settings.reference, folder)
 
 
 def test_missing_column_is_named(settings: Settings, folder: Path) -> None:
     path = folder / "products.csv"
-    path.write_text(path.read_text().replace("product_id,name,category,price", "id,name,category,price"))
+    path.write_text(
+        path.read_text().replace("product_id,name,category,price", "id,name,category,price")
+    )
     with pytest.raises(ReferenceFileError, match=r"missing column\(s\) \['product_id'\]"):
         load_reference(Lake(settings.paths.lake_root), settings.reference, folder)

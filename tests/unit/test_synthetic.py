@@ -47,7 +47,10 @@ def test_same_seed_same_files_other_seed_differs(operator: Path, tmp_path: Path)
 
 def test_accounts_lines_and_people(operator: Path) -> None:
     tenures = pq.read_table(operator / "truth" / "tenures.parquet").to_pylist()
-    accounts = {a["account_id"]: a for a in pq.read_table(operator / "truth" / "accounts.parquet").to_pylist()}
+    accounts = {
+        a["account_id"]: a
+        for a in pq.read_table(operator / "truth" / "accounts.parquet").to_pylist()
+    }
     persons = pq.read_table(operator / "truth" / "persons.parquet").to_pylist()
     lines_per_account: dict[str, set[str]] = {}
     for t in tenures:
@@ -69,7 +72,9 @@ def test_recycled_numbers_change_owner_after_quarantine(operator: Path) -> None:
     by_number: dict[str, list[dict]] = {}
     for t in tenures:
         by_number.setdefault(t["msisdn"], []).append(t)
-    recycled = [sorted(ts, key=lambda t: t["valid_from"]) for ts in by_number.values() if len(ts) > 1]
+    recycled = [
+        sorted(ts, key=lambda t: t["valid_from"]) for ts in by_number.values() if len(ts) > 1
+    ]
     assert recycled
     for first, second in (r[:2] for r in recycled):
         assert first["person_key"] != second["person_key"]
@@ -93,7 +98,9 @@ def test_every_bad_kind_is_present_and_marked(operator: Path) -> None:
 
 
 def test_timestamps_carry_offsets_and_reference_files_exist(operator: Path) -> None:
-    first = (operator / "landing" / "billing").glob("*.jsonl").__next__().read_text().splitlines()[0]
+    first = (
+        (operator / "landing" / "billing").glob("*.jsonl").__next__().read_text().splitlines()[0]
+    )
     assert json.loads(first)["event_ts"].endswith("+05:00")
     net = next((operator / "landing" / "network").glob("*.jsonl")).read_text().splitlines()[0]
     assert json.loads(net)["event_ts"].endswith("Z")
