@@ -185,7 +185,8 @@ def _print_summary(settings: Settings) -> None:
             for row in agg.to_pylist():
                 console.print(
                     f"schema drift: {row['source']} sends unknown field {row['field']!r} "
-                    f"({row['events_sum']:,} events) - steward notified via contract status"
+                    f"({row['events_sum']:,} events), recorded in silver.schema_drift "
+                    "for its steward"
                 )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from pipelines.config import EngineCfg
+from pipelines.config import PROJECT_ROOT, EngineCfg
+
+LOG4J = PROJECT_ROOT / "conf" / "log4j2.properties"
 
 
 class JavaMissingError(RuntimeError):
@@ -35,6 +39,9 @@ def check_java() -> None:
 def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     """Get or create the process's Spark session with the project's settings."""
     check_java()
+    # Without this Spark warns on every start that the host name resolves to loopback.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    java_opts = f"-Duser.timezone=UTC -Dlog4j2.configurationFile={Path(LOG4J).as_uri()}"
     builder = (
         SparkSession.builder.master(cfg.spark_master)
         .appName(app_name)
@@ -42,7 +49,7 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.driver.extraJavaOptions", java_opts)
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # A source line repeating a JSON key must not fail the whole micro-batch.
