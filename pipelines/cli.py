@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -112,8 +114,18 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     ingestion = Ingestion(spark, settings, lake, on_event=console.print)
+    stop = threading.Event()
+    if not available_now:
+        # Replace PySpark's SIGINT handler (it cancels jobs from inside a Py4J call and prints
+        # tracebacks): Ctrl-C or SIGTERM asks the queries to stop after the batch in hand.
+        def request_stop(signum: int, _frame: object) -> None:
+            console.print(f"{signal.Signals(signum).name}: stopping the queries")
+            stop.set()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
     try:
-        ingestion.run(available_now=available_now)
+        ingestion.run(available_now=available_now, stop=stop)
     except StageBusyError as exc:
         console.print(f"[red]busy:[/red] {exc}")
         raise typer.Exit(3) from None
@@ -121,6 +133,9 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
+        console.print("interrupted; committed micro-batches are kept, the next run resumes")
+        raise typer.Exit(130) from None
+    if stop.is_set():
         console.print("stopped; every committed micro-batch is kept, the next run resumes")
 
 

@@ -177,17 +177,30 @@ class Ingestion:
             )
         return writer.start()
 
-    def run(self, sources: list[str] | None = None, *, available_now: bool = True) -> None:
-        """Run the queries of `sources` (default all); bounded runs return when all are done."""
+    def run(
+        self,
+        sources: list[str] | None = None,
+        *,
+        available_now: bool = True,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Run the queries of `sources` (default all). Bounded runs return when every query has
+        drained the landing zone; continuous runs return once `stop` is set (or a query dies)."""
         sources = sources or self.settings.sources
         with ExitStack() as locks:
             for s in sources:
                 locks.enter_context(stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}"))
             queries = [self.start(s, available_now=available_now) for s in sources]
             try:
-                for q in queries:
-                    q.awaitTermination()
+                if available_now:
+                    for q in queries:
+                        q.awaitTermination()
+                else:
+                    stop = stop or threading.Event()
+                    while not stop.is_set() and all(q.isActive for q in queries):
+                        stop.wait(0.5)
             finally:
+                # A batch cut short here is replayed on the next start: appends are idempotent.
                 for q in queries:
                     if q.isActive:
                         q.stop()
