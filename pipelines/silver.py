@@ -447,8 +447,13 @@ class DuplicateVerdicts:
     id in this batch; `in_silver` the ids of this batch that silver already holds.
     """
 
-    repeats: DataFrame
+    repeats: DataFrame | None
     in_silver: DataFrame | None
+
+
+# Up to this many repeated ids are handled as literals (no join); beyond it (a source resending a
+# whole file) the same verdicts come from broadcast joins, so a plan never holds a million literals.
+MAX_LITERAL_IDS = 20_000
 
 
 def find_duplicates(
@@ -460,41 +465,57 @@ def find_duplicates(
     """Decide duplicates from ids alone plus a full check of the few lines whose id repeats.
 
     The first valid line of an id (by ingest time, batch, line) wins, so a broken line that the
-    source resends corrected under the same id is not lost. Only narrow id frames are shuffled.
+    source resends corrected under the same id is not lost. Only the narrow id column is read;
+    a batch without repeats costs one small aggregation.
     """
-    ids = bronze.select(*LINE_KEY, F.col("event_id").alias("_event_id"))
-    ids = ids.where(F.col("_event_id").isNotNull() & (F.col("_event_id") != ""))
-    repeated = ids.groupBy("_event_id").count().where(F.col("count") > 1).select("_event_id")
-    # Materialise the few suspect lines first: without that barrier the optimizer pushes the
-    # validity filter below the join and inlines the JSON parse into it once per field.
-    suspects = bronze.join(
-        F.broadcast(repeated), F.col("event_id") == F.col("_event_id"), "left_semi"
-    ).localCheckpoint(eager=True)
-    checked = check_events(suspects, contract, rules).where(F.col("_reason").isNull())
-    order = Window.partitionBy("_event_id").orderBy(*LINE_KEY)
-    repeats = (
-        checked.withColumn("_rank", F.row_number().over(order))
-        .where(F.col("_rank") > 1)
-        .select(*LINE_KEY, F.lit(True).alias("_repeat"))
+    spark = bronze.sparkSession
+    ids = bronze.select(F.col("event_id").alias("_event_id")).where(
+        F.col("_event_id").isNotNull() & (F.col("_event_id") != "")
     )
+    repeated = ids.groupBy("_event_id").count().where(F.col("count") > 1).select("_event_id")
+    few = [r[0] for r in repeated.limit(MAX_LITERAL_IDS + 1).collect()]
+    repeats = None
+    if few:
+        suspects = (
+            bronze.where(F.col("event_id").isin(few))
+            if len(few) <= MAX_LITERAL_IDS
+            else bronze.join(
+                F.broadcast(repeated), F.col("event_id") == F.col("_event_id"), "left_semi"
+            )
+        )
+        # Materialise the suspect lines first: without that barrier the optimizer pushes the
+        # validity filter below and inlines the JSON parse into it once per field.
+        suspects = suspects.localCheckpoint(eager=True)
+        checked = check_events(suspects, contract, rules).where(F.col("_reason").isNull())
+        order = Window.partitionBy("_event_id").orderBy(*LINE_KEY)
+        repeats = (
+            checked.withColumn("_rank", F.row_number().over(order))
+            .where(F.col("_rank") > 1)
+            .select(*LINE_KEY, F.lit(True).alias("_repeat"))
+            .localCheckpoint(eager=True)
+        )
     in_silver = None
     if known_event_ids is not None:
-        in_silver = (
-            ids.select("_event_id")
-            .distinct()
-            .join(
-                known_event_ids.select(F.col("event_id").alias("_event_id")),
-                "_event_id",
-                "left_semi",
-            )
-            .select("_event_id", F.lit(True).alias("_in_silver"))
+        present = ids.distinct().join(
+            known_event_ids.select(F.col("event_id").alias("_event_id")), "_event_id", "left_semi"
         )
+        seen = [r[0] for r in present.limit(MAX_LITERAL_IDS + 1).collect()]
+        if len(seen) > MAX_LITERAL_IDS:
+            in_silver = present.select("_event_id", F.lit(True).alias("_in_silver"))
+        elif seen:
+            in_silver = spark.createDataFrame(
+                [(i, True) for i in seen], "_event_id string, _in_silver boolean"
+            )
     return DuplicateVerdicts(repeats, in_silver)
 
 
 def apply_duplicates(checked: DataFrame, verdicts: DuplicateVerdicts) -> DataFrame:
     """Give valid lines the `duplicate` reason the verdicts found for them."""
-    flagged = checked.join(F.broadcast(verdicts.repeats), list(LINE_KEY), "left")
+    flagged = checked
+    if verdicts.repeats is not None:
+        flagged = flagged.join(F.broadcast(verdicts.repeats), list(LINE_KEY), "left")
+    else:
+        flagged = flagged.withColumn("_repeat", F.lit(None).cast("boolean"))
     if verdicts.in_silver is not None:
         flagged = flagged.join(F.broadcast(verdicts.in_silver), "_event_id", "left")
     else:

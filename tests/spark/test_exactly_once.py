@@ -75,3 +75,30 @@ def test_new_files_after_a_run_are_picked_up_incrementally(spark, settings: Sett
     bronze = rows(settings, "bronze.network")
     assert sorted(r["event_id"] for r in bronze) == ["a", "b"]
     assert sorted(r["event_id"] for r in rows(settings, "silver.network")) == ["a", "b"]
+
+
+def test_mass_resend_takes_the_join_path_with_the_same_verdicts(
+    spark, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A source resending a whole file: past the literal limit, duplicates are found by joins.
+    monkeypatch.setattr("pipelines.silver.MAX_LITERAL_IDS", 0)
+    land(
+        settings,
+        "network",
+        "n-1.jsonl",
+        [event("network", "location", i, **LOC) for i in ("a", "b", "b")],
+    )
+    ingest(spark, settings, ["network"])
+    land(
+        settings,
+        "network",
+        "n-2.jsonl",
+        [event("network", "location", i, **LOC) for i in ("a", "c")],
+    )
+    ingest(spark, settings, ["network"])
+    assert sorted(r["event_id"] for r in rows(settings, "silver.network")) == ["a", "b", "c"]
+    dups = sorted((r["event_id"], r["reason"]) for r in rows(settings, "silver.quarantine"))
+    assert dups == [
+        ("a", 'duplicate event_id "a" (already in silver)'),
+        ("b", 'duplicate event_id "b" (repeated earlier in this batch)'),
+    ]
