@@ -27,8 +27,6 @@ from pipelines.config import Settings, SourceContract
 from pipelines.lake import Lake
 from pipelines.silver import SilverResult, ValidationRules, event_id_of, refresh_silver
 
-BRONZE_COLUMNS = ("raw_line", "event_id", "source", "file_path", "ingest_ts", "batch_id", "line_id")
-
 
 class StageBusyError(RuntimeError):
     """Another process is already running this stage."""

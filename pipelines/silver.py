@@ -29,34 +29,10 @@ from pipelines.lake import Lake
 QUARANTINE = "silver.quarantine"
 DRIFT = "silver.schema_drift"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-REASON_CODES = (
-    "bad_json",
-    "missing_field",
-    "wrong_source",
-    "unknown_schema_version",
-    "unknown_event_type",
-    "wrong_type",
-    "junk_identifier",
-    "future_event_time",
-    "duplicate",
-)
 # Columns silver adds to the contract's fields (lineage back to bronze).
 LINEAGE = ("_ingest_ts", "_file", "_unknown_fields")
 # Identifies a bronze line: ingest order is (ingest_ts, batch_id, line_id).
 LINE_KEY = ("ingest_ts", "batch_id", "line_id")
-QUARANTINE_COLUMNS = (
-    "source",
-    "event_id",
-    "event_type",
-    "reason_code",
-    "reason",
-    "details",
-    "raw_line",
-    "file_path",
-    "ingest_ts",
-    "contract_version",
-    "bronze_version",
-)
 
 
 def silver_table(contract: SourceContract) -> str:
@@ -572,10 +548,8 @@ def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: i
     rejected = pc.is_valid(batch.column("_reason_code"))
     good = batch.filter(pc.invert(rejected)).select(silver_columns(contract))
     bad = batch.filter(rejected)
-    n = bad.num_rows
-    quarantine = pa.table(
+    quarantine = _stamped(
         {
-            "source": pa.array([contract.source] * n, pa.string()),
             "event_id": bad.column("event_id"),
             "event_type": bad.column("event_type"),
             "reason_code": bad.column("_reason_code"),
@@ -584,9 +558,9 @@ def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: i
             "raw_line": bad.column("raw_line"),
             "file_path": bad.column("_file"),
             "ingest_ts": bad.column("_ingest_ts"),
-            "contract_version": pa.array([contract.latest_version] * n, pa.int32()),
-            "bronze_version": pa.array([bronze_version] * n, pa.int64()),
-        }
+        },
+        contract,
+        bronze_version,
     )
     return SplitBatch(good, quarantine, _drift(batch, contract, bronze_version))
 
@@ -616,16 +590,30 @@ def _drift(batch: pa.Table, contract: SourceContract, bronze_version: int) -> pa
             ("event_type", "distinct"),
         ]
     )
-    n = agg.num_rows
-    return pa.table(
+    return _stamped(
         {
-            "source": pa.array([contract.source] * n, pa.string()),
             "field": agg.column("field"),
             "events": pc.cast(agg.column("field_count"), pa.int64()),
             "first_seen": agg.column("ts_min"),
             "last_seen": agg.column("ts_max"),
             "example_event_id": agg.column("event_id_min"),
             "event_types": agg.column("event_type_distinct"),
+        },
+        contract,
+        bronze_version,
+    )
+
+
+def _stamped(
+    columns: dict[str, pa.Array | pa.ChunkedArray], contract: SourceContract, bronze_version: int
+) -> pa.Table:
+    """A quarantine or drift table: source first, then `columns`, then contract and bronze
+    versions, so every row says which contract judged it and which bronze range it came from."""
+    n = len(next(iter(columns.values())))
+    return pa.table(
+        {
+            "source": pa.array([contract.source] * n, pa.string()),
+            **columns,
             "contract_version": pa.array([contract.latest_version] * n, pa.int32()),
             "bronze_version": pa.array([bronze_version] * n, pa.int64()),
         }

@@ -348,6 +348,29 @@ class Operator:
         self.events.append(e)
         return e
 
+    def contact_update(
+        self,
+        person: Person,
+        account_id: str,
+        msisdn: str,
+        ts: datetime,
+        language: str | None = None,
+    ) -> Event:
+        """CRM contact details of a person, against an account and one of its lines."""
+        return self.emit(
+            "crm",
+            "customer_update",
+            ts,
+            person.key,
+            account_id=account_id,
+            msisdn=msisdn,
+            passport=person.passport,
+            email=person.email,
+            first_name=person.first_name,
+            last_name=person.last_name,
+            preferred_language=language,
+        )
+
     def lifecycle_events(self) -> None:
         rng = self.rng
         for acc in self.accounts.values():
@@ -364,19 +387,7 @@ class Operator:
                     first_name=f"{acc.company.upper() if acc.company else ''} LLC",
                 )
             elif holder is not None:
-                self.emit(
-                    "crm",
-                    "customer_update",
-                    ts,
-                    holder.key,
-                    account_id=acc.account_id,
-                    msisdn=first_line.msisdn,
-                    passport=holder.passport,
-                    email=holder.email,
-                    first_name=holder.first_name,
-                    last_name=holder.last_name,
-                    preferred_language=holder.language,
-                )
+                self.contact_update(holder, acc.account_id, first_line.msisdn, ts, holder.language)
         for line in self.lines:
             acc = self.accounts[line.account_id]
             self.emit(
@@ -394,17 +405,8 @@ class Operator:
             user = self.persons[line.person]
             if acc.type == "family" and line.role == "member" and user.passport:
                 # Members register their own passport against their line (not the account).
-                self.emit(
-                    "crm",
-                    "customer_update",
-                    line.start + timedelta(hours=2),
-                    user.key,
-                    account_id=line.account_id,
-                    msisdn=line.msisdn,
-                    passport=user.passport,
-                    email=user.email,
-                    first_name=user.first_name,
-                    last_name=user.last_name,
+                self.contact_update(
+                    user, line.account_id, line.msisdn, line.start + timedelta(hours=2)
                 )
             iccid = line.iccid
             for at, new_iccid in line.swaps:
