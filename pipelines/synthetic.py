@@ -371,6 +371,22 @@ class Operator:
             preferred_language=language,
         )
 
+    def case_event(
+        self, line: Line, ts: datetime, case_id: str, category: str, status: str
+    ) -> Event:
+        """A service case opened or closed by the line's user (the category stays with the case)."""
+        return self.emit(
+            "crm",
+            "case",
+            ts,
+            line.person,
+            case_id=case_id,
+            account_id=line.account_id,
+            msisdn=line.msisdn,
+            category=category,
+            status=status,
+        )
+
     def lifecycle_events(self) -> None:
         rng = self.rng
         for acc in self.accounts.values():
@@ -498,7 +514,7 @@ class Operator:
         """Daily traffic per active line: network, app, payments and service cases."""
         rng, cfg = self.rng, self.cfg
         rate = cfg.events_per_subscriber_per_day
-        open_cases: dict[str, list[str]] = {}
+        open_cases: dict[str, list[tuple[str, str]]] = {}
         for line in self.lines:
             person = self.persons[line.person]
             acc = self.accounts[line.account_id]
@@ -606,32 +622,13 @@ class Operator:
                     else:
                         cases = open_cases.setdefault(line.msisdn + line.person, [])
                         if cases and rng.random() < 0.5:
-                            case_id = cases.pop()
-                            self.emit(
-                                "crm",
-                                "case",
-                                ts,
-                                line.person,
-                                case_id=case_id,
-                                account_id=line.account_id,
-                                msisdn=line.msisdn,
-                                category="other",
-                                status="closed",
-                            )
+                            case_id, category = cases.pop()
+                            self.case_event(line, ts, case_id, category, "closed")
                         else:
                             case_id = f"CS{self._next('case'):08d}"
-                            cases.append(case_id)
-                            self.emit(
-                                "crm",
-                                "case",
-                                ts,
-                                line.person,
-                                case_id=case_id,
-                                account_id=line.account_id,
-                                msisdn=line.msisdn,
-                                category=rng.choice(["billing", "network", "device", "other"]),
-                                status="open",
-                            )
+                            category = rng.choice(["billing", "network", "device", "other"])
+                            cases.append((case_id, category))
+                            self.case_event(line, ts, case_id, category, "open")
                             if rng.random() < 0.5:
                                 self.emit(
                                     "crm",
