@@ -1,0 +1,1 @@
+"""Identity resolution: the identity graph, its connected components and stable person ids."""
