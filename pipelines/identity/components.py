@@ -82,12 +82,14 @@ def connected_components(edges: DataFrame, max_rounds: int = 100) -> Components:
         if rounds > max_rounds:
             raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
         after = _cut(_small_star(_cut(_large_star(current))))
-        # Converged when a round changes no edge: every node then points at its component's min.
-        changed = (
-            after.exceptAll(current).limit(1).count() + current.exceptAll(after).limit(1).count()
+        # Converged when a round changes no edge (every node then points at its component's
+        # minimum). Both sides are distinct edge sets, so equal size plus inclusion is equality.
+        same = (
+            after.count() == current.count()
+            and after.join(current, ["src", "dst"], "left_anti").limit(1).count() == 0
         )
         current = after
-        if changed == 0:
+        if same:
             break
     assignment = nodes.join(current.withColumnRenamed("src", "node"), "node", "left").select(
         "node", F.coalesce(F.col("dst"), F.col("node")).alias("component")
