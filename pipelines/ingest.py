@@ -61,6 +61,37 @@ def stage_lock(checkpoint_root: Path, stage: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def landing_warnings(landing_root: Path, sources: list[str]) -> list[str]:
+    """Files in the landing zone that no query will ever read, said out loud rather than skipped:
+    folders without a contract, and files that are not `*.jsonl` (dot files are in-flight)."""
+    if not landing_root.exists():
+        return []
+    out = []
+    for folder in sorted(p for p in landing_root.iterdir() if p.is_dir()):
+        if folder.name == "reference":
+            continue
+        if folder.name not in sources:
+            out.append(
+                f"{folder}: no contract for source {folder.name!r} in conf/contracts; "
+                "its files are not ingested"
+            )
+            continue
+        strays = sorted(
+            f.name
+            for f in folder.iterdir()
+            if f.is_file() and not f.name.startswith((".", "_")) and f.suffix != ".jsonl"
+        )
+        if strays:
+            shown = ", ".join(strays[:5]) + (
+                f" and {len(strays) - 5} more" if len(strays) > 5 else ""
+            )
+            out.append(
+                f"{folder}: {len(strays)} file(s) not named *.jsonl are not ingested: {shown} "
+                "(rename them to .jsonl to ingest them)"
+            )
+    return out
+
+
 def to_bronze(lines: DataFrame, source: str, batch_id: int) -> DataFrame:
     """Raw landing lines plus ingest metadata; only the event id is read out (for dedupe)."""
     return lines.select(
@@ -185,6 +216,8 @@ class Ingestion:
         """Run the queries of `sources` (default all). Bounded runs return when every query has
         drained the landing zone; continuous runs return once `stop` is set (or a query dies)."""
         sources = sources or self.settings.sources
+        for warning in landing_warnings(self.settings.paths.landing_root, self.settings.sources):
+            self.say(f"warning: {warning}")
         with ExitStack() as locks:
             for s in sources:
                 locks.enter_context(stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}"))

@@ -60,3 +60,18 @@ def test_broken_config_exits_with_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "trigger_interval_s" in result.stdout and "engine.yaml" in result.stdout
+
+
+def test_files_no_query_would_read_are_reported(tmp_path: Path) -> None:
+    from pipelines.ingest import landing_warnings
+
+    (tmp_path / "billing").mkdir()
+    (tmp_path / "billing" / "b-1.jsonl").write_text("{}\n")
+    (tmp_path / "billing" / "b-2.csv").write_text("a,b\n")
+    (tmp_path / "billing" / ".b-3.jsonl.tmp").write_text("{}\n")  # still being written
+    (tmp_path / "roaming").mkdir()
+    (tmp_path / "reference").mkdir()
+    warnings = landing_warnings(tmp_path, ["billing", "crm"])
+    assert len(warnings) == 2
+    assert "b-2.csv" in warnings[0] and "rename them to .jsonl" in warnings[0]
+    assert "no contract for source 'roaming'" in warnings[1]
