@@ -79,7 +79,8 @@ class Lake:
     ) -> bool:
         """Append `data` once per (app_id, txn_version); returns False if it was already there."""
         with self._locks[table]:
-            done = self.committed(table, app_id)
+            dt = self.table(table)  # one log read serves both the check and the create decision
+            done = None if dt is None else dt.transaction_version(app_id)
             if done is not None and done >= txn_version:
                 return False
             props = CommitProperties(
@@ -92,7 +93,7 @@ class Lake:
                 mode="append",
                 commit_properties=props,
                 writer_properties=WRITER,
-                configuration=TABLE_CONFIG if not self.exists(table) else None,
+                configuration=TABLE_CONFIG if dt is None else None,
             )
             return True
 
@@ -110,13 +111,6 @@ class Lake:
                 commit_properties=props,
                 configuration=TABLE_CONFIG if not self.exists(table) else None,
             )
-
-    def last_commit_metadata(self, table: str) -> dict[str, Any]:
-        dt = self.table(table)
-        if dt is None:
-            return {}
-        history = dt.history(1)
-        return dict(history[0]) if history else {}
 
     def read_arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
         dt = self.table(table)

@@ -97,8 +97,10 @@ def load_reference(lake: Lake, contract: ReferenceContract, folder: Path) -> lis
             continue
         table = f"ref.{name}"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if lake.exists(table) and lake.last_commit_metadata(table).get("source_sha256") == digest:
-            out.append(RefLoad(table, lake.table(table).count(), lake.version(table), False))  # type: ignore[union-attr]
+        current = lake.table(table)
+        last = current.history(1) if current is not None else []
+        if current is not None and last and last[0].get("source_sha256") == digest:
+            out.append(RefLoad(table, current.count(), current.version(), False))
             continue
         data = parse_reference(path, spec)
         lake.overwrite(

@@ -144,12 +144,18 @@ def _id_type(name: str, spec: FieldSpec) -> str | None:
     return name if name in ("passport", "app_user_id", "account_id") else None
 
 
-def _is_junk(raw: Column, value: Column, id_type: str, rules: ValidationRules) -> Column | None:
+def _junk_type(name: str, spec: FieldSpec, rules: ValidationRules) -> str | None:
+    """The identifier type whose junk rules apply to this field, if it has any."""
+    id_type = _id_type(name, spec)
+    junk = rules.identity.junk
+    has_rules = id_type and (junk.values.get(id_type) or junk.patterns.get(id_type))
+    return id_type if has_rules else None
+
+
+def _is_junk(raw: Column, value: Column, id_type: str, rules: ValidationRules) -> Column:
     junk = rules.identity.junk
     values = junk.values.get(id_type, [])
     patterns = junk.patterns.get(id_type, [])
-    if not values and not patterns:
-        return None
     trimmed = F.trim(raw)
     subject = F.coalesce(value, trimmed)
     cond = (trimmed.isin(*values) | subject.isin(*values)) if values else F.lit(False)
@@ -204,10 +210,9 @@ def _field_columns(
         vt.isin(*index.allowed_in[name]).alias(f"_allowed_{name}"),
         vt.isin(*index.required_in[name]).alias(f"_required_{name}"),
     ]
-    id_type = _id_type(name, spec)
-    junk = _is_junk(raw, value, id_type, rules) if id_type else None
-    if junk is not None:
-        cols.append(junk.alias(f"_junk_{name}"))
+    id_type = _junk_type(name, spec, rules)
+    if id_type:
+        cols.append(_is_junk(raw, value, id_type, rules).alias(f"_junk_{name}"))
     return cols
 
 
@@ -218,8 +223,7 @@ def _field_checks(name: str, spec: FieldSpec, rules: ValidationRules) -> list[Ch
     checks = [
         _check("missing_field", F.col(f"_required_{name}") & ~present, f"missing field {name}")
     ]
-    id_type = _id_type(name, spec)
-    if id_type and _is_junk(raw, value, id_type, rules) is not None:
+    if _junk_type(name, spec, rules):
         # Before the type check: "junk identifier" tells the steward more than "not an MSISDN".
         checks.append(
             _check(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -41,7 +40,7 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     check_java()
     # Without this Spark warns on every start that the host name resolves to loopback.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    java_opts = f"-Duser.timezone=UTC -Dlog4j2.configurationFile={Path(LOG4J).as_uri()}"
+    java_opts = f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J.as_uri()}"
     builder = (
         SparkSession.builder.master(cfg.spark_master)
         .appName(app_name)
