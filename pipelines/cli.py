@@ -1,4 +1,4 @@
-"""`cdp`: the command line for data engineers (generate, run, stream, summary)."""
+"""`cdp`: the command line for data engineers (generate, run, stream, summary, identity)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,11 +17,22 @@ from rich.table import Table
 
 from pipelines.config import ConfigError, Settings, load_settings
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipelines.lake import Lake
+
 app = typer.Typer(
-    help="Telecom CDP: synthetic operator, streaming ingestion into Delta bronze and silver.",
+    help="Telecom CDP: synthetic operator, streaming ingestion into Delta bronze and silver, "
+    "identity resolution.",
     no_args_is_help=True,
     add_completion=False,
 )
+identity_app = typer.Typer(
+    help="Identity: explain why an identifier belongs to its person; rebuild from all evidence.",
+    no_args_is_help=True,
+)
+app.add_typer(identity_app, name="identity")
 console = Console()
 
 ConfOpt = Annotated[
@@ -97,7 +109,7 @@ def generate(
 
 
 def _pipeline(settings: Settings, *, available_now: bool) -> None:
-    from pipelines.ingest import CheckpointMismatchError, Ingestion, StageBusyError
+    from pipelines.ingest import CheckpointMismatchError, Ingestion, StageBusyError, stage_lock
     from pipelines.lake import Lake
     from pipelines.reference import ReferenceFileError, load_reference
     from pipelines.spark import JavaMissingError, spark_session
@@ -113,7 +125,9 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
     except (JavaMissingError, ReferenceFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    ingestion = Ingestion(spark, settings, lake, on_event=console.print)
+    ingestion = Ingestion(
+        spark, settings, lake, on_event=console.print, downstream=_identity_step(settings, lake)
+    )
     stop = threading.Event()
     if not available_now:
         # Replace PySpark's SIGINT handler (it cancels jobs from inside a Py4J call and prints
@@ -125,7 +139,8 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
     try:
-        ingestion.run(available_now=available_now, stop=stop)
+        with stage_lock(settings.paths.checkpoint_root, "identity"):
+            ingestion.run(available_now=available_now, stop=stop)
     except StageBusyError as exc:
         console.print(f"[red]busy:[/red] {exc}")
         raise typer.Exit(3) from None
@@ -137,6 +152,71 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         raise typer.Exit(130) from None
     if stop.is_set():
         console.print("stopped; every committed micro-batch is kept, the next run resumes")
+
+
+def _identity_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], None]:
+    """The identity refresh run after each silver micro-batch, reporting what changed."""
+    from pipelines.identity.stage import refresh_identity
+
+    def step(spark: SparkSession) -> None:
+        r = refresh_identity(spark, lake, settings)
+        if r.mode == "none":
+            return
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
+        console.print(
+            f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.regions:,} regions, "
+            f"{r.identifiers:,} identifiers in {r.persons:,} persons, {r.merges} merges, "
+            f"{r.splits} splits, {r.refused} refused links{f' ({refused})' if refused else ''} "
+            f"in {r.seconds:.1f} s"
+        )
+
+    return step
+
+
+@identity_app.command("explain")
+def identity_explain(
+    id_type: Annotated[
+        str, typer.Argument(help="msisdn, iccid, account_id, app_user_id, email, passport")
+    ],
+    value: Annotated[str, typer.Argument(help="The identifier, as any source spells it.")],
+    conf: ConfOpt = None,
+) -> None:
+    """Print the person holding an identifier, each of its identifiers with the chain of links
+    (rule, source event, time) that ties it to the person, and the refused links with reasons."""
+    from pipelines.config import IDENTIFIER_TYPES
+    from pipelines.identity.explain import explain, render
+    from pipelines.lake import Lake
+
+    if id_type not in IDENTIFIER_TYPES:
+        console.print(
+            f"[red]error:[/red] unknown identifier type {id_type!r}; use one of "
+            f"{', '.join(IDENTIFIER_TYPES)}"
+        )
+        raise typer.Exit(2)
+    settings = _settings(conf)
+    found = explain(Lake(settings.paths.lake_root), settings.identity, id_type, value)
+    console.print(render(found, id_type, value), highlight=False, soft_wrap=True)
+    if not found:
+        raise typer.Exit(1)
+
+
+@identity_app.command("rebuild")
+def identity_rebuild(conf: ConfOpt = None) -> None:
+    """Re-resolve every person from all evidence (after a rule change, or on schedule); records
+    the merges and splits it causes in gold.person_merges."""
+    from pipelines.identity.stage import rebuild_identity
+    from pipelines.ingest import stage_lock
+    from pipelines.lake import Lake
+    from pipelines.spark import spark_session
+
+    settings = _settings(conf)
+    lake = Lake(settings.paths.lake_root)
+    with stage_lock(settings.paths.checkpoint_root, "identity"):
+        r = rebuild_identity(spark_session(settings.engine), lake, settings)
+    console.print(
+        f"identity rebuilt: {r.identifiers:,} identifiers in {r.persons:,} persons, "
+        f"{r.merges} merges, {r.splits} splits, {r.refused} refused links in {r.seconds:.1f} s"
+    )
 
 
 @app.command()
@@ -167,6 +247,8 @@ def summary(conf: ConfOpt = None) -> None:
 
 
 def _print_summary(settings: Settings) -> None:
+    from pipelines.identity.evidence import EVIDENCE
+    from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
     from pipelines.lake import Lake
     from pipelines.silver import DRIFT, QUARANTINE
 
@@ -177,6 +259,7 @@ def _print_summary(settings: Settings) -> None:
     names = [f"bronze.{s}" for s in settings.sources]
     names += [f"silver.{settings.contract(s).domain}" for s in settings.sources]
     names += [QUARANTINE, DRIFT, *(f"ref.{t}" for t in settings.reference.tables)]
+    names += [EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS]
     for name in names:
         dt = lake.table(name)
         if dt is not None:
@@ -203,6 +286,34 @@ def _print_summary(settings: Settings) -> None:
                     f"({row['events_sum']:,} events), recorded in silver.schema_drift "
                     "for its steward"
                 )
+    _print_identity(lake)
+
+
+def _print_identity(lake: Lake) -> None:
+    """Persons, how identifiers were linked, refused links per reason, merges and splits."""
+    import pyarrow.compute as pc
+
+    from pipelines.identity.stage import LINKS, MAP, MERGES
+
+    if not lake.exists(MAP):
+        return
+    persons = len(pc.unique(lake.read_arrow(MAP, ["person_id"]).column("person_id")))
+    links = lake.read_arrow(LINKS, ["status", "reason_code"])
+    refused = links.filter(pc.equal(links.column("status"), "refused"))
+    by_reason = refused.group_by("reason_code").aggregate([([], "count_all")]).to_pylist()
+    changes = lake.read_arrow(MERGES, ["change"]) if lake.exists(MERGES) else None
+    merges = pc.sum(pc.equal(changes.column("change"), "merge")).as_py() if changes else 0
+    splits = pc.sum(pc.equal(changes.column("change"), "split")).as_py() if changes else 0
+    console.print(
+        f"identity: {persons:,} persons; {refused.num_rows:,} refused links"
+        + (
+            " (" + ", ".join(f"{r['reason_code']} {r['count_all']}" for r in by_reason) + ")"
+            if by_reason
+            else ""
+        )
+        + f"; {merges or 0} merges and {splits or 0} splits recorded in {MERGES}. "
+        "Why is X this person? `cdp identity explain msisdn <number>`"
+    )
 
 
 def main() -> None:

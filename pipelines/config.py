@@ -223,9 +223,63 @@ class CountryCfg(Model):
     mobile_prefixes: list[str] = Field(default_factory=lambda: ["90", "91", "93", "94", "97", "99"])
 
 
+IDENTIFIER_TYPES = ("msisdn", "iccid", "account_id", "app_user_id", "email", "passport")
+IdentifierType = Literal["msisdn", "iccid", "account_id", "app_user_id", "email", "passport"]
+
+
+class LinkRule(Model):
+    """Which event links which two identifiers, and whether that link merges people.
+
+    `merge` joins the two identifiers into one person; `member` only relates a line to an
+    account (family and corporate accounts never merge their lines' users). Lower tiers are
+    stronger evidence and are applied first, so a weak link cannot pre-empt a strong one.
+    """
+
+    source: str
+    event_type: str
+    link: tuple[str, str]  # two event fields; their identifier types come from `fields`
+    kind: Literal["merge", "member"] = "merge"
+    tier: int = Field(1, ge=1, le=9)
+    when: dict[str, list[str]] = Field(default_factory=dict)  # field -> allowed values
+
+
+class TenureEvent(Model):
+    """An event that opens or closes a tenure of the identifier in `field`."""
+
+    source: str
+    event_type: str
+    field: str
+
+
+class TenureCfg(Model):
+    opens: list[TenureEvent]
+    closes: list[TenureEvent]
+
+
+class GuardrailCfg(Model):
+    """Limits a merge may not break; a link that would break one is refused and reported."""
+
+    max_per_person: dict[IdentifierType, int] = Field(default_factory=dict)
+    max_component_size: int = Field(200, ge=2)
+    # Account types whose lines belong to different people: two such lines never merge.
+    one_line_per_person_on: list[str] = Field(default_factory=lambda: ["family", "corporate"])
+
+
 class IdentityCfg(Model):
     country: CountryCfg = CountryCfg()
     junk: JunkCfg = JunkCfg()
+    # Event field -> identifier type, for fields whose name is not the type (previous_iccid).
+    identifier_fields: dict[str, IdentifierType] = Field(default_factory=dict)
+    rules: dict[str, LinkRule] = Field(default_factory=dict)
+    tenures: dict[IdentifierType, TenureCfg] = Field(default_factory=dict)
+    blocked: JunkCfg = JunkCfg()  # values that must never link anything (shop demo accounts...)
+    guardrails: GuardrailCfg = GuardrailCfg()
+
+    def id_type(self, field_name: str) -> str | None:
+        """The identifier type an event field carries (None: not an identifier)."""
+        if field_name in self.identifier_fields:
+            return self.identifier_fields[field_name]
+        return field_name if field_name in IDENTIFIER_TYPES else None
 
 
 # ---------------------------------------------------------------- generator
@@ -371,6 +425,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     reference = _parse(ReferenceContract, _read_yaml(ref_path), ref_path)
     identity_path = conf_dir / "identity.yaml"
     identity = _parse(IdentityCfg, _read_yaml(identity_path), identity_path)
+    _check_identity_rules(identity, contracts, identity_path)
     gen_path = conf_dir / "generator.yaml"
     generator = _parse(GeneratorCfg, _read_yaml(gen_path), gen_path)
 
@@ -383,6 +438,42 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         identity=identity,
         generator=generator,
     )
+
+
+def _check_identity_rules(
+    identity: IdentityCfg, contracts: dict[str, SourceContract], path: Path
+) -> None:
+    """Every rule and tenure event must name a contract's event type and fields."""
+
+    def check(key: str, source: str, event_type: str, fields: list[str]) -> None:
+        contract = contracts.get(source)
+        if contract is None:
+            raise ConfigError(f"{path}: {key}.source: no contract for source {source!r}")
+        known = {name: et for v in contract.active_versions() for name, et in v.event_types.items()}
+        if event_type not in known:
+            raise ConfigError(
+                f"{path}: {key}.event_type: {source} has no event type {event_type!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        for f in fields:
+            if f not in known[event_type].fields:
+                raise ConfigError(
+                    f"{path}: {key}: {source}.{event_type} has no field {f!r} "
+                    f"(fields: {', '.join(sorted(known[event_type].fields))})"
+                )
+
+    for name, rule in identity.rules.items():
+        check(f"rules.{name}", rule.source, rule.event_type, [*rule.link, *rule.when])
+        for f in rule.link:
+            if identity.id_type(f) is None:
+                raise ConfigError(
+                    f"{path}: rules.{name}.link: {f!r} is not an identifier field; map it in "
+                    "identifier_fields"
+                )
+    for id_type, tenure in identity.tenures.items():
+        for side, events in (("opens", tenure.opens), ("closes", tenure.closes)):
+            for i, ev in enumerate(events):
+                check(f"tenures.{id_type}.{side}[{i}]", ev.source, ev.event_type, [ev.field])
 
 
 __all__ = [

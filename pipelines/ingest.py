@@ -125,8 +125,13 @@ class Ingestion:
         settings: Settings,
         lake: Lake | None = None,
         on_event: Callable[[str], None] | None = None,
+        downstream: Callable[[SparkSession], None] | None = None,
     ) -> None:
+        """`downstream` runs after every micro-batch's silver commit and once after a run (the
+        identity refresh), one call at a time."""
         self.spark = spark
+        self.downstream = downstream
+        self._downstream_lock = threading.Lock()
         self.settings = settings
         self.lake = lake or Lake(settings.paths.lake_root)
         self.rules = ValidationRules.from_settings(settings)
@@ -165,6 +170,7 @@ class Ingestion:
                 if not result.skipped:
                     p.silver.append(result)
             bad = sum(result.quarantined.values())
+            self._run_downstream()
             self.say(
                 f"{source}: batch {batch_id}: bronze +{rows.num_rows if wrote else 0}"
                 f"{'' if wrote else ' (already committed)'}, silver +{result.valid}, "
@@ -172,6 +178,11 @@ class Ingestion:
             )
 
         return handle
+
+    def _run_downstream(self) -> None:
+        if self.downstream is not None:
+            with self._downstream_lock:
+                self.downstream(self.spark)
 
     def _check_checkpoint(self, source: str) -> None:
         commits = self.checkpoint(source) / "commits"
@@ -245,3 +256,4 @@ class Ingestion:
                 )
                 if not result.skipped:
                     self.progress[s].silver.append(result)
+            self._run_downstream()

@@ -1,7 +1,8 @@
 """The lake: every Delta read and write goes through here (delta-rs; no Delta jars on the JVM).
 
-The interface is deliberately narrow (append, overwrite, read, changes) so its body can change for a
-cluster (executors write Parquet, the driver commits) without touching any stage. Appends are
+The interface is deliberately narrow (append, upsert, overwrite, read, changes) so its body can
+change for a cluster (executors write Parquet, the driver commits) without touching any stage.
+Appends are
 idempotent: each carries an app transaction (app id + version), and a version already committed for
 that app id is skipped, so a replayed micro-batch never duplicates rows.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
@@ -78,31 +80,101 @@ class Lake:
         metadata: dict[str, Any] | None = None,
     ) -> bool:
         """Append `data` once per (app_id, txn_version); returns False if it was already there."""
+        return self.append_once(table, data, {app_id: txn_version}, stage=stage, metadata=metadata)
+
+    def append_once(
+        self,
+        table: str,
+        data: pa.Table,
+        txns: dict[str, int],
+        *,
+        stage: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Append `data` in one commit that records every app transaction in `txns`; skipped
+        (returns False) when all of them are already committed at or past those versions."""
         with self._locks[table]:
             dt = self.table(table)  # one log read serves both the check and the create decision
-            done = None if dt is None else dt.transaction_version(app_id)
-            if done is not None and done >= txn_version:
+            if dt is not None and all(
+                (done := dt.transaction_version(app)) is not None and done >= v
+                for app, v in txns.items()
+            ):
                 return False
-            props = CommitProperties(
-                app_transactions=[Transaction(app_id, txn_version)],
-                custom_metadata={"stage": stage, **(metadata or {})},
-            )
             write_deltalake(
                 self.uri(table),
                 data,
                 mode="append",
-                commit_properties=props,
+                commit_properties=_props(stage, txns, metadata),
                 writer_properties=WRITER,
                 configuration=TABLE_CONFIG if dt is None else None,
             )
             return True
 
-    def overwrite(
-        self, table: str, data: pa.Table, *, stage: str, metadata: dict[str, Any] | None = None
+    def upsert(
+        self,
+        table: str,
+        rows: pa.Table,
+        key: str,
+        *,
+        delete_keys: list[str],
+        stage: str,
+        txns: dict[str, int] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
-        """Replace the table's content in one new version (reference loads)."""
+        """In one commit: insert or replace `rows` by `key`, and delete the rows whose key is in
+        `delete_keys` (and not in `rows`). Creates the table on first use."""
         with self._locks[table]:
-            props = CommitProperties(custom_metadata={"stage": stage, **(metadata or {})})
+            dt = self.table(table)
+            props = _props(stage, txns or {}, metadata)
+            if dt is None:
+                write_deltalake(
+                    self.uri(table),
+                    rows,
+                    mode="append",
+                    commit_properties=props,
+                    writer_properties=WRITER,
+                    configuration=TABLE_CONFIG,
+                )
+                return
+            keep = set(rows.column(key).to_pylist())
+            gone = [k for k in dict.fromkeys(delete_keys) if k not in keep]
+            deletes = pa.table(
+                {
+                    name: pa.array(gone, rows.schema.field(key).type)
+                    if name == key
+                    else pa.nulls(len(gone), rows.schema.field(name).type)
+                    for name in rows.schema.names
+                }
+            )
+            ops = pa.array(["upsert"] * rows.num_rows + ["delete"] * len(gone), pa.string())
+            source = pa.concat_tables([rows, deletes]).append_column("_op", ops)
+            (
+                dt.merge(
+                    source,
+                    f"t.{key} = s.{key}",
+                    source_alias="s",
+                    target_alias="t",
+                    writer_properties=WRITER,
+                    commit_properties=props,
+                )
+                .when_matched_delete("s._op = 'delete'")
+                .when_matched_update_all("s._op = 'upsert'", except_cols=["_op"])
+                .when_not_matched_insert_all("s._op = 'upsert'", except_cols=["_op"])
+                .execute()
+            )
+
+    def overwrite(
+        self,
+        table: str,
+        data: pa.Table,
+        *,
+        stage: str,
+        metadata: dict[str, Any] | None = None,
+        txns: dict[str, int] | None = None,
+    ) -> None:
+        """Replace the table's content in one new version (reference loads, full recomputes)."""
+        with self._locks[table]:
+            props = _props(stage, txns or {}, metadata)
             write_deltalake(
                 self.uri(table),
                 data,
@@ -112,11 +184,29 @@ class Lake:
                 configuration=TABLE_CONFIG if not self.exists(table) else None,
             )
 
-    def read_arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        dt = self.table(table)
+    def read_arrow(
+        self,
+        table: str,
+        columns: list[str] | None = None,
+        where: pl.Expr | None = None,
+        version: int | None = None,
+    ) -> pa.Table:
+        """A snapshot (current, or `version`), optionally only the rows matching `where`.
+
+        Filtered reads go through Polars: it pushes the predicate down to Parquet statistics and
+        reads the string-view columns delta-rs MERGE writes, which pyarrow's dataset filters
+        cannot compare yet."""
+        dt = self.table(table, version)
         if dt is None:
             raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
-        return dt.to_pyarrow_table(columns=columns)
+        if where is None:
+            return dt.to_pyarrow_table(columns=columns)
+        schema = pa.schema(dt.schema().to_arrow())
+        frame = pl.scan_delta(self.uri(table), version=dt.version()).filter(where)
+        if columns:
+            frame = frame.select(columns)
+            schema = pa.schema([schema.field(c) for c in columns])
+        return frame.collect().to_arrow().cast(schema)
 
     def arrow_schema(self, table: str) -> pa.Schema:
         dt = self.table(table)
@@ -150,9 +240,21 @@ class Lake:
         dt = self.table(table, until_version)
         if dt is None:
             raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        files = self._added(dt, table, since_version)
+        return Changes(self._frame(spark, dt, files, None), files, dt.version())
+
+    def added_files(self, table: str, since_version: int | None, until_version: int) -> list[str]:
+        """Parquet files an append-only table gained after `since_version` up to
+        `until_version` (for small increments read without Spark)."""
+        dt = self.table(table, until_version)
+        if dt is None:
+            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        return self._added(dt, table, since_version)
+
+    def _added(self, dt: DeltaTable, table: str, since_version: int | None) -> list[str]:
         current = dt.version()
         if since_version is not None and since_version >= current:
-            return Changes(self._frame(spark, dt, [], None), [], current)
+            return []
         if since_version is not None:
             for entry in dt.history():
                 v, op = entry.get("version", -1), entry.get("operation")
@@ -165,8 +267,7 @@ class Lake:
         before: set[str] = set()
         if since_version is not None:
             before = set(DeltaTable(self.uri(table), version=since_version).file_uris())
-        files = sorted(now - before)
-        return Changes(self._frame(spark, dt, files, None), files, current)
+        return sorted(now - before)
 
     @staticmethod
     def _frame(
@@ -181,3 +282,11 @@ class Lake:
             else spark.createDataFrame([], schema)
         )
         return frame.select(*columns) if columns else frame
+
+
+def _props(stage: str, txns: dict[str, int], metadata: dict[str, Any] | None) -> CommitProperties:
+    """Commit properties naming the stage, with the app transactions that make it idempotent."""
+    return CommitProperties(
+        app_transactions=[Transaction(app, v) for app, v in txns.items()] or None,
+        custom_metadata={"stage": stage, **(metadata or {})},
+    )

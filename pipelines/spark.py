@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -40,6 +41,8 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     check_java()
     # Without this Spark warns on every start that the host name resolves to loopback.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers (mapInArrow) must run this interpreter, the one with pyarrow installed.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     java_opts = f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J.as_uri()}"
     builder = (
         SparkSession.builder.master(cfg.spark_master)

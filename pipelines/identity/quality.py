@@ -1,0 +1,116 @@
+"""Identity quality against the generator's ground truth (tests and benchmarks only; the pipeline
+never reads truth).
+
+Scored on the identifiers the pipeline has seen in some event: pairwise precision and recall of
+"these two identifiers belong to one person", B-cubed precision and recall, family and corporate
+accounts whose lines' users were collapsed into one person, and recycled numbers whose second
+owner was not kept apart from the first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class Quality:
+    identifiers: int
+    unresolved: int
+    pairwise_precision: float
+    pairwise_recall: float
+    bcubed_precision: float
+    bcubed_recall: float
+    shared_accounts: int
+    collapsed_accounts: int
+    recycled_numbers: int
+    recycled_merged: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _key(id_type: str, value: str, tenure: datetime | None) -> str:
+    # Event times carry milliseconds; the truth keeps microseconds.
+    at = tenure.replace(microsecond=tenure.microsecond // 1000 * 1000) if tenure else None
+    return f"{id_type}:{value}@{at.isoformat() if at else ''}"
+
+
+def truth_identifiers(truth_root: Path) -> dict[str, str]:
+    """Every identifier instance of the generated operator -> the person it belongs to."""
+    truth: dict[str, str] = {}
+    for p in pq.read_table(truth_root / "persons.parquet").to_pylist():
+        for t in ("passport", "email", "app_user_id"):
+            if p[t]:
+                truth[_key(t, p[t], None)] = p["person_key"]
+    for a in pq.read_table(truth_root / "accounts.parquet").to_pylist():
+        if a["account_type"] == "individual" and a["holder_person_key"]:
+            truth[_key("account_id", a["account_id"], None)] = a["holder_person_key"]
+    for t in pq.read_table(truth_root / "tenures.parquet").to_pylist():
+        truth[_key("msisdn", t["msisdn"], t["valid_from"])] = t["person_key"]
+    for i in pq.read_table(truth_root / "iccids.parquet").to_pylist():
+        truth[_key("iccid", i["iccid"], i["valid_from"])] = i["person_key"]
+    return truth
+
+
+def _pairs(sizes: Counter[Any]) -> int:
+    return sum(n * (n - 1) // 2 for n in sizes.values())
+
+
+def evaluate(identity_map: pa.Table, truth_root: Path, seen_values: set[str]) -> Quality:
+    """Score `gold.identity_map` against truth, over truth identifiers whose value was seen."""
+    truth = {
+        k: p for k, p in truth_identifiers(truth_root).items() if k.split("@")[0] in seen_values
+    }
+    predicted: dict[str, str] = {}
+    for row in identity_map.select(["id_type", "id_value", "tenure", "person_id"]).to_pylist():
+        predicted[_key(row["id_type"], row["id_value"], row["tenure"])] = row["person_id"]
+    # An identifier the pipeline did not resolve is a person of its own.
+    assigned = {k: predicted.get(k, f"unresolved:{k}") for k in truth}
+    both = Counter((truth[k], assigned[k]) for k in truth)
+    tp = _pairs(both)
+    pred_pairs = _pairs(Counter(assigned.values()))
+    true_pairs = _pairs(Counter(truth.values()))
+    by_pred: Counter[str] = Counter(assigned.values())
+    by_true: Counter[str] = Counter(truth.values())
+    b3p = sum(both[(truth[k], assigned[k])] / by_pred[assigned[k]] for k in truth) / len(truth)
+    b3r = sum(both[(truth[k], assigned[k])] / by_true[truth[k]] for k in truth) / len(truth)
+
+    tenures = pq.read_table(truth_root / "tenures.parquet").to_pylist()
+    types = {
+        a["account_id"]: a["account_type"]
+        for a in pq.read_table(truth_root / "accounts.parquet").to_pylist()
+    }
+    lines: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    owners: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for t in tenures:
+        k = _key("msisdn", t["msisdn"], t["valid_from"])
+        if types[t["account_id"]] != "individual":
+            lines[t["account_id"]].append((t["person_key"], assigned.get(k, k)))
+        owners[t["msisdn"]].append((t["person_key"], assigned.get(k, k)))
+    collapsed = 0
+    for members in lines.values():
+        ours: dict[str, set[str]] = defaultdict(set)
+        for person, pid in members:
+            ours[pid].add(person)
+        collapsed += any(len(v) > 1 for v in ours.values())
+    recycled = [o for o in owners.values() if len({p for p, _ in o}) > 1]
+    merged = sum(len({pid for _, pid in o}) < len({p for p, _ in o}) for o in recycled)
+    return Quality(
+        identifiers=len(truth),
+        unresolved=sum(1 for k in truth if k not in predicted),
+        pairwise_precision=tp / pred_pairs if pred_pairs else 1.0,
+        pairwise_recall=tp / true_pairs if true_pairs else 1.0,
+        bcubed_precision=b3p,
+        bcubed_recall=b3r,
+        shared_accounts=len(lines),
+        collapsed_accounts=collapsed,
+        recycled_numbers=len(recycled),
+        recycled_merged=merged,
+    )

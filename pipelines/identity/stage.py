@@ -1,0 +1,543 @@
+"""Identity drivers: silver -> evidence -> links, identity map, person changes and accounts.
+
+`refresh_identity` runs after each silver micro-batch: it appends the batch's evidence, gathers
+the regions the new evidence touches and re-resolves only those (`resolve` is a pure function of
+a region's evidence). `rebuild_identity` resolves every region from all evidence on Spark: the
+scheduled full recompute, and the way to apply a rule change. Both write the same tables:
+
+- `silver.identity_edges`: evidence (append-only, exactly once per silver version);
+- `gold.identity_links`: one row per link with validity, status (accepted/refused/member), reason;
+- `gold.identity_map`: one row per identifier (tenure-scoped) with its person and account;
+- `gold.person_merges`: merges (old id -> surviving id) and splits, with the linking edge;
+- `gold.accounts`: account, type, holder person, member persons and lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from pipelines.config import IdentityCfg, Settings
+from pipelines.identity.components import connected_components
+from pipelines.identity.evidence import EVIDENCE, EVIDENCE_SCHEMA, derive_evidence
+from pipelines.identity.resolve import (
+    LINKS_SCHEMA,
+    NODES_SCHEMA,
+    Blocklist,
+    Resolution,
+    resolve,
+)
+from pipelines.lake import Lake
+
+LINKS = "gold.identity_links"
+MAP = "gold.identity_map"
+MERGES = "gold.person_merges"
+ACCOUNTS = "gold.accounts"
+# The evidence version the links (and so every identity table) reflect.
+RESOLVED = f"{LINKS}<-{EVIDENCE}"
+
+MERGES_SCHEMA = pa.schema(
+    [
+        ("change", pa.string()),
+        ("from_person_id", pa.string()),
+        ("to_person_id", pa.string()),
+        ("identifiers_moved", pa.int64()),
+        ("link_rule", pa.string()),
+        ("link_event_id", pa.string()),
+        ("link_edge_key", pa.string()),
+        ("link_event_ts", pa.timestamp("us", tz="UTC")),
+        ("at", pa.timestamp("us", tz="UTC")),
+        ("evidence_version", pa.int64()),
+    ]
+)
+ACCOUNTS_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("account_type", pa.string()),
+        ("holder_person_id", pa.string()),
+        ("member_person_ids", pa.list_(pa.string())),
+        ("lines", pa.list_(pa.string())),
+        ("open_lines", pa.list_(pa.string())),
+    ]
+)
+
+
+@dataclass
+class IdentityResult:
+    """What one identity refresh did."""
+
+    mode: str = "none"  # none | incremental | full
+    evidence_rows: int = 0
+    regions: int = 0
+    identifiers: int = 0
+    persons: int = 0
+    merges: int = 0
+    splits: int = 0
+    refused: int = 0
+    seconds: float = 0.0
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def _rule_sources(cfg: IdentityCfg) -> list[str]:
+    sources = {r.source for r in cfg.rules.values()}
+    for t in cfg.tenures.values():
+        sources |= {e.source for e in (*t.opens, *t.closes)}
+    return sorted(sources)
+
+
+def collect_evidence(spark: SparkSession, lake: Lake, settings: Settings) -> int:
+    """Append the evidence of silver rows not yet read, in one commit that records, per silver
+    table, the version read (so a rerun after a crash adds nothing twice)."""
+    frames: dict[str, DataFrame] = {}
+    txns: dict[str, int] = {}
+    for source in _rule_sources(settings.identity):
+        silver = f"silver.{settings.contract(source).domain}"
+        if not lake.exists(silver):
+            continue
+        app = f"{EVIDENCE}<-{silver}"
+        since = lake.committed(EVIDENCE, app)
+        changes = lake.changes(spark, silver, since)
+        if since is not None and changes.to_version <= since:
+            continue
+        frames[source] = changes.frame
+        txns[app] = changes.to_version
+    derived = derive_evidence(frames, settings.identity) if frames else None
+    if derived is None:
+        return 0
+    rows = derived.toArrow().cast(EVIDENCE_SCHEMA)
+    lake.append_once(EVIDENCE, rows, txns, stage="identity.evidence")
+    return rows.num_rows
+
+
+def refresh_identity(spark: SparkSession, lake: Lake, settings: Settings) -> IdentityResult:
+    """Bring every identity table up to the evidence in silver: incrementally when the tables
+    exist, otherwise by a full build."""
+    started = time.perf_counter()
+    collect_evidence(spark, lake, settings)
+    target = lake.version(EVIDENCE)
+    done = lake.committed(LINKS, RESOLVED) if lake.exists(LINKS) else None
+    if target is None or (done is not None and done >= target):
+        return IdentityResult(seconds=time.perf_counter() - started)
+    if done is None:
+        result = rebuild_identity(spark, lake, settings)
+    else:
+        result = _incremental(lake, settings, done, target)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------- incremental
+
+
+def _new_evidence(lake: Lake, since: int, until: int) -> pa.Table:
+    files = lake.added_files(EVIDENCE, since, until)
+    if not files:
+        return EVIDENCE_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f).cast(EVIDENCE_SCHEMA) for f in files)
+
+
+def _values(table: pa.Table) -> pa.Array:
+    both = pa.chunked_array([*table.column("a_value").chunks, *table.column("b_value").chunks])
+    return pc.unique(pc.drop_null(both))
+
+
+def _in(column: str, values: pa.Array | pa.ChunkedArray) -> pl.Expr:
+    return pl.col(column).is_in(pl.Series(values.to_pylist(), dtype=pl.String))
+
+
+def _touching(values: pa.Array) -> pl.Expr:
+    return _in("a_value", values) | _in("b_value", values)
+
+
+def _incremental(lake: Lake, settings: Settings, done: int, target: int) -> IdentityResult:
+    cfg = settings.identity
+    new = _new_evidence(lake, done, target)
+    new_values = _values(new)
+    touched = lake.read_arrow(LINKS, ["region"], _touching(new_values))
+    old_regions = pc.unique(touched.column("region"))
+    old_links = lake.read_arrow(
+        LINKS, ["edge_key", "a_value", "b_value"], _in("region", old_regions)
+    )
+    values = pc.unique(pa.concat_arrays([new_values, _values(old_links)]))
+    gathered = lake.read_arrow(EVIDENCE, where=_touching(values), version=target)
+    gathered = _anchored_in(gathered, set(values.to_pylist()), Blocklist(cfg))
+    resolution = resolve(gathered, cfg)
+    regions = pa.chunked_array([old_regions, pc.unique(resolution.links.column("region"))])
+    old_map = lake.read_arrow(MAP, ["node_key", "person_id", "region"], _in("region", regions))
+    changes = person_changes(old_map, resolution, target)
+    write_identity(
+        lake,
+        resolution,
+        changes,
+        target,
+        stale_links=old_links.column("edge_key").to_pylist(),
+        stale_nodes=old_map.column("node_key").to_pylist(),
+    )
+    return _summary("incremental", new.num_rows, resolution, changes)
+
+
+def _anchored_in(evidence: pa.Table, values: set[str], blocked: Blocklist) -> pa.Table:
+    """Rows whose region anchor (`a`, or `b` when `a` is blocked) is one of `values`: a member
+    row whose account happens to be gathered belongs to its line's region, not this one."""
+    at, av = evidence.column("a_type").to_pylist(), evidence.column("a_value").to_pylist()
+    bv = evidence.column("b_value").to_pylist()
+    keep = [
+        a in values or (b in values and blocked.reason(t, a) is not None)
+        for t, a, b in zip(at, av, bv, strict=True)
+    ]
+    return evidence.filter(pa.array(keep))
+
+
+# ---------------------------------------------------------------- full recompute
+
+
+def rebuild_identity(spark: SparkSession, lake: Lake, settings: Settings) -> IdentityResult:
+    """Resolve every region from all evidence (Spark connected components for the regions, then
+    `resolve` per partition of whole regions) and replace the identity tables."""
+    started = time.perf_counter()
+    target = lake.version(EVIDENCE)
+    if target is None:
+        return IdentityResult()
+    evidence = lake.read_spark(spark, EVIDENCE)
+    with_regions = assign_regions(evidence, settings.identity)
+    resolution = resolve_on_spark(with_regions, settings.identity, spark)
+    old_map = (
+        lake.read_arrow(MAP, ["node_key", "person_id", "region"])
+        if lake.exists(MAP)
+        else NODES_SCHEMA.empty_table().select(["node_key", "person_id", "region"])
+    )
+    changes = person_changes(old_map, resolution, target)
+    write_identity(lake, resolution, changes, target, full=True)
+    result = _summary("full", evidence.count(), resolution, changes)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _blocked_col(cfg: IdentityCfg, id_type: str, value: str) -> F.Column:
+    """Spark twin of `Blocklist.reason(...) is not None` for the columns `id_type`, `value`."""
+    cond = F.lit(False)
+    for t, vals in cfg.blocked.values.items():
+        cond = cond | ((F.col(id_type) == t) & F.col(value).isin(*vals))
+    for t, pats in cfg.blocked.patterns.items():
+        for p in pats:
+            cond = cond | ((F.col(id_type) == t) & F.col(value).rlike(p))
+    return F.coalesce(cond, F.lit(False))
+
+
+def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> DataFrame:
+    """Evidence with its `region`: Spark connected components over merge evidence between
+    non-blocked values, labelled by the smallest value key (the same label `resolve` computes)."""
+    spark = evidence.sparkSession
+    ev = (
+        evidence.withColumn("_ka", F.concat_ws(":", "a_type", "a_value"))
+        .withColumn(
+            "_kb",
+            F.when(F.col("b_value").isNotNull(), F.concat_ws(":", "b_type", "b_value")),
+        )
+        .withColumn("_a_blocked", _blocked_col(cfg, "a_type", "a_value"))
+        .withColumn(
+            "_b_blocked",
+            F.col("b_value").isNull() | _blocked_col(cfg, "b_type", "b_value"),
+        )
+    )
+    pairs = (
+        ev.where((F.col("kind") == "merge") & ~F.col("_a_blocked") & ~F.col("_b_blocked"))
+        .select(F.col("_ka").alias("a"), F.col("_kb").alias("b"))
+        .distinct()
+    )
+    keys = pairs.select(F.col("a").alias("k")).union(pairs.select(F.col("b").alias("k"))).distinct()
+    # zipWithIndex gives each value key one long id that does not change between evaluations.
+    indexed = spark.createDataFrame(
+        keys.rdd.map(lambda r: r[0]).zipWithIndex(), "k string, id long"
+    ).localCheckpoint(eager=True)
+    edges = (
+        pairs.join(indexed.withColumnRenamed("k", "a").withColumnRenamed("id", "src"), "a")
+        .join(indexed.withColumnRenamed("k", "b").withColumnRenamed("id", "dst"), "b")
+        .select("src", "dst")
+    )
+    comps = connected_components(edges).assignment
+    labels = (
+        comps.join(indexed, comps.node == indexed.id)
+        .groupBy("component")
+        .agg(F.min("k").alias("region"))
+    )
+    region_of = (
+        comps.join(indexed, comps.node == indexed.id)
+        .join(labels, "component")
+        .select(F.col("k").alias("_anchor"), "region")
+    )
+    anchored = ev.withColumn(
+        "_anchor",
+        F.when(F.col("_a_blocked") & ~F.col("_b_blocked"), F.col("_kb")).otherwise(F.col("_ka")),
+    )
+    return (
+        anchored.join(region_of, "_anchor", "left")
+        .withColumn("region", F.coalesce("region", "_anchor"))
+        .drop("_ka", "_kb", "_a_blocked", "_b_blocked", "_anchor")
+    )
+
+
+def _combined_schema() -> pa.Schema:
+    fields = [pa.field("row_kind", pa.string())]
+    fields += [pa.field(f"l_{f.name}", f.type) for f in LINKS_SCHEMA]
+    fields += [pa.field(f"n_{f.name}", f.type) for f in NODES_SCHEMA]
+    return pa.schema(fields)
+
+
+def resolve_on_spark(evidence: DataFrame, cfg: IdentityCfg, spark: SparkSession) -> Resolution:
+    """`resolve` on each partition of whole regions (Python workers in parallel)."""
+    combined = _combined_schema()
+    columns = EVIDENCE_SCHEMA.names
+
+    def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        tables = [pa.Table.from_batches([b]) for b in batches]
+        if not tables:
+            return
+        ev = pa.concat_tables(tables).select(columns).cast(EVIDENCE_SCHEMA)
+        res = resolve(ev, cfg)
+        for prefix, t, kind in (("l_", res.links, "link"), ("n_", res.nodes, "node")):
+            n = t.num_rows
+            cols = {"row_kind": pa.array([kind] * n, pa.string())}
+            for f in combined:
+                if f.name == "row_kind":
+                    continue
+                name = f.name[2:]
+                if f.name.startswith(prefix):
+                    cols[f.name] = t.column(name)
+                else:
+                    cols[f.name] = pa.nulls(n, f.type)
+            yield from pa.table(cols, schema=combined).to_batches()
+
+    parts = max(2, spark.sparkContext.defaultParallelism * 2)
+    out = (
+        evidence.repartition(parts, "region")
+        .mapInArrow(per_partition, _spark_schema(combined))
+        .toArrow()
+    )
+    kinds = out.column("row_kind")
+    links = out.filter(pc.equal(kinds, "link"))
+    nodes = out.filter(pc.equal(kinds, "node"))
+    return Resolution(
+        pa.table({f.name: links.column(f"l_{f.name}") for f in LINKS_SCHEMA}, LINKS_SCHEMA),
+        pa.table({f.name: nodes.column(f"n_{f.name}") for f in NODES_SCHEMA}, NODES_SCHEMA),
+    )
+
+
+def _spark_schema(schema: pa.Schema) -> StructType:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def person_changes(old_map: pa.Table, resolution: Resolution, version: int) -> pa.Table:
+    """Merges and splits between the previous person of each identifier and the new one.
+
+    A previous person whose identifiers now all sit in one other person was merged into it
+    (with the accepted link that joined them); a previous person whose identifiers now sit in
+    several persons was split, and each other side is recorded.
+    """
+    now = datetime.now(UTC)
+    old = dict(
+        zip(
+            old_map.column("node_key").to_pylist(),
+            old_map.column("person_id").to_pylist(),
+            strict=True,
+        )
+    )
+    new_nodes = resolution.nodes
+    moved: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for nk, q in zip(
+        new_nodes.column("node_key").to_pylist(),
+        new_nodes.column("person_id").to_pylist(),
+        strict=True,
+    ):
+        p = old.get(nk)
+        if p is not None:
+            moved[p][q] += 1
+    # The first accepted link (ingest order) joining nodes of two previous persons.
+    links = resolution.links.filter(pc.equal(resolution.links.column("status"), "accepted"))
+    links = links.sort_by([("first_ingest_ts", "ascending"), ("edge_key", "ascending")])
+    joining: dict[tuple[str, str], dict[str, object]] = {}
+    for row in links.select(
+        ["a_node", "b_node", "rule", "event_id", "edge_key", "valid_from"]
+    ).to_pylist():
+        pa_, pb = old.get(row["a_node"]), old.get(row["b_node"])
+        if pa_ and pb and pa_ != pb:
+            joining.setdefault((pa_, pb), row)
+            joining.setdefault((pb, pa_), row)
+    rows: list[dict[str, object]] = []
+    for p, targets in moved.items():
+        if len(targets) == 1 and p not in targets:
+            ((q, n),) = targets.items()
+            link = joining.get((p, q)) or next((r for (x, _), r in joining.items() if x == p), {})
+            rows.append(_change("merge", p, q, n, link, now, version))
+        elif len(targets) > 1:
+            for q, n in sorted(targets.items()):
+                if q != p:
+                    rows.append(_change("split", p, q, n, {}, now, version))
+    return pa.Table.from_pylist(rows, MERGES_SCHEMA)
+
+
+def _change(
+    kind: str, p: str, q: str, n: int, link: dict[str, object], now: datetime, version: int
+) -> dict[str, object]:
+    return {
+        "change": kind,
+        "from_person_id": p,
+        "to_person_id": q,
+        "identifiers_moved": n,
+        "link_rule": link.get("rule"),
+        "link_event_id": link.get("event_id"),
+        "link_edge_key": link.get("edge_key"),
+        "link_event_ts": link.get("valid_from"),
+        "at": now,
+        "evidence_version": version,
+    }
+
+
+@dataclass
+class _Account:
+    account_type: str | None
+    holders: list[str] = field(default_factory=list)
+    members: set[str] = field(default_factory=set)
+    lines: set[str] = field(default_factory=set)
+    open_lines: set[str] = field(default_factory=set)
+
+
+def account_view(links: pa.Table, nodes: pa.Table) -> pa.Table:
+    """One row per account from its line links: type, holder person, member persons, lines."""
+    person = dict(
+        zip(
+            nodes.column("node_key").to_pylist(),
+            nodes.column("person_id").to_pylist(),
+            strict=True,
+        )
+    )
+    acc_links = links.filter(pc.equal(links.column("b_type"), "account_id"))
+    accounts: dict[str, _Account] = {}
+    for row in acc_links.select(
+        ["b_value", "account_type", "role", "a_node", "a_value", "valid_to", "status"]
+    ).to_pylist():
+        if row["status"] == "refused":
+            continue
+        acc = accounts.setdefault(row["b_value"], _Account(row["account_type"]))
+        pid = person.get(row["a_node"])
+        if pid:
+            acc.members.add(pid)
+            if row["role"] == "holder":
+                acc.holders.append(pid)
+        acc.lines.add(row["a_value"])
+        if row["valid_to"] is None:
+            acc.open_lines.add(row["a_value"])
+    rows = [
+        {
+            "account_id": a,
+            "account_type": v.account_type,
+            "holder_person_id": v.holders[0] if v.holders else None,
+            "member_person_ids": sorted(v.members),
+            "lines": sorted(v.lines),
+            "open_lines": sorted(v.open_lines),
+        }
+        for a, v in sorted(accounts.items())
+    ]
+    return pa.Table.from_pylist(rows, ACCOUNTS_SCHEMA)
+
+
+def write_identity(
+    lake: Lake,
+    resolution: Resolution,
+    changes: pa.Table,
+    version: int,
+    *,
+    stale_links: list[str] | None = None,
+    stale_nodes: list[str] | None = None,
+    full: bool = False,
+) -> None:
+    """Person changes first (idempotent by evidence version), then map and accounts, links last:
+    the links' app transaction says which evidence every identity table reflects."""
+    stage = "identity.full" if full else "identity.incremental"
+    meta = {"evidence_version": str(version)}
+    lake.append_once(
+        MERGES, changes, {f"{MERGES}<-{EVIDENCE}": version}, stage=stage, metadata=meta
+    )
+    links, nodes = resolution.links, resolution.nodes
+    if full:
+        lake.overwrite(MAP, nodes, stage=stage, metadata=meta)
+        lake.overwrite(ACCOUNTS, account_view(links, nodes), stage=stage, metadata=meta)
+        lake.overwrite(LINKS, links, stage=stage, metadata=meta, txns={RESOLVED: version})
+        return
+    lake.upsert(MAP, nodes, "node_key", delete_keys=stale_nodes or [], stage=stage, metadata=meta)
+    accounts = _accounts_after(lake, links, nodes, stale_links or [])
+    lake.upsert(ACCOUNTS, accounts, "account_id", delete_keys=[], stage=stage, metadata=meta)
+    lake.upsert(
+        LINKS,
+        links,
+        "edge_key",
+        delete_keys=stale_links or [],
+        stage=stage,
+        metadata=meta,
+        txns={RESOLVED: version},
+    )
+
+
+def _accounts_after(
+    lake: Lake, links: pa.Table, nodes: pa.Table, stale_links: list[str]
+) -> pa.Table:
+    """The account rows of every account the new links mention, as they are once the links are
+    written: an account's other lines may sit in regions this batch did not touch."""
+    is_account = pc.equal(links.column("b_type"), "account_id")
+    accounts = pc.unique(pc.drop_null(pc.if_else(is_account, links.column("b_value"), None)))
+    if not len(accounts):
+        return ACCOUNTS_SCHEMA.empty_table()
+    replaced = pa.concat_arrays(
+        [pa.array(stale_links, pa.string()), links.column("edge_key").combine_chunks()]
+    )
+    stored = lake.read_arrow(
+        LINKS, where=(pl.col("b_type") == "account_id") & _in("b_value", accounts)
+    )
+    acc_links = pa.concat_tables(
+        [
+            stored.filter(~pc.field("edge_key").isin(replaced)),
+            links.filter(pc.field("b_value").isin(accounts)),
+        ]
+    )
+    fresh = nodes.select(["node_key", "person_id"])
+    stored_nodes = lake.read_arrow(
+        MAP, ["node_key", "person_id"], _in("node_key", acc_links.column("a_node"))
+    )
+    acc_nodes = pa.concat_tables(
+        [stored_nodes.filter(~pc.field("node_key").isin(fresh.column("node_key"))), fresh]
+    )
+    return account_view(acc_links, acc_nodes)
+
+
+def _summary(mode: str, evidence_rows: int, res: Resolution, changes: pa.Table) -> IdentityResult:
+    status = res.links.column("status")
+    refused = res.links.filter(pc.equal(status, "refused"))
+    reasons = refused.group_by("reason_code").aggregate([("reason_code", "count")]).to_pylist()
+    kinds = changes.column("change")
+    return IdentityResult(
+        mode=mode,
+        evidence_rows=evidence_rows,
+        regions=len(pc.unique(res.links.column("region"))),
+        identifiers=res.nodes.num_rows,
+        persons=len(pc.unique(res.nodes.column("person_id"))),
+        merges=pc.sum(pc.equal(kinds, "merge")).as_py() or 0,
+        splits=pc.sum(pc.equal(kinds, "split")).as_py() or 0,
+        refused=refused.num_rows,
+        refused_by_reason={r["reason_code"]: r["reason_code_count"] for r in reasons},
+    )
