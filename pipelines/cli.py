@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -150,6 +151,9 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
     except KeyboardInterrupt:
         console.print("interrupted; committed micro-batches are kept, the next run resumes")
         raise typer.Exit(130) from None
+    finally:
+        # Stops the Py4J callback threads that ran the micro-batches before Python exits.
+        spark.stop()
     if stop.is_set():
         console.print("stopped; every committed micro-batch is kept, the next run resumes")
 
@@ -160,7 +164,7 @@ def _identity_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], N
 
     def step(spark: SparkSession) -> None:
         r = refresh_identity(spark, lake, settings)
-        if r.mode == "none":
+        if not r.evidence_rows:
             return
         refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
         console.print(
@@ -317,11 +321,20 @@ def _print_identity(lake: Lake) -> None:
 
 
 def main() -> None:
+    code = 0
     try:
         app()
     except ConfigError as exc:  # pragma: no cover - typer handles most paths
         console.print(f"[red]config error:[/red] {exc}")
-        sys.exit(2)
+        code = 2
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    # Every table write is committed by now. Exit without running native libraries' static
+    # destructors: after a Spark run, one of them intermittently aborted the process
+    # ("terminate called without an active exception"), turning a good run into exit 134.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -106,9 +106,10 @@ def _person(lake: Lake, person_id: str, matched: list[str]) -> PersonExplanation
         [("first_seen", "ascending"), ("node_key", "ascending")]
     )
     keys = nodes.column("node_key")
+    members = pl.Series(keys.to_pylist(), dtype=pl.String).implode()
     links = lake.read_arrow(
         LINKS,
-        where=pl.col("a_node").is_in(keys.to_pylist()) | pl.col("b_node").is_in(keys.to_pylist()),
+        where=pl.col("a_node").is_in(members) | pl.col("b_node").is_in(members),
     )
     accepted = links.filter(pc.equal(links.column("status"), "accepted")).sort_by(
         [("first_ingest_ts", "ascending"), ("edge_key", "ascending")]

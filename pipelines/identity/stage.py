@@ -148,12 +148,14 @@ def _new_evidence(lake: Lake, since: int, until: int) -> pa.Table:
 
 
 def _values(table: pa.Table) -> pa.Array:
-    both = pa.chunked_array([*table.column("a_value").chunks, *table.column("b_value").chunks])
+    both = pa.chunked_array(
+        [*table.column("a_value").chunks, *table.column("b_value").chunks], pa.string()
+    )
     return pc.unique(pc.drop_null(both))
 
 
 def _in(column: str, values: pa.Array | pa.ChunkedArray) -> pl.Expr:
-    return pl.col(column).is_in(pl.Series(values.to_pylist(), dtype=pl.String))
+    return pl.col(column).is_in(pl.Series(values.to_pylist(), dtype=pl.String).implode())
 
 
 def _touching(values: pa.Array) -> pl.Expr:
@@ -163,6 +165,11 @@ def _touching(values: pa.Array) -> pl.Expr:
 def _incremental(lake: Lake, settings: Settings, done: int, target: int) -> IdentityResult:
     cfg = settings.identity
     new = _new_evidence(lake, done, target)
+    if not new.num_rows:  # silver moved on without identity evidence: only the watermark moves
+        lake.append_once(
+            LINKS, LINKS_SCHEMA.empty_table(), {RESOLVED: target}, stage="identity.incremental"
+        )
+        return IdentityResult(mode="incremental")
     new_values = _values(new)
     touched = lake.read_arrow(LINKS, ["region"], _touching(new_values))
     old_regions = pc.unique(touched.column("region"))
