@@ -9,7 +9,8 @@ SMALL := --subscribers 400 --days 7 --files-per-source 3
 .PHONY: run test serve lint java install clean help
 
 help:
-	@echo "make run    install what is missing, generate a small operator, run the pipeline, summarise"
+	@echo "make run    install what is missing, generate a small operator, run the pipeline"
+	@echo "            (bronze, silver, identity), summarise and explain one recycled number"
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make serve  run the streaming ingestion continuously (Ctrl-C stops cleanly)"
 	@echo "make lint   ruff and mypy"
@@ -31,6 +32,7 @@ java:
 run: install
 	$(VENV)/bin/cdp generate $(SMALL)
 	$(VENV)/bin/cdp run
+	$(VENV)/bin/cdp identity explain --example
 
 serve: install
 	$(VENV)/bin/cdp stream

@@ -180,25 +180,38 @@ def _identity_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], N
 @identity_app.command("explain")
 def identity_explain(
     id_type: Annotated[
-        str, typer.Argument(help="msisdn, iccid, account_id, app_user_id, email, passport")
-    ],
-    value: Annotated[str, typer.Argument(help="The identifier, as any source spells it.")],
+        str | None,
+        typer.Argument(help="msisdn, iccid, account_id, app_user_id, email or passport"),
+    ] = None,
+    value: Annotated[
+        str | None, typer.Argument(help="The identifier, as any source spells it.")
+    ] = None,
+    example: Annotated[
+        bool,
+        typer.Option("--example", help="Explain a recycled number (or any line) from the lake."),
+    ] = False,
     conf: ConfOpt = None,
 ) -> None:
     """Print the person holding an identifier, each of its identifiers with the chain of links
     (rule, source event, time) that ties it to the person, and the refused links with reasons."""
     from pipelines.config import IDENTIFIER_TYPES
-    from pipelines.identity.explain import explain, render
+    from pipelines.identity.explain import example_msisdn, explain, render
     from pipelines.lake import Lake
 
-    if id_type not in IDENTIFIER_TYPES:
+    settings = _settings(conf)
+    lake = Lake(settings.paths.lake_root)
+    if example:
+        id_type, value = "msisdn", example_msisdn(lake)
+        if value is None:
+            console.print("[red]error:[/red] no identity map yet: run `cdp run` first")
+            raise typer.Exit(1)
+    if id_type not in IDENTIFIER_TYPES or value is None:
         console.print(
-            f"[red]error:[/red] unknown identifier type {id_type!r}; use one of "
-            f"{', '.join(IDENTIFIER_TYPES)}"
+            f"[red]error:[/red] give an identifier type ({', '.join(IDENTIFIER_TYPES)}) and a "
+            "value, e.g. `cdp identity explain msisdn 998901234567`, or --example"
         )
         raise typer.Exit(2)
-    settings = _settings(conf)
-    found = explain(Lake(settings.paths.lake_root), settings.identity, id_type, value)
+    found = explain(lake, settings.identity, id_type, value)
     console.print(render(found, id_type, value), highlight=False, soft_wrap=True)
     if not found:
         raise typer.Exit(1)

@@ -86,6 +86,19 @@ def normalise_value(id_type: str, value: str, cfg: IdentityCfg) -> str:
     return v
 
 
+def example_msisdn(lake: Lake) -> str | None:
+    """A number worth explaining: one held by most persons (recycled), else the first line."""
+    if not lake.exists(MAP):
+        return None
+    lines = lake.read_arrow(MAP, ["id_value", "person_id"], pl.col("id_type") == "msisdn")
+    if not lines.num_rows:
+        return None
+    owners = lines.group_by("id_value").aggregate([("person_id", "count_distinct")])
+    owners = owners.sort_by([("person_id_count_distinct", "descending"), ("id_value", "ascending")])
+    value: str = owners.column("id_value")[0].as_py()
+    return value
+
+
 def explain(lake: Lake, cfg: IdentityCfg, id_type: str, value: str) -> list[PersonExplanation]:
     """One explanation per person holding the identifier (a recycled number: one per tenure)."""
     if not lake.exists(MAP):

@@ -10,6 +10,7 @@ owner was not kept apart from the first.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -63,14 +64,30 @@ def _pairs(sizes: Counter[Any]) -> int:
     return sum(n * (n - 1) // 2 for n in sizes.values())
 
 
-def evaluate(identity_map: pa.Table, truth_root: Path, seen_values: set[str]) -> Quality:
-    """Score `gold.identity_map` against truth, over truth identifiers whose value was seen."""
-    truth = {
-        k: p for k, p in truth_identifiers(truth_root).items() if k.split("@")[0] in seen_values
-    }
-    predicted: dict[str, str] = {}
-    for row in identity_map.select(["id_type", "id_value", "tenure", "person_id"]).to_pylist():
-        predicted[_key(row["id_type"], row["id_value"], row["tenure"])] = row["person_id"]
+def assignment(identity_map: pa.Table) -> dict[str, str]:
+    """`gold.identity_map` as identifier instance -> person id, keyed like the truth."""
+    rows = identity_map.select(["id_type", "id_value", "tenure", "person_id"]).to_pylist()
+    return {_key(r["id_type"], r["id_value"], r["tenure"]): r["person_id"] for r in rows}
+
+
+def value_of(key: str) -> str:
+    """`type:value` of an identifier instance key (its tenure dropped)."""
+    return key.split("@")[0]
+
+
+def seen_values(evidence: pa.Table) -> set[str]:
+    """`type:value` of every identifier some evidence row mentions."""
+    seen: set[str] = set()
+    for t, v in (("a_type", "a_value"), ("b_type", "b_value")):
+        types, values = evidence.column(t).to_pylist(), evidence.column(v).to_pylist()
+        seen.update(f"{a}:{b}" for a, b in zip(types, values, strict=True) if b is not None)
+    return seen
+
+
+def evaluate(predicted: Mapping[str, str], truth_root: Path, seen_values: set[str]) -> Quality:
+    """Score an assignment (see `assignment`) against truth, over truth identifiers whose value
+    the pipeline has seen."""
+    truth = {k: p for k, p in truth_identifiers(truth_root).items() if value_of(k) in seen_values}
     # An identifier the pipeline did not resolve is a person of its own.
     assigned = {k: predicted.get(k, f"unresolved:{k}") for k in truth}
     both = Counter((truth[k], assigned[k]) for k in truth)

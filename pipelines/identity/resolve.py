@@ -23,8 +23,10 @@ import hashlib
 import re
 from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,6 +97,7 @@ def person_id_of(founding_node: str) -> str:
     return "P" + hashlib.blake2b(founding_node.encode(), digest_size=10).hexdigest()
 
 
+@lru_cache(maxsize=1 << 16)
 def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -244,16 +247,26 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
     bt, bv = evidence.column("b_type").to_pylist(), evidence.column("b_value").to_pylist()
     role = evidence.column("role").to_pylist()
     acc_type = evidence.column("account_type").to_pylist()
-    event_id = evidence.column("event_id").to_pylist()
-    source = evidence.column("source").to_pylist()
-    event_type = evidence.column("event_type").to_pylist()
+    evidence.column("event_id").to_pylist()
+    evidence.column("source").to_pylist()
+    evidence.column("event_type").to_pylist()
     vfrom, vto = _micros(evidence.column("valid_from")), _micros(evidence.column("valid_to"))
     # Every row has an event time: links and openings in valid_from, closings in valid_to.
     event_time: list[int] = [
         v if v is not None else (w or 0) for v, w in zip(vfrom, vto, strict=True)
     ]
     ingest: list[int] = [v or 0 for v in _micros(evidence.column("ingest_ts"))]
-    order = sorted(range(n), key=lambda i: (ingest[i], event_time[i], event_id[i], rule[i] or ""))
+    keyed = pa.table(
+        {
+            "ingest": pa.array(ingest, pa.int64()),
+            "time": pa.array(event_time, pa.int64()),
+            "event_id": evidence.column("event_id"),
+            "rule": pc.fill_null(evidence.column("rule"), ""),
+        }
+    )
+    order: list[int] = pc.sort_indices(
+        keyed, [(c, "ascending") for c in ("ingest", "time", "event_id", "rule")]
+    ).to_pylist()
     rank = [0] * n
     for r, i in enumerate(order):
         rank[i] = r
@@ -383,45 +396,65 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
     def ts(us: int | None) -> int | None:
         return None if us is None or us == NO_TENURE else us
 
-    link_rows: dict[str, list[object]] = {name: [] for name in LINKS_SCHEMA.names}
-    for key, link in links.items():
+    # Row-level columns come from each link's first evidence row; the rest is per link.
+    keys = list(links)
+    firsts = [links[k].first for k in keys]
+    taken = evidence.take(pa.array(firsts, pa.int64()))
+    per_link: dict[str, list[object]] = {
+        name: []
+        for name in (
+            "region",
+            "a_tenure",
+            "a_node",
+            "b_tenure",
+            "b_node",
+            "valid_from",
+            "valid_to",
+            "last_seen",
+            "evidence",
+            "status",
+            "reason_code",
+            "reason",
+            "person_id",
+            "b_person_id",
+        )
+    }
+    for key in keys:
+        link = links[key]
         i = link.first
         na, ta, nb, tb, region = link_nodes[key]
         closed = [tenures.end(at[i], av[i], ta), tenures.end(bt[i], bv[i], tb)]
-        valid_to = min((e for e in closed if e is not None), default=None)
-        is_merge = kind[i] == "merge"
-        row = {
-            "region": region,
-            "edge_key": key,
-            "rule": rule[i],
-            "kind": kind[i],
-            "tier": tier[i],
-            "a_type": at[i],
-            "a_value": av[i],
-            "a_tenure": ts(ta),
-            "a_node": na,
-            "b_type": bt[i],
-            "b_value": bv[i],
-            "b_tenure": ts(tb),
-            "b_node": nb,
-            "role": role[i],
-            "account_type": acc_type[i],
-            "event_id": event_id[i],
-            "source": source[i],
-            "event_type": event_type[i],
-            "first_ingest_ts": ingest[i],
-            "valid_from": link.valid_from,
-            "valid_to": valid_to,
-            "last_seen": link.last_seen,
-            "evidence": link.count,
-            "status": link.status,
-            "reason_code": link.reason_code,
-            "reason": link.reason,
-            "person_id": person.get(na),
-            "b_person_id": person.get(nb) if is_merge else None,
-        }
-        for name, value in row.items():
-            link_rows[name].append(value)
+        per_link["region"].append(region)
+        per_link["a_tenure"].append(ts(ta))
+        per_link["a_node"].append(na)
+        per_link["b_tenure"].append(ts(tb))
+        per_link["b_node"].append(nb)
+        per_link["valid_from"].append(link.valid_from)
+        per_link["valid_to"].append(min((e for e in closed if e is not None), default=None))
+        per_link["last_seen"].append(link.last_seen)
+        per_link["evidence"].append(link.count)
+        per_link["status"].append(link.status)
+        per_link["reason_code"].append(link.reason_code)
+        per_link["reason"].append(link.reason)
+        per_link["person_id"].append(person.get(na))
+        per_link["b_person_id"].append(person.get(nb) if kind[i] == "merge" else None)
+    link_columns: dict[str, object] = {"edge_key": keys, **per_link}
+    for name in (
+        "rule",
+        "kind",
+        "tier",
+        "a_type",
+        "a_value",
+        "b_type",
+        "b_value",
+        "role",
+        "account_type",
+        "event_id",
+        "source",
+        "event_type",
+    ):
+        link_columns[name] = taken.column(name)
+    link_columns["first_ingest_ts"] = taken.column("ingest_ts")
 
     node_rows: dict[str, list[object]] = {name: [] for name in NODES_SCHEMA.names}
     first_link_time: dict[str, int] = {}
@@ -443,14 +476,16 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         node_rows["valid_from"].append(ts(ten) if ts(ten) is not None else first_link_time[nk])
         node_rows["valid_to"].append(tenures.end(t, v, ten))
         node_rows["first_seen"].append(ingest[order[r]])
-    return Resolution(_table(link_rows, LINKS_SCHEMA), _table(node_rows, NODES_SCHEMA))
+    return Resolution(_table(link_columns, LINKS_SCHEMA), _table(node_rows, NODES_SCHEMA))
 
 
-def _table(columns: dict[str, list[object]], schema: pa.Schema) -> pa.Table:
+def _table(columns: Mapping[str, object], schema: pa.Schema) -> pa.Table:
     arrays = []
     for f in schema:
         values = columns[f.name]
-        if pa.types.is_timestamp(f.type):
+        if isinstance(values, pa.ChunkedArray | pa.Array):
+            arrays.append(values.cast(f.type))
+        elif pa.types.is_timestamp(f.type):
             arrays.append(pc.cast(pa.array(values, pa.int64()), f.type))
         else:
             arrays.append(pa.array(values, f.type))

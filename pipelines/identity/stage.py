@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -86,6 +86,7 @@ class IdentityResult:
     splits: int = 0
     refused: int = 0
     seconds: float = 0.0
+    rounds: int = 0  # connected-components rounds (full recompute)
     refused_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -209,26 +210,42 @@ def _anchored_in(evidence: pa.Table, values: set[str], blocked: Blocklist) -> pa
 # ---------------------------------------------------------------- full recompute
 
 
-def rebuild_identity(spark: SparkSession, lake: Lake, settings: Settings) -> IdentityResult:
+def rebuild_identity(
+    spark: SparkSession,
+    lake: Lake,
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+) -> IdentityResult:
     """Resolve every region from all evidence (Spark connected components for the regions, then
     `resolve` per partition of whole regions) and replace the identity tables."""
     started = time.perf_counter()
+    say = progress or (lambda _msg: None)
     target = lake.version(EVIDENCE)
     if target is None:
         return IdentityResult()
     evidence = lake.read_spark(spark, EVIDENCE)
-    with_regions = assign_regions(evidence, settings.identity)
+    with_regions, rounds = assign_regions(evidence, settings.identity)
+    say(f"regions: connected components in {rounds} rounds ({_since(started)})")
     resolution = resolve_on_spark(with_regions, settings.identity, spark)
+    say(f"resolved {resolution.nodes.num_rows:,} identifiers ({_since(started)})")
     old_map = (
         lake.read_arrow(MAP, ["node_key", "person_id", "region"])
         if lake.exists(MAP)
         else NODES_SCHEMA.empty_table().select(["node_key", "person_id", "region"])
     )
     changes = person_changes(old_map, resolution, target)
+    say(f"{changes.num_rows:,} merges and splits against the previous map ({_since(started)})")
     write_identity(lake, resolution, changes, target, full=True)
-    result = _summary("full", evidence.count(), resolution, changes)
+    say(f"identity tables written ({_since(started)})")
+    evidence_rows = int(pc.sum(resolution.links.column("evidence")).as_py() or 0)
+    result = _summary("full", evidence_rows, resolution, changes)
+    result.rounds = rounds
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _since(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"
 
 
 def _blocked_col(cfg: IdentityCfg, id_type: str, value: str) -> F.Column:
@@ -242,10 +259,10 @@ def _blocked_col(cfg: IdentityCfg, id_type: str, value: str) -> F.Column:
     return F.coalesce(cond, F.lit(False))
 
 
-def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> DataFrame:
+def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> tuple[DataFrame, int]:
     """Evidence with its `region`: Spark connected components over merge evidence between
-    non-blocked values, labelled by the smallest value key (the same label `resolve` computes)."""
-    spark = evidence.sparkSession
+    non-blocked values, labelled by the smallest value key (the same label `resolve` computes);
+    and the number of rounds the components took."""
     ev = (
         evidence.withColumn("_ka", F.concat_ws(":", "a_type", "a_value"))
         .withColumn(
@@ -264,35 +281,33 @@ def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> DataFrame:
         .distinct()
     )
     keys = pairs.select(F.col("a").alias("k")).union(pairs.select(F.col("b").alias("k"))).distinct()
-    # zipWithIndex gives each value key one long id that does not change between evaluations.
-    indexed = spark.createDataFrame(
-        keys.rdd.map(lambda r: r[0]).zipWithIndex(), "k string, id long"
+    # Ids in key order: stable across evaluations (no monotonically_increasing_id), and a
+    # component's smallest id is its smallest key, which is the region label.
+    indexed = keys.select(
+        "k", (F.row_number().over(Window.orderBy("k")) - 1).cast("long").alias("id")
     ).localCheckpoint(eager=True)
     edges = (
         pairs.join(indexed.withColumnRenamed("k", "a").withColumnRenamed("id", "src"), "a")
         .join(indexed.withColumnRenamed("k", "b").withColumnRenamed("id", "dst"), "b")
         .select("src", "dst")
     )
-    comps = connected_components(edges).assignment
-    labels = (
-        comps.join(indexed, comps.node == indexed.id)
-        .groupBy("component")
-        .agg(F.min("k").alias("region"))
-    )
+    found = connected_components(edges)
+    label = indexed.select(F.col("id").alias("component"), F.col("k").alias("region"))
     region_of = (
-        comps.join(indexed, comps.node == indexed.id)
-        .join(labels, "component")
+        found.assignment.join(indexed, found.assignment.node == indexed.id)
+        .join(label, "component")
         .select(F.col("k").alias("_anchor"), "region")
     )
     anchored = ev.withColumn(
         "_anchor",
         F.when(F.col("_a_blocked") & ~F.col("_b_blocked"), F.col("_kb")).otherwise(F.col("_ka")),
     )
-    return (
+    with_regions = (
         anchored.join(region_of, "_anchor", "left")
         .withColumn("region", F.coalesce("region", "_anchor"))
         .drop("_ka", "_kb", "_a_blocked", "_b_blocked", "_anchor")
     )
+    return with_regions, found.rounds
 
 
 def _combined_schema() -> pa.Schema:
@@ -358,45 +373,77 @@ def person_changes(old_map: pa.Table, resolution: Resolution, version: int) -> p
     several persons was split, and each other side is recorded.
     """
     now = datetime.now(UTC)
-    old = dict(
+    old = old_map.select(["node_key", "person_id"]).rename_columns(["node_key", "old"])
+    new = resolution.nodes.select(["node_key", "person_id"]).rename_columns(["node_key", "new"])
+    pairs = (
+        old.join(new, "node_key", join_type="inner")
+        .group_by(["old", "new"])
+        .aggregate([([], "count_all")])
+    )
+    targets = pairs.group_by("old").aggregate([([], "count_all")]).rename_columns(["old", "n"])
+    pairs = pairs.join(targets, "old")
+    moved = pairs.filter(
+        pc.or_(pc.not_equal(pairs.column("old"), pairs.column("new")), pc.greater(pairs["n"], 1))
+    ).to_pylist()
+    if not moved:
+        return MERGES_SCHEMA.empty_table()
+    by_old: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in moved:
+        by_old[r["old"]][r["new"]] = r["count_all"]
+    joining = _joining_links(old_map, resolution, set(by_old))
+    rows: list[dict[str, object]] = []
+    for p, targets_of_p in sorted(by_old.items()):
+        if len(targets_of_p) == 1 and p not in targets_of_p:
+            ((q, n),) = targets_of_p.items()
+            link = joining.get((p, q)) or next((r for (x, _), r in joining.items() if x == p), {})
+            rows.append(_change("merge", p, q, n, link, now, version))
+        elif len(targets_of_p) > 1:
+            for q, n in sorted(targets_of_p.items()):
+                if q != p:
+                    rows.append(_change("split", p, q, n, {}, now, version))
+    return pa.Table.from_pylist(rows, MERGES_SCHEMA)
+
+
+def _joining_links(
+    old_map: pa.Table, resolution: Resolution, changed: set[str]
+) -> dict[tuple[str, str], dict[str, object]]:
+    """The first accepted link (ingest order) joining nodes of two previous persons, for the
+    previous persons in `changed`."""
+    old = {
+        k: p
+        for k, p in zip(
+            old_map.column("node_key").to_pylist(),
+            old_map.column("person_id").to_pylist(),
+            strict=True,
+        )
+        if p in changed
+    }
+    links = resolution.links
+    links = links.filter(
+        pc.and_(
+            pc.equal(links.column("status"), "accepted"),
+            pc.or_(
+                pc.is_in(links.column("a_node"), pa.array(list(old), pa.string())),
+                pc.is_in(links.column("b_node"), pa.array(list(old), pa.string())),
+            ),
+        )
+    ).sort_by([("first_ingest_ts", "ascending"), ("edge_key", "ascending")])
+    full_old = dict(
         zip(
             old_map.column("node_key").to_pylist(),
             old_map.column("person_id").to_pylist(),
             strict=True,
         )
     )
-    new_nodes = resolution.nodes
-    moved: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for nk, q in zip(
-        new_nodes.column("node_key").to_pylist(),
-        new_nodes.column("person_id").to_pylist(),
-        strict=True,
-    ):
-        p = old.get(nk)
-        if p is not None:
-            moved[p][q] += 1
-    # The first accepted link (ingest order) joining nodes of two previous persons.
-    links = resolution.links.filter(pc.equal(resolution.links.column("status"), "accepted"))
-    links = links.sort_by([("first_ingest_ts", "ascending"), ("edge_key", "ascending")])
     joining: dict[tuple[str, str], dict[str, object]] = {}
     for row in links.select(
         ["a_node", "b_node", "rule", "event_id", "edge_key", "valid_from"]
     ).to_pylist():
-        pa_, pb = old.get(row["a_node"]), old.get(row["b_node"])
+        pa_, pb = full_old.get(row["a_node"]), full_old.get(row["b_node"])
         if pa_ and pb and pa_ != pb:
             joining.setdefault((pa_, pb), row)
             joining.setdefault((pb, pa_), row)
-    rows: list[dict[str, object]] = []
-    for p, targets in moved.items():
-        if len(targets) == 1 and p not in targets:
-            ((q, n),) = targets.items()
-            link = joining.get((p, q)) or next((r for (x, _), r in joining.items() if x == p), {})
-            rows.append(_change("merge", p, q, n, link, now, version))
-        elif len(targets) > 1:
-            for q, n in sorted(targets.items()):
-                if q != p:
-                    rows.append(_change("split", p, q, n, {}, now, version))
-    return pa.Table.from_pylist(rows, MERGES_SCHEMA)
+    return joining
 
 
 def _change(

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.identity.evidence import EVIDENCE
-from pipelines.identity.quality import evaluate
+from pipelines.identity.quality import assignment, evaluate, seen_values
 from pipelines.identity.resolve import Blocklist, regions_of
 from pipelines.identity.stage import (
     LINKS,
@@ -78,16 +78,8 @@ def test_incremental_equals_full_recompute(spark: Any, streamed: dict[str, Any])
 
 def test_matches_the_generated_truth(streamed: dict[str, Any]) -> None:
     lake, settings = streamed["lake"], streamed["settings"]
-    ev = lake.read_arrow(EVIDENCE, ["a_type", "a_value", "b_type", "b_value"])
-    seen = {
-        f"{t}:{v}" for t, v in zip(ev["a_type"].to_pylist(), ev["a_value"].to_pylist(), strict=True)
-    }
-    seen |= {
-        f"{t}:{v}"
-        for t, v in zip(ev["b_type"].to_pylist(), ev["b_value"].to_pylist(), strict=True)
-        if v
-    }
-    q = evaluate(streamed["map"], settings.paths.truth_root, seen)
+    seen = seen_values(lake.read_arrow(EVIDENCE))
+    q = evaluate(assignment(streamed["map"]), settings.paths.truth_root, seen)
     assert q.pairwise_precision >= 0.999
     assert q.pairwise_recall >= 0.99
     assert q.shared_accounts > 5 and q.collapsed_accounts == 0
@@ -99,7 +91,8 @@ def test_spark_regions_equal_the_resolvers(spark: Any, streamed: dict[str, Any])
     evidence = lake.read_arrow(EVIDENCE)
     python = regions_of(evidence, Blocklist(settings.identity))
     keyed = evidence.append_column("region", pa.array(python))
-    on_spark = assign_regions(lake.read_spark(spark, EVIDENCE), settings.identity).toArrow()
+    on_spark, _ = assign_regions(lake.read_spark(spark, EVIDENCE), settings.identity)
+    on_spark = on_spark.toArrow()
     cols = ["event_id", "kind", "rule", "a_value", "region"]
 
     def rows(t: pa.Table) -> list[tuple[Any, ...]]:
