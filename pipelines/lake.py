@@ -92,12 +92,17 @@ class Lake:
         metadata: dict[str, Any] | None = None,
     ) -> bool:
         """Append `data` in one commit that records every app transaction in `txns`; skipped
-        (returns False) when all of them are already committed at or past those versions."""
+        (returns False) when all of them are already committed at or past those versions; with
+        no transactions it always appends."""
         with self._locks[table]:
             dt = self.table(table)  # one log read serves both the check and the create decision
-            if dt is not None and all(
-                (done := dt.transaction_version(app)) is not None and done >= v
-                for app, v in txns.items()
+            if (
+                dt is not None
+                and txns
+                and all(
+                    (done := dt.transaction_version(app)) is not None and done >= v
+                    for app, v in txns.items()
+                )
             ):
                 return False
             write_deltalake(

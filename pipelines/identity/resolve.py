@@ -9,7 +9,9 @@ give the same answer by construction; tests check it anyway.
 Inside a region:
 1. every identifier of a recyclable type gets the tenure open at the event time (the latest
    opening event not after it); a node is `type:value` or `type:value@tenure-start`;
-2. evidence rows become links, one per (rule, node, node), keeping the first event as lineage;
+2. evidence rows become links, one per (rule, node, node), keeping the first event as lineage
+   (a link's row does not change when the same evidence repeats, so a micro-batch of repeated
+   logins rewrites nothing);
 3. merge links are applied strongest tier first, earliest seen first; a link that touches a
    blocked value, or would break a guardrail, is refused with the reason;
 4. a person's id derives from its earliest-seen node (ingest order), so a person keeps its id as
@@ -59,8 +61,6 @@ LINKS_SCHEMA = pa.schema(
         ("first_ingest_ts", TS),
         ("valid_from", TS),
         ("valid_to", TS),
-        ("last_seen", TS),
-        ("evidence", pa.int64()),
         ("status", pa.string()),
         ("reason_code", pa.string()),
         ("reason", pa.string()),
@@ -144,22 +144,38 @@ class _Find:
 
 
 def regions_of(evidence: pa.Table, blocked: Blocklist) -> list[str]:
-    """The region of each evidence row: the smallest value key of its anchor's component in the
-    graph of merge evidence between non-blocked values. The anchor is `a`, or `b` when `a` is
-    blocked."""
+    """The region of each evidence row: its anchor's component in the graph of merge evidence
+    between non-blocked values (the anchor is `a`, or `b` when `a` is blocked).
+
+    A region is named after its first-seen value (ingest time, then event id, then key), so the
+    name stays when the region grows and only changes when it merges with an older one."""
     kinds = evidence.column("kind").to_pylist()
     at, av = evidence.column("a_type").to_pylist(), evidence.column("a_value").to_pylist()
     bt, bv = evidence.column("b_type").to_pylist(), evidence.column("b_value").to_pylist()
+    ingest = _micros(evidence.column("ingest_ts"))
+    event_id = evidence.column("event_id").to_pylist()
     uf = _Find()
+    first: dict[str, tuple[int, str]] = {}
     anchors: list[str] = []
     for i, kind in enumerate(kinds):
-        a_blocked = blocked.reason(at[i], av[i]) is not None
-        b_blocked = bv[i] is None or blocked.reason(bt[i], bv[i]) is not None
+        seen = (ingest[i] or 0, event_id[i])
         ka = value_key(at[i], av[i])
+        kb = value_key(bt[i], bv[i]) if bv[i] is not None else None
+        for k in (ka, kb):
+            if k is not None and (k not in first or seen < first[k]):
+                first[k] = seen
+        a_blocked = blocked.reason(at[i], av[i]) is not None
+        b_blocked = kb is None or blocked.reason(bt[i], bv[i]) is not None
         if kind == "merge" and not a_blocked and not b_blocked:
-            uf.union(ka, value_key(bt[i], bv[i]))
-        anchors.append(value_key(bt[i], bv[i]) if a_blocked and not b_blocked else ka)
-    return [uf.find(k) for k in anchors]
+            uf.union(ka, kb)  # type: ignore[arg-type]
+        anchors.append(kb if a_blocked and not b_blocked else ka)  # type: ignore[arg-type]
+    name: dict[str, tuple[tuple[int, str], str]] = {}
+    for k in uf.parent:
+        root = uf.find(k)
+        candidate = (first[k], k)
+        if root not in name or candidate < name[root]:
+            name[root] = candidate
+    return [name[uf.find(k)][1] if k in uf.parent else k for k in anchors]
 
 
 @dataclass
@@ -203,9 +219,7 @@ def node_key(id_type: str, value: str, tenure: int | None) -> str:
 @dataclass
 class _Link:
     first: int  # row index of the first evidence (ingest order)
-    count: int = 1
     valid_from: int = 0
-    last_seen: int = 0
     status: str = ""
     reason_code: str | None = None
     reason: str | None = None
@@ -294,12 +308,10 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         key = f"{rule[i]}|{na}|{nb}"
         link = links.get(key)
         if link is None:
-            links[key] = _Link(first=i, valid_from=event_time[i], last_seen=event_time[i])
+            links[key] = _Link(first=i, valid_from=event_time[i])
             link_nodes[key] = (na, ta, nb, tb, regions[i])
         else:
-            link.count += 1
             link.valid_from = min(link.valid_from, event_time[i])
-            link.last_seen = max(link.last_seen, event_time[i])
         ends = [(na, at[i], av[i], ta)]
         if kind[i] == "merge":
             ends.append((nb, bt[i], bv[i], tb))
@@ -410,8 +422,6 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
             "b_node",
             "valid_from",
             "valid_to",
-            "last_seen",
-            "evidence",
             "status",
             "reason_code",
             "reason",
@@ -431,8 +441,6 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         per_link["b_node"].append(nb)
         per_link["valid_from"].append(link.valid_from)
         per_link["valid_to"].append(min((e for e in closed if e is not None), default=None))
-        per_link["last_seen"].append(link.last_seen)
-        per_link["evidence"].append(link.count)
         per_link["status"].append(link.status)
         per_link["reason_code"].append(link.reason_code)
         per_link["reason"].append(link.reason)

@@ -182,17 +182,26 @@ def _incremental(lake: Lake, settings: Settings, done: int, target: int) -> Iden
     gathered = _anchored_in(gathered, set(values.to_pylist()), Blocklist(cfg))
     resolution = resolve(gathered, cfg)
     regions = pa.chunked_array([old_regions, pc.unique(resolution.links.column("region"))])
-    old_map = lake.read_arrow(MAP, ["node_key", "person_id", "region"], _in("region", regions))
+    old_map = lake.read_arrow(MAP, where=_in("region", regions))
+    old_links = lake.read_arrow(LINKS, where=_in("region", old_regions))
     changes = person_changes(old_map, resolution, target)
-    write_identity(
-        lake,
-        resolution,
-        changes,
-        target,
-        stale_links=old_links.column("edge_key").to_pylist(),
-        stale_nodes=old_map.column("node_key").to_pylist(),
-    )
+    write_identity(lake, resolution, changes, target, old_links=old_links, old_map=old_map)
     return _summary("incremental", new.num_rows, resolution, changes)
+
+
+def changed_rows(old: pa.Table, new: pa.Table, key: str) -> tuple[pa.Table, list[str]]:
+    """Rows of `new` that `old` does not hold exactly, and the keys of `old` missing from `new`:
+    a copy-on-write table only rewrites the files of rows that really changed."""
+    if not old.num_rows:
+        return new, []
+    o = pl.from_arrow(old.select(new.schema.names).cast(new.schema))
+    n = pl.from_arrow(new)
+    assert isinstance(o, pl.DataFrame) and isinstance(n, pl.DataFrame)
+    o = o.select(pl.col(key), o.hash_rows(seed=7).alias("_row"))
+    n = n.with_columns(n.hash_rows(seed=7).alias("_row"))
+    fresh = n.join(o, on=[key, "_row"], how="anti").drop("_row")
+    gone = o.join(n.select(key), on=key, how="anti").get_column(key).to_list()
+    return fresh.to_arrow().cast(new.schema), gone
 
 
 def _anchored_in(evidence: pa.Table, values: set[str], blocked: Blocklist) -> pa.Table:
@@ -237,7 +246,7 @@ def rebuild_identity(
     say(f"{changes.num_rows:,} merges and splits against the previous map ({_since(started)})")
     write_identity(lake, resolution, changes, target, full=True)
     say(f"identity tables written ({_since(started)})")
-    evidence_rows = int(pc.sum(resolution.links.column("evidence")).as_py() or 0)
+    evidence_rows = lake.table(EVIDENCE, target).count()  # type: ignore[union-attr]
     result = _summary("full", evidence_rows, resolution, changes)
     result.rounds = rounds
     result.seconds = time.perf_counter() - started
@@ -261,7 +270,7 @@ def _blocked_col(cfg: IdentityCfg, id_type: str, value: str) -> F.Column:
 
 def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> tuple[DataFrame, int]:
     """Evidence with its `region`: Spark connected components over merge evidence between
-    non-blocked values, labelled by the smallest value key (the same label `resolve` computes);
+    non-blocked values, named after their first-seen value (the same name `regions_of` gives);
     and the number of rounds the components took."""
     ev = (
         evidence.withColumn("_ka", F.concat_ws(":", "a_type", "a_value"))
@@ -281,8 +290,7 @@ def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> tuple[DataFrame, in
         .distinct()
     )
     keys = pairs.select(F.col("a").alias("k")).union(pairs.select(F.col("b").alias("k"))).distinct()
-    # Ids in key order: stable across evaluations (no monotonically_increasing_id), and a
-    # component's smallest id is its smallest key, which is the region label.
+    # Ids in key order: stable across evaluations (no monotonically_increasing_id under AQE).
     indexed = keys.select(
         "k", (F.row_number().over(Window.orderBy("k")) - 1).cast("long").alias("id")
     ).localCheckpoint(eager=True)
@@ -292,12 +300,21 @@ def assign_regions(evidence: DataFrame, cfg: IdentityCfg) -> tuple[DataFrame, in
         .select("src", "dst")
     )
     found = connected_components(edges)
-    label = indexed.select(F.col("id").alias("component"), F.col("k").alias("region"))
-    region_of = (
-        found.assignment.join(indexed, found.assignment.node == indexed.id)
-        .join(label, "component")
-        .select(F.col("k").alias("_anchor"), "region")
+    # A region is named after its first-seen value (the same rule as `regions_of`).
+    seen = F.struct(F.col("ingest_ts"), F.col("event_id"))
+    first = (
+        ev.select(F.col("_ka").alias("k"), seen.alias("first"))
+        .unionByName(
+            ev.where(F.col("_kb").isNotNull()).select(F.col("_kb").alias("k"), seen.alias("first"))
+        )
+        .groupBy("k")
+        .agg(F.min("first").alias("first"))
     )
+    members = found.assignment.join(indexed, found.assignment.node == indexed.id).join(first, "k")
+    names = members.groupBy("component").agg(
+        F.min(F.struct("first", "k")).getField("k").alias("region")
+    )
+    region_of = members.join(names, "component").select(F.col("k").alias("_anchor"), "region")
     anchored = ev.withColumn(
         "_anchor",
         F.when(F.col("_a_blocked") & ~F.col("_b_blocked"), F.col("_kb")).otherwise(F.col("_ka")),
@@ -517,12 +534,14 @@ def write_identity(
     changes: pa.Table,
     version: int,
     *,
-    stale_links: list[str] | None = None,
-    stale_nodes: list[str] | None = None,
+    old_links: pa.Table | None = None,
+    old_map: pa.Table | None = None,
     full: bool = False,
 ) -> None:
     """Person changes first (idempotent by evidence version), then map and accounts, links last:
-    the links' app transaction says which evidence every identity table reflects."""
+    the links' app transaction says which evidence every identity table reflects. Incremental
+    writes carry only the rows that changed against `old_links` / `old_map` (the previous rows
+    of the regions resolved)."""
     stage = "identity.full" if full else "identity.incremental"
     meta = {"evidence_version": str(version)}
     lake.append_once(
@@ -534,18 +553,53 @@ def write_identity(
         lake.overwrite(ACCOUNTS, account_view(links, nodes), stage=stage, metadata=meta)
         lake.overwrite(LINKS, links, stage=stage, metadata=meta, txns={RESOLVED: version})
         return
-    lake.upsert(MAP, nodes, "node_key", delete_keys=stale_nodes or [], stage=stage, metadata=meta)
-    accounts = _accounts_after(lake, links, nodes, stale_links or [])
-    lake.upsert(ACCOUNTS, accounts, "account_id", delete_keys=[], stage=stage, metadata=meta)
-    lake.upsert(
-        LINKS,
-        links,
-        "edge_key",
-        delete_keys=stale_links or [],
-        stage=stage,
-        metadata=meta,
-        txns={RESOLVED: version},
-    )
+    old_links = old_links if old_links is not None else LINKS_SCHEMA.empty_table()
+    old_map = old_map if old_map is not None else NODES_SCHEMA.empty_table()
+    map_rows, map_gone = changed_rows(old_map, nodes, "node_key")
+    _write_changes(lake, MAP, map_rows, old_map, "node_key", map_gone, stage, meta)
+    link_rows, links_gone = changed_rows(old_links, links, "edge_key")
+    if link_rows.num_rows or links_gone:
+        accounts = _accounts_after(lake, link_rows, map_rows, links_gone)
+        if accounts.num_rows:
+            stored = lake.read_arrow(
+                ACCOUNTS, where=_in("account_id", accounts.column("account_id"))
+            )
+            account_rows, _ = changed_rows(stored, accounts, "account_id")
+            _write_changes(lake, ACCOUNTS, account_rows, stored, "account_id", [], stage, meta)
+        _write_changes(
+            lake,
+            LINKS,
+            link_rows,
+            old_links,
+            "edge_key",
+            links_gone,
+            stage,
+            meta,
+            txns={RESOLVED: version},
+        )
+    else:
+        lake.append_once(LINKS, LINKS_SCHEMA.empty_table(), {RESOLVED: version}, stage=stage)
+
+
+def _write_changes(
+    lake: Lake,
+    table: str,
+    rows: pa.Table,
+    old: pa.Table,
+    key: str,
+    gone: list[str],
+    stage: str,
+    meta: dict[str, str],
+    txns: dict[str, int] | None = None,
+) -> None:
+    """New rows only: a plain append (no file rewritten). Updates or deletes: one MERGE."""
+    if not rows.num_rows and not gone and not txns:
+        return
+    updates = pc.any(pc.is_in(rows.column(key), old.column(key))).as_py() if old.num_rows else False
+    if not gone and not updates:
+        lake.append_once(table, rows, txns or {}, stage=stage, metadata=meta)
+    else:
+        lake.upsert(table, rows, key, delete_keys=gone, stage=stage, metadata=meta, txns=txns)
 
 
 def _accounts_after(

@@ -71,8 +71,8 @@ def test_incremental_equals_full_recompute(spark: Any, streamed: dict[str, Any])
     assert _by(full_map, "node_key", ["person_id", "region", "valid_to"]) == _by(
         streamed["map"], "node_key", ["person_id", "region", "valid_to"]
     )
-    assert _by(full_links, "edge_key", ["status", "reason", "evidence", "person_id"]) == _by(
-        streamed["links"], "edge_key", ["status", "reason", "evidence", "person_id"]
+    assert _by(full_links, "edge_key", ["status", "reason", "valid_to", "person_id"]) == _by(
+        streamed["links"], "edge_key", ["status", "reason", "valid_to", "person_id"]
     )
 
 

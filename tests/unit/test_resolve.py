@@ -281,7 +281,8 @@ def test_regions_ignore_tenures_and_refusals_but_not_blocked_values(cfg: Identit
     f.link("app_login_line", "app_user_id:demo", "msisdn:998909000001", 1)
     regions = regions_of(f.table(), Blocklist(cfg))
     kinds = f.table().column("kind").to_pylist()
-    # Member rows stay in their line's region; the blocked login is anchored on the line.
-    assert regions[-1] == regions[0] == "iccid:89998010000000000091"
+    # Member rows stay in their line's region; the blocked login is anchored on the line; a
+    # region is named after its first-seen value (the first activation's MSISDN).
+    assert regions[-1] == regions[0] == "msisdn:998909000001"
     assert len(set(regions)) == 2
     assert kinds.count("member") == 2
