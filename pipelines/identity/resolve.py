@@ -131,10 +131,14 @@ class _Find:
 
     def find(self, x: str) -> str:
         parent = self.parent
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
+        p = parent.get(x)
+        if p is None:
+            parent[x] = x
+            return x
+        while p != x:
+            grand = parent[p]
+            parent[x] = grand
+            x, p = grand, parent[grand]
         return x
 
     def union(self, x: str, y: str) -> None:
@@ -216,7 +220,7 @@ def node_key(id_type: str, value: str, tenure: int | None) -> str:
     return f"{id_type}:{value}@{'-' if tenure == NO_TENURE else _iso(tenure)}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Link:
     first: int  # row index of the first evidence (ingest order)
     valid_from: int = 0
@@ -225,7 +229,7 @@ class _Link:
     reason: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Person:
     """Guardrail state of a growing person (held at its union-find root)."""
 
@@ -364,11 +368,12 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
             )
         return None
 
-    merge_keys = sorted(
-        (k for k in links if kind[links[k].first] == "merge"),
-        key=lambda k: (tier[links[k].first], rank[links[k].first], k),
+    merge_order = sorted(
+        (tier[link.first], rank[link.first], k)
+        for k, link in links.items()
+        if kind[link.first] == "merge"
     )
-    for key in merge_keys:
+    for _, _, key in merge_order:
         link = links[key]
         i = link.first
         why = blocked.reason(at[i], av[i]) or blocked.reason(bt[i], bv[i])
@@ -398,12 +403,15 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         if not link.status:
             link.status = "member"
 
+    roots = {nk: uf.find(nk) for nk in node_info}
     founder: dict[str, tuple[int, str]] = {}
     for nk, (_, _, _, r) in node_info.items():
-        root = uf.find(nk)
-        if root not in founder or (r, nk) < founder[root]:
+        root = roots[nk]
+        known = founder.get(root)
+        if known is None or (r, nk) < known:
             founder[root] = (r, nk)
-    person = {nk: person_id_of(founder[uf.find(nk)][1]) for nk in node_info}
+    pid_of_root = {root: person_id_of(f[1]) for root, f in founder.items()}
+    person = {nk: pid_of_root[root] for nk, root in roots.items()}
 
     def ts(us: int | None) -> int | None:
         return None if us is None or us == NO_TENURE else us
