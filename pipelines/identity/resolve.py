@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from bisect import bisect_right
-from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
+from dataclasses import dataclass
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -95,11 +91,6 @@ def person_id_of(founding_node: str) -> str:
     """80 bits of a hash of the founding node: distinct nodes give distinct ids in practice, and
     the same node gives the same id in every run, full or incremental."""
     return "P" + hashlib.blake2b(founding_node.encode(), digest_size=10).hexdigest()
-
-
-@lru_cache(maxsize=1 << 16)
-def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Blocklist:
@@ -182,53 +173,6 @@ def regions_of(evidence: pa.Table, blocked: Blocklist) -> list[str]:
     return [name[uf.find(k)][1] if k in uf.parent else k for k in anchors]
 
 
-@dataclass
-class _Tenures:
-    """Openings and closings per recyclable identifier value, in event-time microseconds."""
-
-    recyclable: frozenset[str]
-    opens: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
-    closes: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
-
-    def start(self, id_type: str, value: str, ts: int) -> int | None:
-        """Start of the tenure open at `ts` (NO_TENURE before the first known opening)."""
-        if id_type not in self.recyclable:
-            return None
-        starts = self.opens.get((id_type, value), [])
-        i = bisect_right(starts, ts) - 1
-        return starts[i] if i >= 0 else NO_TENURE
-
-    def end(self, id_type: str, value: str, start: int | None) -> int | None:
-        """First closing inside the tenure starting at `start` (None: still open)."""
-        if start is None:
-            return None
-        starts = self.opens.get((id_type, value), [])
-        nxt = (
-            starts[bisect_right(starts, start)]
-            if bisect_right(starts, start) < len(starts)
-            else None
-        )
-        for c in self.closes.get((id_type, value), []):
-            if c >= start and (nxt is None or c < nxt):
-                return c
-        return None
-
-
-def node_key(id_type: str, value: str, tenure: int | None) -> str:
-    if tenure is None:
-        return value_key(id_type, value)
-    return f"{id_type}:{value}@{'-' if tenure == NO_TENURE else _iso(tenure)}"
-
-
-@dataclass(slots=True)
-class _Link:
-    first: int  # row index of the first evidence (ingest order)
-    valid_from: int = 0
-    status: str = ""
-    reason_code: str | None = None
-    reason: str | None = None
-
-
 @dataclass(slots=True)
 class _Person:
     """Guardrail state of a growing person (held at its union-find root)."""
@@ -249,97 +193,247 @@ def _micros(col: pa.ChunkedArray) -> list[int | None]:
     return values
 
 
-def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 - one pass, read top-down
-    """Links (with status and reason) and nodes (with person ids) of the regions in `evidence`.
+ISO = "%Y-%m-%dT%H:%M:%S%.6fZ"  # a tenure in a node key: 2026-10-04T09:12:00.000000Z
 
-    `evidence` must hold every evidence row of each region it touches (see module docstring).
-    """
+
+def _node(t: str, v: str, start: str) -> pl.Expr:
+    """`type:value`, or `type:value@tenure-start` (`@-` before any known opening)."""
+    tenure = (
+        pl.when(pl.col(start) == NO_TENURE)
+        .then(pl.lit("-"))
+        .otherwise(pl.col(start).cast(pl.Datetime("us", "UTC")).dt.strftime(ISO))
+    )
+    base = pl.concat_str([pl.col(t), pl.lit(":"), pl.col(v)])
+    return (
+        pl.when(pl.col(start).is_not_null())
+        .then(pl.concat_str([base, pl.lit("@"), tenure]))
+        .otherwise(base)
+    )
+
+
+def _tenure_start(
+    frame: pl.DataFrame, opens: pl.DataFrame, t: str, v: str, out: str, recyclable: list[str]
+) -> pl.DataFrame:
+    """`out`: start of the tenure of (`t`, `v`) open at each row's event time (the latest opening
+    not after it), NO_TENURE before the first opening, null for identifiers not recycled."""
+    right = opens.rename({"t": t, "v": v, "start": out})
+    joined = frame.sort("time").join_asof(
+        right.sort(out),
+        left_on="time",
+        right_on=out,
+        by=[t, v],
+        strategy="backward",
+        check_sortedness=False,
+    )
+    return joined.with_columns(
+        pl.when(pl.col(t).is_in(recyclable) & pl.col(v).is_not_null())
+        .then(pl.col(out).fill_null(NO_TENURE))
+        .otherwise(None)
+        .alias(out)
+    )
+
+
+def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 - read top-down
+    """Links (with status and reason) and nodes (with person ids) of the regions in `evidence`,
+    which must hold every evidence row of each region it touches (see the module docstring).
+
+    Tenures, links and nodes are columnar (Polars as-of joins and group-bys); only the guardrail
+    pass, a union-find over merge links in tier and ingest order, is a Python loop."""
     blocked = Blocklist(cfg)
     guard = cfg.guardrails
-    n = evidence.num_rows
-    regions = regions_of(evidence, blocked)
-    kind = evidence.column("kind").to_pylist()
-    rule = evidence.column("rule").to_pylist()
-    tier = evidence.column("tier").to_pylist()
-    at, av = evidence.column("a_type").to_pylist(), evidence.column("a_value").to_pylist()
-    bt, bv = evidence.column("b_type").to_pylist(), evidence.column("b_value").to_pylist()
-    role = evidence.column("role").to_pylist()
-    acc_type = evidence.column("account_type").to_pylist()
-    evidence.column("event_id").to_pylist()
-    evidence.column("source").to_pylist()
-    evidence.column("event_type").to_pylist()
-    vfrom, vto = _micros(evidence.column("valid_from")), _micros(evidence.column("valid_to"))
-    # Every row has an event time: links and openings in valid_from, closings in valid_to.
-    event_time: list[int] = [
-        v if v is not None else (w or 0) for v, w in zip(vfrom, vto, strict=True)
-    ]
-    ingest: list[int] = [v or 0 for v in _micros(evidence.column("ingest_ts"))]
-    keyed = pa.table(
-        {
-            "ingest": pa.array(ingest, pa.int64()),
-            "time": pa.array(event_time, pa.int64()),
-            "event_id": evidence.column("event_id"),
-            "rule": pc.fill_null(evidence.column("rule"), ""),
-        }
+    recyclable: list[str] = sorted(cfg.tenures)
+    df = pl.from_arrow(evidence)
+    assert isinstance(df, pl.DataFrame)
+    df = df.with_columns(
+        pl.Series("region", regions_of(evidence, blocked), dtype=pl.String),
+        pl.coalesce("valid_from", "valid_to").cast(pl.Int64).alias("time"),
+        pl.col("ingest_ts").cast(pl.Int64).fill_null(0).alias("ingest"),
+        pl.col("rule").fill_null("").alias("_rule"),
     )
-    order: list[int] = pc.sort_indices(
-        keyed, [(c, "ascending") for c in ("ingest", "time", "event_id", "rule")]
-    ).to_pylist()
-    rank = [0] * n
-    for r, i in enumerate(order):
-        rank[i] = r
+    df = (
+        df.with_row_index("row")
+        .sort(["ingest", "time", "event_id", "_rule"], maintain_order=True)
+        .with_row_index("rank")
+    )
+    life = df.filter(pl.col("kind").is_in(["opens", "closes"])).select(
+        pl.col("kind"), pl.col("a_type").alias("t"), pl.col("a_value").alias("v"), "time"
+    )
+    opens = life.filter(pl.col("kind") == "opens").select("t", "v", pl.col("time").alias("start"))
+    opens = opens.unique()
+    closes = life.filter(pl.col("kind") == "closes").select("t", "v", pl.col("time").alias("end"))
+    closes = closes.unique()
 
-    tenures = _Tenures(frozenset(cfg.tenures))
-    for i in range(n):
-        if kind[i] == "opens":
-            tenures.opens[(at[i], av[i])].append(event_time[i])
-        elif kind[i] == "closes":
-            tenures.closes[(at[i], av[i])].append(event_time[i])
-    for lst in (*tenures.opens.values(), *tenures.closes.values()):
-        lst.sort()
+    lk = df.filter(pl.col("kind").is_in(["merge", "member"]))
+    lk = _tenure_start(lk, opens, "a_type", "a_value", "a_start", recyclable)
+    lk = _tenure_start(lk, opens, "b_type", "b_value", "b_start", recyclable)
+    lk = lk.with_columns(
+        pl.when(pl.col("kind") == "merge").then(pl.col("b_start")).otherwise(None).alias("b_start")
+    )
+    lk = (
+        lk.with_columns(
+            _node("a_type", "a_value", "a_start").alias("a_node"),
+            _node("b_type", "b_value", "b_start").alias("b_node"),
+        )
+        .with_columns(
+            pl.concat_str(
+                [pl.col("rule"), pl.lit("|"), pl.col("a_node"), pl.lit("|"), pl.col("b_node")]
+            ).alias("edge_key")
+        )
+        .sort("rank")
+    )
+    links = lk.group_by("edge_key", maintain_order=True).agg(
+        pl.all().first(), pl.col("time").min().alias("link_from")
+    )
 
-    # Links, one per (rule, node, node); nodes with the earliest evidence that mentions them.
-    links: dict[str, _Link] = {}
-    link_nodes: dict[str, tuple[str, int | None, str, int | None, str]] = {}
-    node_info: dict[str, tuple[str, str, int | None, int]] = {}  # type, value, tenure, rank
-    node_region: dict[str, str] = {}
-    for i in order:
-        if kind[i] not in ("merge", "member"):
-            continue
-        ta = tenures.start(at[i], av[i], event_time[i])
-        tb = tenures.start(bt[i], bv[i], event_time[i]) if kind[i] == "merge" else None
-        na, nb = node_key(at[i], av[i], ta), node_key(bt[i], bv[i], tb)
-        key = f"{rule[i]}|{na}|{nb}"
-        link = links.get(key)
-        if link is None:
-            links[key] = _Link(first=i, valid_from=event_time[i])
-            link_nodes[key] = (na, ta, nb, tb, regions[i])
-        else:
-            link.valid_from = min(link.valid_from, event_time[i])
-        ends = [(na, at[i], av[i], ta)]
-        if kind[i] == "merge":
-            ends.append((nb, bt[i], bv[i], tb))
-        for nk, t, v, ten in ends:
-            if nk not in node_info and blocked.reason(t, v) is None:
-                node_info[nk] = (t, v, ten, rank[i])
-                node_region[nk] = regions[i]
+    # Tenure ends: first closing at or after the start and before the next opening.
+    triples = (
+        pl.concat(
+            [
+                links.select(
+                    pl.col("a_type").alias("t"),
+                    pl.col("a_value").alias("v"),
+                    pl.col("a_start").alias("start"),
+                ),
+                links.select(
+                    pl.col("b_type").alias("t"),
+                    pl.col("b_value").alias("v"),
+                    pl.col("b_start").alias("start"),
+                ),
+            ]
+        )
+        .filter(pl.col("start").is_not_null())
+        .unique()
+    )
+    ends = (
+        triples.with_columns((pl.col("start") + 1).alias("after"))
+        .sort("after")
+        .join_asof(
+            opens.rename({"start": "next"}).sort("next"),
+            left_on="after",
+            right_on="next",
+            by=["t", "v"],
+            strategy="forward",
+            check_sortedness=False,
+        )
+        .sort("start")
+        .join_asof(
+            closes.sort("end"),
+            left_on="start",
+            right_on="end",
+            by=["t", "v"],
+            strategy="forward",
+            check_sortedness=False,
+        )
+        .with_columns(
+            pl.when(pl.col("next").is_null() | (pl.col("end") < pl.col("next")))
+            .then(pl.col("end"))
+            .otherwise(None)
+            .alias("end")
+        )
+        .select("t", "v", "start", "end")
+    )
+    links = (
+        links.join(
+            ends.rename({"t": "a_type", "v": "a_value", "start": "a_start", "end": "a_end"}),
+            on=["a_type", "a_value", "a_start"],
+            how="left",
+            nulls_equal=False,
+        )
+        .join(
+            ends.rename({"t": "b_type", "v": "b_value", "start": "b_start", "end": "b_end"}),
+            on=["b_type", "b_value", "b_start"],
+            how="left",
+            nulls_equal=False,
+        )
+        .sort("rank")
+    )
+    links = links.with_columns(pl.min_horizontal("a_end", "b_end").alias("link_to"))
 
-    # Account context of line and account nodes: from the first link that states it.
-    context: dict[str, tuple[str, str | None, str | None]] = {}
-    for key, link in links.items():
-        i = link.first
-        na, _, nb, _, _ = link_nodes[key]
-        if kind[i] == "member" or bt[i] == "account_id":
-            context.setdefault(na, (bv[i], acc_type[i], role[i]))
-            if kind[i] == "merge":
-                context.setdefault(nb, (bv[i], acc_type[i], "holder"))
+    # Nodes: the first evidence (rank order) mentioning each non-blocked node.
+    mentions = pl.concat(
+        [
+            lk.select(
+                pl.col("a_node").alias("node"),
+                pl.col("a_type").alias("t"),
+                pl.col("a_value").alias("v"),
+                pl.col("a_start").alias("start"),
+                "rank",
+                "ingest",
+                "region",
+                "time",
+            ),
+            lk.filter(pl.col("kind") == "merge").select(
+                pl.col("b_node").alias("node"),
+                pl.col("b_type").alias("t"),
+                pl.col("b_value").alias("v"),
+                pl.col("b_start").alias("start"),
+                "rank",
+                "ingest",
+                "region",
+                "time",
+            ),
+        ]
+    )
+    values = mentions.select("t", "v").unique()
+    bad = [blocked.reason(t, v) is not None for t, v in values.iter_rows()]
+    blocked_values = values.filter(pl.Series(bad, dtype=pl.Boolean))
+    mentions = mentions.join(blocked_values, on=["t", "v"], how="anti")
+    first_link = (
+        pl.concat(
+            [
+                links.select(pl.col("a_node").alias("node"), pl.col("link_from")),
+                links.select(pl.col("b_node").alias("node"), pl.col("link_from")),
+            ]
+        )
+        .group_by("node")
+        .agg(pl.col("link_from").min())
+    )
+    nodes = (
+        mentions.sort("rank")
+        .group_by("node", maintain_order=True)
+        .agg(pl.all().first())
+        .join(first_link, on="node", how="left")
+        .join(ends, on=["t", "v", "start"], how="left", nulls_equal=False)
+        .sort("rank")
+    )
 
+    # Account context: the first link (rank order) that states a node's account.
+    acct = links.filter((pl.col("kind") == "member") | (pl.col("b_type") == "account_id"))
+    context = (
+        pl.concat(
+            [
+                acct.select(
+                    pl.col("a_node").alias("node"),
+                    pl.col("b_value").alias("account_id"),
+                    "account_type",
+                    "role",
+                    "rank",
+                    pl.lit(0).alias("side"),
+                ),
+                acct.filter(pl.col("kind") == "merge").select(
+                    pl.col("b_node").alias("node"),
+                    pl.col("b_value").alias("account_id"),
+                    "account_type",
+                    pl.lit("holder").alias("role"),
+                    "rank",
+                    pl.lit(1).alias("side"),
+                ),
+            ]
+        )
+        .sort(["rank", "side"])
+        .group_by("node", maintain_order=True)
+        .agg(pl.col("account_id", "account_type", "role").first())
+    )
+    nodes = nodes.join(context, on="node", how="left").sort("rank")
+
+    # Guardrails and union-find, strongest tier first, then ingest order.
     people: dict[str, _Person] = {}
-    for nk, (t, v, _, _) in node_info.items():
+    for nk, t, v, account, account_type in nodes.select(
+        "node", "t", "v", "account_id", "account_type"
+    ).iter_rows():
         shared: dict[str, set[str]] = {}
-        line_ctx = context.get(nk)
-        if t == "msisdn" and line_ctx and line_ctx[1] in guard.one_line_per_person_on:
-            shared[line_ctx[0]] = {v}
+        if t == "msisdn" and account and account_type in guard.one_line_per_person_on:
+            shared[account] = {v}
         people[nk] = _Person(1, {t: {v}}, shared)
     uf = _Find()
 
@@ -359,36 +453,39 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
                     f"would give one person {len(both)} {t} values ({shown}); max {limit} "
                     f"(guardrails.max_per_person.{t})",
                 )
-        for acct in pa_.shared_lines.keys() & pb.shared_lines.keys():
-            lines = ", ".join(sorted(pa_.shared_lines[acct] | pb.shared_lines[acct])[:4])
+        for acct_id in pa_.shared_lines.keys() & pb.shared_lines.keys():
+            lines = ", ".join(sorted(pa_.shared_lines[acct_id] | pb.shared_lines[acct_id])[:4])
             return (
                 "shared_account",
-                f"would merge the users of different lines ({lines}) of account {acct}, whose "
-                "lines belong to different people (guardrails.one_line_per_person_on)",
+                f"would merge the users of different lines ({lines}) of account {acct_id}, "
+                "whose lines belong to different people (guardrails.one_line_per_person_on)",
             )
         return None
 
-    merge_order = sorted(
-        (tier[link.first], rank[link.first], k)
-        for k, link in links.items()
-        if kind[link.first] == "merge"
+    n_links = links.height
+    status: list[str] = ["member"] * n_links
+    code: list[str | None] = [None] * n_links
+    reason: list[str | None] = [None] * n_links
+    merges = (
+        links.with_row_index("i")
+        .filter(pl.col("kind") == "merge")
+        .sort(["tier", "rank", "edge_key"])
     )
-    for _, _, key in merge_order:
-        link = links[key]
-        i = link.first
-        why = blocked.reason(at[i], av[i]) or blocked.reason(bt[i], bv[i])
+    for i, at, av, bt, bv, na, nb in merges.select(
+        "i", "a_type", "a_value", "b_type", "b_value", "a_node", "b_node"
+    ).iter_rows():
+        why = blocked.reason(at, av) or blocked.reason(bt, bv)
         if why:
-            link.status, link.reason_code, link.reason = "refused", "blocked", why
+            status[i], code[i], reason[i] = "refused", "blocked", why
             continue
-        na, _, nb, _, _ = link_nodes[key]
         ra, rb = uf.find(na), uf.find(nb)
+        status[i] = "accepted"
         if ra == rb:
-            link.status = "accepted"
             continue
         refused = refusal(people[ra], people[rb])
         if refused:
-            link.status = "refused"
-            link.reason_code, link.reason = refused
+            status[i] = "refused"
+            code[i], reason[i] = refused
             continue
         uf.union(ra, rb)
         root, other = (ra, rb) if uf.find(ra) == ra else (rb, ra)
@@ -396,113 +493,71 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         keep.size += gone.size
         for t, vs in gone.values.items():
             keep.values.setdefault(t, set()).update(vs)
-        for acct, lines in gone.shared_lines.items():
-            keep.shared_lines.setdefault(acct, set()).update(lines)
-        link.status = "accepted"
-    for link in links.values():
-        if not link.status:
-            link.status = "member"
+        for acct_id, lines in gone.shared_lines.items():
+            keep.shared_lines.setdefault(acct_id, set()).update(lines)
 
-    roots = {nk: uf.find(nk) for nk in node_info}
+    node_keys = nodes.get_column("node").to_list()
+    ranks = nodes.get_column("rank").to_list()
     founder: dict[str, tuple[int, str]] = {}
-    for nk, (_, _, _, r) in node_info.items():
-        root = roots[nk]
+    roots = [uf.find(nk) for nk in node_keys]
+    for nk, r, root in zip(node_keys, ranks, roots, strict=True):
         known = founder.get(root)
         if known is None or (r, nk) < known:
             founder[root] = (r, nk)
     pid_of_root = {root: person_id_of(f[1]) for root, f in founder.items()}
-    person = {nk: pid_of_root[root] for nk, root in roots.items()}
+    persons = pl.DataFrame(
+        {"node": node_keys, "person_id": [pid_of_root[r] for r in roots]},
+        schema={"node": pl.String, "person_id": pl.String},
+    )
 
-    def ts(us: int | None) -> int | None:
-        return None if us is None or us == NO_TENURE else us
-
-    # Row-level columns come from each link's first evidence row; the rest is per link.
-    keys = list(links)
-    firsts = [links[k].first for k in keys]
-    taken = evidence.take(pa.array(firsts, pa.int64()))
-    per_link: dict[str, list[object]] = {
-        name: []
-        for name in (
-            "region",
-            "a_tenure",
-            "a_node",
-            "b_tenure",
-            "b_node",
-            "valid_from",
-            "valid_to",
-            "status",
-            "reason_code",
-            "reason",
-            "person_id",
-            "b_person_id",
+    def tenure_ts(c: str) -> pl.Expr:
+        return (
+            pl.when(pl.col(c) == NO_TENURE)
+            .then(None)
+            .otherwise(pl.col(c))
+            .cast(pl.Datetime("us", "UTC"))
         )
-    }
-    for key in keys:
-        link = links[key]
-        i = link.first
-        na, ta, nb, tb, region = link_nodes[key]
-        closed = [tenures.end(at[i], av[i], ta), tenures.end(bt[i], bv[i], tb)]
-        per_link["region"].append(region)
-        per_link["a_tenure"].append(ts(ta))
-        per_link["a_node"].append(na)
-        per_link["b_tenure"].append(ts(tb))
-        per_link["b_node"].append(nb)
-        per_link["valid_from"].append(link.valid_from)
-        per_link["valid_to"].append(min((e for e in closed if e is not None), default=None))
-        per_link["status"].append(link.status)
-        per_link["reason_code"].append(link.reason_code)
-        per_link["reason"].append(link.reason)
-        per_link["person_id"].append(person.get(na))
-        per_link["b_person_id"].append(person.get(nb) if kind[i] == "merge" else None)
-    link_columns: dict[str, object] = {"edge_key": keys, **per_link}
-    for name in (
-        "rule",
-        "kind",
-        "tier",
-        "a_type",
-        "a_value",
-        "b_type",
-        "b_value",
-        "role",
-        "account_type",
-        "event_id",
-        "source",
-        "event_type",
-    ):
-        link_columns[name] = taken.column(name)
-    link_columns["first_ingest_ts"] = taken.column("ingest_ts")
 
-    node_rows: dict[str, list[object]] = {name: [] for name in NODES_SCHEMA.names}
-    first_link_time: dict[str, int] = {}
-    for key, link in links.items():
-        na, _, nb, _, _ = link_nodes[key]
-        for nk in (na, nb):
-            first_link_time[nk] = min(first_link_time.get(nk, link.valid_from), link.valid_from)
-    for nk, (t, v, ten, r) in node_info.items():
-        ctx: tuple[str | None, str | None, str | None] = context.get(nk, (None, None, None))
-        node_rows["region"].append(node_region[nk])
-        node_rows["node_key"].append(nk)
-        node_rows["id_type"].append(t)
-        node_rows["id_value"].append(v)
-        node_rows["tenure"].append(ts(ten))
-        node_rows["person_id"].append(person[nk])
-        node_rows["account_id"].append(ctx[0])
-        node_rows["account_type"].append(ctx[1])
-        node_rows["role"].append(ctx[2])
-        node_rows["valid_from"].append(ts(ten) if ts(ten) is not None else first_link_time[nk])
-        node_rows["valid_to"].append(tenures.end(t, v, ten))
-        node_rows["first_seen"].append(ingest[order[r]])
-    return Resolution(_table(link_columns, LINKS_SCHEMA), _table(node_rows, NODES_SCHEMA))
-
-
-def _table(columns: Mapping[str, object], schema: pa.Schema) -> pa.Table:
-    arrays = []
-    for f in schema:
-        values = columns[f.name]
-        if isinstance(values, pa.ChunkedArray | pa.Array):
-            arrays.append(values.cast(f.type))
-        elif pa.types.is_timestamp(f.type):
-            arrays.append(pc.cast(pa.array(values, pa.int64()), f.type))
-        else:
-            arrays.append(pa.array(values, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    out_links = (
+        links.with_columns(
+            pl.Series("status", status, dtype=pl.String),
+            pl.Series("reason_code", code, dtype=pl.String),
+            pl.Series("reason", reason, dtype=pl.String),
+        )
+        .join(persons.rename({"node": "a_node"}), on="a_node", how="left")
+        .join(
+            persons.rename({"node": "b_node", "person_id": "b_person_id"}), on="b_node", how="left"
+        )
+        .with_columns(
+            pl.when(pl.col("kind") == "merge")
+            .then(pl.col("b_person_id"))
+            .otherwise(None)
+            .alias("b_person_id"),
+            tenure_ts("a_start").alias("a_tenure"),
+            tenure_ts("b_start").alias("b_tenure"),
+            pl.col("ingest").cast(pl.Datetime("us", "UTC")).alias("first_ingest_ts"),
+            pl.col("link_from").cast(pl.Datetime("us", "UTC")).alias("valid_from"),
+            pl.col("link_to").cast(pl.Datetime("us", "UTC")).alias("valid_to"),
+        )
+        .select(LINKS_SCHEMA.names)
+    )
+    out_nodes = (
+        nodes.join(persons, on="node", how="left")
+        .with_columns(
+            pl.col("node").alias("node_key"),
+            pl.col("t").alias("id_type"),
+            pl.col("v").alias("id_value"),
+            tenure_ts("start").alias("tenure"),
+            pl.when(pl.col("start").is_not_null() & (pl.col("start") != NO_TENURE))
+            .then(pl.col("start"))
+            .otherwise(pl.col("link_from"))
+            .cast(pl.Datetime("us", "UTC"))
+            .alias("valid_from"),
+            pl.col("end").cast(pl.Datetime("us", "UTC")).alias("valid_to"),
+            pl.col("ingest").cast(pl.Datetime("us", "UTC")).alias("first_seen"),
+        )
+        .select(NODES_SCHEMA.names)
+    )
+    return Resolution(
+        out_links.to_arrow().cast(LINKS_SCHEMA), out_nodes.to_arrow().cast(NODES_SCHEMA)
+    )
