@@ -58,7 +58,7 @@ def _optional(frame: DataFrame, name: str) -> Column:
     return F.col(name).cast("string") if name in frame.columns else F.lit(None).cast("string")
 
 
-def _rows(
+def _row(
     frame: DataFrame,
     *,
     kind: str,
@@ -68,7 +68,9 @@ def _rows(
     b: tuple[str, Column] | None,
     event_type: str,
     when: Column,
-) -> DataFrame:
+) -> Column:
+    """The evidence row an event yields under one rule or tenure spec, as a struct (null when
+    the event does not qualify)."""
     a_type, a_value = a
     link_time = F.col("event_ts") if kind != "closes" else F.lit(None).cast("timestamp")
     close_time = F.col("event_ts") if kind == "closes" else F.lit(None).cast("timestamp")
@@ -78,7 +80,7 @@ def _rows(
     if b is not None:
         b_type, b_value = F.lit(b[0]), b[1]
         cond = cond & b_value.isNotNull()
-    return frame.where(cond).select(
+    row = F.struct(
         F.lit(kind).alias("kind"),
         F.lit(rule).cast("string").alias("rule"),
         F.lit(tier).cast("int").alias("tier"),
@@ -95,12 +97,14 @@ def _rows(
         close_time.alias("valid_to"),
         F.col("_ingest_ts").alias("ingest_ts"),
     )
+    return F.when(F.coalesce(cond, F.lit(False)), row)
 
 
 def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame | None:
     """Evidence rows of the silver events in `silver` (source -> frame). None: no rule reads
-    any of these sources."""
-    parts: list[DataFrame] = []
+    any of these sources. Each source is scanned once: every rule and tenure spec reading it
+    becomes one struct of an array that is exploded."""
+    rows: dict[str, list[Column]] = {}
     for name, rule in sorted(cfg.rules.items()):
         frame = silver.get(rule.source)
         if frame is None:
@@ -111,8 +115,8 @@ def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame
         when: Column = F.lit(True)
         for f, allowed in rule.when.items():
             when = when & F.col(f).isin(*allowed)
-        parts.append(
-            _rows(
+        rows.setdefault(rule.source, []).append(
+            _row(
                 frame,
                 kind=rule.kind,
                 rule=name,
@@ -129,8 +133,8 @@ def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame
                 frame = silver.get(ev.source)
                 if frame is None:
                     continue
-                parts.append(
-                    _rows(
+                rows.setdefault(ev.source, []).append(
+                    _row(
                         frame,
                         kind=kind,
                         rule=None,
@@ -141,6 +145,13 @@ def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame
                         when=F.lit(True),
                     )
                 )
+    parts = [
+        silver[source]
+        .select(F.explode(F.array(*structs)).alias("e"))
+        .where(F.col("e").isNotNull())
+        .select("e.*")
+        for source, structs in sorted(rows.items())
+    ]
     if not parts:
         return None
     out = parts[0]
