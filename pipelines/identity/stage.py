@@ -164,6 +164,7 @@ def _touching(values: pa.Array) -> pl.Expr:
 
 
 def _incremental(lake: Lake, settings: Settings, done: int, target: int) -> IdentityResult:
+    """Re-resolve the regions the evidence after `done` touches, from all their evidence."""
     cfg = settings.identity
     new = _new_evidence(lake, done, target)
     if not new.num_rows:  # silver moved on without identity evidence: only the watermark moves
@@ -174,16 +175,13 @@ def _incremental(lake: Lake, settings: Settings, done: int, target: int) -> Iden
     new_values = _values(new)
     touched = lake.read_arrow(LINKS, ["region"], _touching(new_values))
     old_regions = pc.unique(touched.column("region"))
-    old_links = lake.read_arrow(
-        LINKS, ["edge_key", "a_value", "b_value"], _in("region", old_regions)
-    )
+    old_links = lake.read_arrow(LINKS, where=_in("region", old_regions))
     values = pc.unique(pa.concat_arrays([new_values, _values(old_links)]))
     gathered = lake.read_arrow(EVIDENCE, where=_touching(values), version=target)
     gathered = _anchored_in(gathered, set(values.to_pylist()), Blocklist(cfg))
     resolution = resolve(gathered, cfg)
     regions = pa.chunked_array([old_regions, pc.unique(resolution.links.column("region"))])
     old_map = lake.read_arrow(MAP, where=_in("region", regions))
-    old_links = lake.read_arrow(LINKS, where=_in("region", old_regions))
     changes = person_changes(old_map, resolution, target)
     write_identity(lake, resolution, changes, target, old_links=old_links, old_map=old_map)
     return _summary("incremental", new.num_rows, resolution, changes)
@@ -358,7 +356,9 @@ def resolve_on_spark(evidence: DataFrame, cfg: IdentityCfg, spark: SparkSession)
                     cols[f.name] = pa.nulls(n, f.type)
             yield from pa.table(cols, schema=combined).to_batches()
 
-    parts = max(2, spark.sparkContext.defaultParallelism * 2)
+    # Small partitions keep each task's Arrow result small: large results travel through the
+    # driver's block manager and can be evicted before they are fetched (TaskResultLost).
+    parts = max(8, spark.sparkContext.defaultParallelism * 8)
     out = (
         evidence.repartition(parts, "region")
         .mapInArrow(per_partition, _spark_schema(combined))
