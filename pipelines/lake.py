@@ -261,7 +261,8 @@ class Lake:
         if since_version is not None and since_version >= current:
             return []
         if since_version is not None:
-            for entry in dt.history():
+            # Only the commits after `since_version`: a long stream has thousands of versions.
+            for entry in dt.history(limit=current - since_version):
                 v, op = entry.get("version", -1), entry.get("operation")
                 if since_version < v <= current and op not in ("WRITE", "CREATE TABLE"):
                     raise RuntimeError(
