@@ -14,6 +14,8 @@ closing. Tenure intervals and each link's validity are resolved from them (see r
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -54,12 +56,12 @@ def normalise(id_type: str, value: Column) -> Column:
     return F.when(F.length(v) > 0, v)
 
 
-def _optional(frame: DataFrame, name: str) -> Column:
-    return F.col(name).cast("string") if name in frame.columns else F.lit(None).cast("string")
+def _optional(columns: frozenset[str], name: str) -> Column:
+    return F.col(name).cast("string") if name in columns else F.lit(None).cast("string")
 
 
 def _row(
-    frame: DataFrame,
+    columns: frozenset[str],
     *,
     kind: str,
     rule: str | None,
@@ -88,8 +90,8 @@ def _row(
         a_value.alias("a_value"),
         b_type.alias("b_type"),
         b_value.alias("b_value"),
-        _optional(frame, "line_role").alias("role"),
-        _optional(frame, "account_type").alias("account_type"),
+        _optional(columns, "line_role").alias("role"),
+        _optional(columns, "account_type").alias("account_type"),
         F.col("event_id"),
         F.col("source"),
         F.col("event_type"),
@@ -100,14 +102,17 @@ def _row(
     return F.when(F.coalesce(cond, F.lit(False)), row)
 
 
-def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame | None:
-    """Evidence rows of the silver events in `silver` (source -> frame). None: no rule reads
-    any of these sources. Each source is scanned once: every rule and tenure spec reading it
-    becomes one struct of an array that is exploded."""
-    rows: dict[str, list[Column]] = {}
+@lru_cache(maxsize=64)
+def _evidence_of(cfg_json: str, source: str, columns: frozenset[str], app_id: str) -> Column | None:
+    """The exploded array of evidence structs for events of `source` (None: no rule reads it).
+
+    Building these expressions costs thousands of Py4J calls (about a second), more than
+    running them on a micro-batch, so they are built once per config, source layout and Spark
+    application."""
+    cfg = IdentityCfg.model_validate_json(cfg_json)
+    structs: list[Column] = []
     for name, rule in sorted(cfg.rules.items()):
-        frame = silver.get(rule.source)
-        if frame is None:
+        if rule.source != source:
             continue
         fa, fb = rule.link
         ta, tb = cfg.id_type(fa), cfg.id_type(fb)
@@ -115,9 +120,9 @@ def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame
         when: Column = F.lit(True)
         for f, allowed in rule.when.items():
             when = when & F.col(f).isin(*allowed)
-        rows.setdefault(rule.source, []).append(
+        structs.append(
             _row(
-                frame,
+                columns,
                 kind=rule.kind,
                 rule=name,
                 tier=rule.tier,
@@ -130,12 +135,11 @@ def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame
     for id_type, tenure in sorted(cfg.tenures.items()):
         for kind, events in (("opens", tenure.opens), ("closes", tenure.closes)):
             for ev in events:
-                frame = silver.get(ev.source)
-                if frame is None:
+                if ev.source != source:
                     continue
-                rows.setdefault(ev.source, []).append(
+                structs.append(
                     _row(
-                        frame,
+                        columns,
                         kind=kind,
                         rule=None,
                         tier=None,
@@ -145,13 +149,20 @@ def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame
                         when=F.lit(True),
                     )
                 )
-    parts = [
-        silver[source]
-        .select(F.explode(F.array(*structs)).alias("e"))
-        .where(F.col("e").isNotNull())
-        .select("e.*")
-        for source, structs in sorted(rows.items())
-    ]
+    return F.explode(F.array(*structs)).alias("e") if structs else None
+
+
+def derive_evidence(silver: dict[str, DataFrame], cfg: IdentityCfg) -> DataFrame | None:
+    """Evidence rows of the silver events in `silver` (source -> frame). None: no rule reads
+    any of these sources. Each source is scanned once: every rule and tenure spec reading it
+    becomes one struct of an array that is exploded."""
+    cfg_json = cfg.model_dump_json()
+    parts: list[DataFrame] = []
+    for source, frame in sorted(silver.items()):
+        app_id = frame.sparkSession.sparkContext.applicationId
+        evidence = _evidence_of(cfg_json, source, frozenset(frame.columns), app_id)
+        if evidence is not None:
+            parts.append(frame.select(evidence).where(F.col("e").isNotNull()).select("e.*"))
     if not parts:
         return None
     out = parts[0]
