@@ -12,7 +12,7 @@ help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
 	@echo "            (bronze, silver, identity), summarise and explain one recycled number"
 	@echo "make test   install what is missing and run the whole test suite"
-	@echo "make serve  run the streaming ingestion continuously (Ctrl-C stops cleanly)"
+	@echo "make serve  run ingestion and identity continuously (Ctrl-C stops cleanly)"
 	@echo "make lint   ruff and mypy"
 
 $(UV):

@@ -238,7 +238,7 @@ def identity_rebuild(conf: ConfOpt = None) -> None:
 
 @app.command()
 def run(conf: ConfOpt = None) -> None:
-    """Process everything available once (landing -> bronze -> silver, reference) and exit."""
+    """Process everything available once (bronze, silver, identity, reference), then exit."""
     settings = _settings(conf)
     started = time.monotonic()
     _pipeline(settings, available_now=True)
@@ -248,7 +248,7 @@ def run(conf: ConfOpt = None) -> None:
 
 @app.command()
 def stream(conf: ConfOpt = None) -> None:
-    """Run the ingestion queries continuously until Ctrl-C (stops cleanly)."""
+    """Run ingestion and identity continuously until Ctrl-C (stops cleanly)."""
     settings = _settings(conf)
     console.print(
         f"streaming {', '.join(settings.sources)} from {settings.paths.landing_root} every "
