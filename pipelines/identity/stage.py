@@ -104,13 +104,13 @@ def collect_evidence(spark: SparkSession, lake: Lake, settings: Settings) -> int
     txns: dict[str, int] = {}
     for source in _rule_sources(settings.identity):
         silver = f"silver.{settings.contract(source).domain}"
-        if not lake.exists(silver):
-            continue
+        version = lake.version(silver)
         app = f"{EVIDENCE}<-{silver}"
         since = lake.committed(EVIDENCE, app)
-        changes = lake.changes(spark, silver, since)
-        if since is not None and changes.to_version <= since:
+        # Most refreshes follow a batch of another source: skip unchanged tables before Spark.
+        if version is None or (since is not None and version <= since):
             continue
+        changes = lake.changes(spark, silver, since)
         frames[source] = changes.frame
         txns[app] = changes.to_version
     derived = derive_evidence(frames, settings.identity) if frames else None
