@@ -426,25 +426,6 @@ def _joining_links(
 ) -> dict[tuple[str, str], dict[str, object]]:
     """The first accepted link (ingest order) joining nodes of two previous persons, for the
     previous persons in `changed`."""
-    old = {
-        k: p
-        for k, p in zip(
-            old_map.column("node_key").to_pylist(),
-            old_map.column("person_id").to_pylist(),
-            strict=True,
-        )
-        if p in changed
-    }
-    links = resolution.links
-    links = links.filter(
-        pc.and_(
-            pc.equal(links.column("status"), "accepted"),
-            pc.or_(
-                pc.is_in(links.column("a_node"), pa.array(list(old), pa.string())),
-                pc.is_in(links.column("b_node"), pa.array(list(old), pa.string())),
-            ),
-        )
-    ).sort_by([("first_ingest_ts", "ascending"), ("edge_key", "ascending")])
     full_old = dict(
         zip(
             old_map.column("node_key").to_pylist(),
@@ -452,6 +433,17 @@ def _joining_links(
             strict=True,
         )
     )
+    touched = pa.array([k for k, p in full_old.items() if p in changed], pa.string())
+    links = resolution.links
+    links = links.filter(
+        pc.and_(
+            pc.equal(links.column("status"), "accepted"),
+            pc.or_(
+                pc.is_in(links.column("a_node"), touched),
+                pc.is_in(links.column("b_node"), touched),
+            ),
+        )
+    ).sort_by([("first_ingest_ts", "ascending"), ("edge_key", "ascending")])
     joining: dict[tuple[str, str], dict[str, object]] = {}
     for row in links.select(
         ["a_node", "b_node", "rule", "event_id", "edge_key", "valid_from"]
@@ -559,7 +551,7 @@ def write_identity(
     _write_changes(lake, MAP, map_rows, old_map, "node_key", map_gone, stage, meta)
     link_rows, links_gone = changed_rows(old_links, links, "edge_key")
     if link_rows.num_rows or links_gone:
-        accounts = _accounts_after(lake, link_rows, map_rows, links_gone)
+        accounts = _accounts_after(lake, link_rows, links_gone)
         if accounts.num_rows:
             stored = lake.read_arrow(
                 ACCOUNTS, where=_in("account_id", accounts.column("account_id"))
@@ -602,11 +594,10 @@ def _write_changes(
         lake.upsert(table, rows, key, delete_keys=gone, stage=stage, metadata=meta, txns=txns)
 
 
-def _accounts_after(
-    lake: Lake, links: pa.Table, nodes: pa.Table, stale_links: list[str]
-) -> pa.Table:
+def _accounts_after(lake: Lake, links: pa.Table, stale_links: list[str]) -> pa.Table:
     """The account rows of every account the new links mention, as they are once the links are
-    written: an account's other lines may sit in regions this batch did not touch."""
+    written: an account's other lines may sit in regions this batch did not touch. Runs after
+    the map is written, so the stored map already holds every line's current person."""
     is_account = pc.equal(links.column("b_type"), "account_id")
     accounts = pc.unique(pc.drop_null(pc.if_else(is_account, links.column("b_value"), None)))
     if not len(accounts):
@@ -623,12 +614,8 @@ def _accounts_after(
             links.filter(pc.field("b_value").isin(accounts)),
         ]
     )
-    fresh = nodes.select(["node_key", "person_id"])
-    stored_nodes = lake.read_arrow(
+    acc_nodes = lake.read_arrow(
         MAP, ["node_key", "person_id"], _in("node_key", acc_links.column("a_node"))
-    )
-    acc_nodes = pa.concat_tables(
-        [stored_nodes.filter(~pc.field("node_key").isin(fresh.column("node_key"))), fresh]
     )
     return account_view(acc_links, acc_nodes)
 
