@@ -127,7 +127,7 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     ingestion = Ingestion(
-        spark, settings, lake, on_event=console.print, downstream=_identity_step(settings, lake)
+        spark, settings, lake, on_event=console.print, downstream=_downstream_step(settings, lake)
     )
     stop = threading.Event()
     if not available_now:
@@ -158,21 +158,30 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         console.print("stopped; every committed micro-batch is kept, the next run resumes")
 
 
-def _identity_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], None]:
-    """The identity refresh run after each silver micro-batch, reporting what changed."""
+def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], None]:
+    """Identity then gold, run after each silver micro-batch, reporting what changed."""
+    from pipelines.gold.stage import refresh_gold
     from pipelines.identity.stage import refresh_identity
 
     def step(spark: SparkSession) -> None:
         r = refresh_identity(spark, lake, settings)
-        if not r.evidence_rows:
-            return
-        refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
-        console.print(
-            f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.regions:,} regions, "
-            f"{r.identifiers:,} identifiers in {r.persons:,} persons, {r.merges} merges, "
-            f"{r.splits} splits, {r.refused} refused links{f' ({refused})' if refused else ''} "
-            f"in {r.seconds:.1f} s"
-        )
+        if r.evidence_rows:
+            refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
+            console.print(
+                f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.regions:,} regions, "
+                f"{r.identifiers:,} identifiers in {r.persons:,} persons, {r.merges} merges, "
+                f"{r.splits} splits, {r.refused} refused links"
+                f"{f' ({refused})' if refused else ''} in {r.seconds:.1f} s"
+            )
+        g = refresh_gold(lake, settings)
+        if g.mode != "none":
+            events = ", ".join(f"{k} {v}" for k, v in g.by_type.items())
+            console.print(
+                f"profiles ({g.mode}, windows end {g.clock_day}): {g.events:,} events, "
+                f"{g.persons:,} persons recomputed, {g.created:,} created, {g.updated:,} "
+                f"updated, {g.removed:,} removed; outbox {g.outbox:,}"
+                f"{f' ({events})' if events else ''} in {g.seconds:.1f} s"
+            )
 
     return step
 

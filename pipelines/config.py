@@ -319,6 +319,96 @@ class GeneratorCfg(Model):
     bad_records: BadRecordShares = BadRecordShares()
 
 
+# ---------------------------------------------------------------- gold profile, scores, policy
+
+
+class WindowsCfg(Model):
+    short_days: int = Field(7, ge=1)
+    long_days: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowsCfg:
+        if self.short_days > self.long_days:
+            raise ValueError("short_days must not exceed long_days")
+        return self
+
+
+class ProfileCfg(Model):
+    """How silver events are attributed to identifiers and folded into the profile."""
+
+    clock: Literal["event_time", "wall_clock"] = "event_time"
+    windows: WindowsCfg = WindowsCfg()
+    # source -> identifier fields, first present wins
+    anchors: dict[str, list[IdentifierType]]
+    # source -> event type -> channel name
+    interactions: dict[str, dict[str, str]] = Field(default_factory=dict)
+    churn_alert_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+# Churn features the code defines (pipelines/gold/scores.py); conf gives their weights.
+CHURN_FEATURES = (
+    "days_since_interaction",
+    "usage_drop",
+    "no_payment_30d",
+    "open_cases",
+    "low_balance",
+    "app_user",
+    "tenure_years",
+)
+
+
+class FeatureCfg(Model):
+    weight: float
+    cap: float | None = Field(None, gt=0)
+
+
+class ChurnCfg(Model):
+    horizon_days: int = Field(90, ge=1)
+    intercept: float = 0.0
+    top_features: int = Field(3, ge=1)
+    low_balance_below: float = Field(5000, ge=0)
+    features: dict[str, FeatureCfg]
+
+    @field_validator("features")
+    @classmethod
+    def _known(cls, v: dict[str, FeatureCfg]) -> dict[str, FeatureCfg]:
+        unknown = sorted(set(v) - set(CHURN_FEATURES))
+        if unknown:
+            raise ValueError(
+                f"unknown feature(s) {unknown}; defined features: {', '.join(CHURN_FEATURES)}"
+            )
+        return v
+
+
+class LifetimeValueCfg(Model):
+    margin: float = Field(0.35, gt=0, le=1)
+    horizon_months: int = Field(24, ge=1)
+
+
+class ScoresCfg(Model):
+    churn_risk: ChurnCfg
+    lifetime_value: LifetimeValueCfg = LifetimeValueCfg()
+
+
+class PurposeCfg(Model):
+    legal_basis: Literal["consent", "contract", "legitimate_interest"]
+    description: str = ""
+
+
+class PolicyCfg(Model):
+    """Purposes and their legal basis (conf/policy.yaml)."""
+
+    purposes: dict[str, PurposeCfg]
+
+    @field_validator("purposes")
+    @classmethod
+    def _names(cls, v: dict[str, PurposeCfg]) -> dict[str, PurposeCfg]:
+        bad = [p for p in v if not re.fullmatch(r"[a-z][a-z0-9_]*", p)]
+        if bad:
+            raise ValueError(f"purpose names must be lower_snake_case (they name columns): {bad}")
+        return v
+
+
 # ---------------------------------------------------------------- the whole thing
 
 
@@ -330,6 +420,9 @@ class Settings(Model):
     reference: ReferenceContract
     identity: IdentityCfg
     generator: GeneratorCfg
+    profile: ProfileCfg
+    scores: ScoresCfg
+    policy: PolicyCfg
 
     def contract(self, source: str) -> SourceContract:
         try:
@@ -428,6 +521,13 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     _check_identity_rules(identity, contracts, identity_path)
     gen_path = conf_dir / "generator.yaml"
     generator = _parse(GeneratorCfg, _read_yaml(gen_path), gen_path)
+    profile_path = conf_dir / "profile.yaml"
+    profile = _parse(ProfileCfg, _read_yaml(profile_path), profile_path)
+    _check_profile(profile, contracts, profile_path)
+    scores_path = conf_dir / "scores.yaml"
+    scores = _parse(ScoresCfg, _read_yaml(scores_path), scores_path)
+    policy_path = conf_dir / "policy.yaml"
+    policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
 
     return Settings(
         conf_dir=conf_dir,
@@ -437,7 +537,36 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         reference=reference,
         identity=identity,
         generator=generator,
+        profile=profile,
+        scores=scores,
+        policy=policy,
     )
+
+
+def _check_profile(profile: ProfileCfg, contracts: dict[str, SourceContract], path: Path) -> None:
+    """Anchors and interactions must name contracts' sources, event types and fields."""
+    for source, fields in profile.anchors.items():
+        contract = contracts.get(source)
+        if contract is None:
+            raise ConfigError(f"{path}: anchors.{source}: no contract for source {source!r}")
+        known = set(contract.silver_fields())
+        for f in fields:
+            if f not in known:
+                raise ConfigError(
+                    f"{path}: anchors.{source}: {source} events have no field {f!r} "
+                    f"(identifier fields: {', '.join(sorted(known & set(IDENTIFIER_TYPES)))})"
+                )
+    for source, types in profile.interactions.items():
+        contract = contracts.get(source)
+        if contract is None:
+            raise ConfigError(f"{path}: interactions.{source}: no contract for source {source!r}")
+        known_types = {n for v in contract.active_versions() for n in v.event_types}
+        for et in types:
+            if et not in known_types:
+                raise ConfigError(
+                    f"{path}: interactions.{source}.{et}: {source} has no event type {et!r} "
+                    f"(known: {', '.join(sorted(known_types))})"
+                )
 
 
 def _check_identity_rules(

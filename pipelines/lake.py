@@ -96,14 +96,7 @@ class Lake:
         no transactions it always appends."""
         with self._locks[table]:
             dt = self.table(table)  # one log read serves both the check and the create decision
-            if (
-                dt is not None
-                and txns
-                and all(
-                    (done := dt.transaction_version(app)) is not None and done >= v
-                    for app, v in txns.items()
-                )
-            ):
+            if dt is not None and _all_done(dt, txns):
                 return False
             write_deltalake(
                 self.uri(table),
@@ -127,9 +120,12 @@ class Lake:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """In one commit: insert or replace `rows` by `key`, and delete the rows whose key is in
-        `delete_keys` (and not in `rows`). Creates the table on first use."""
+        `delete_keys` (and not in `rows`). Creates the table on first use; skipped when every
+        app transaction in `txns` is already committed."""
         with self._locks[table]:
             dt = self.table(table)
+            if dt is not None and _all_done(dt, txns):
+                return
             props = _props(stage, txns or {}, metadata)
             if dt is None:
                 write_deltalake(
@@ -288,6 +284,15 @@ class Lake:
             else spark.createDataFrame([], schema)
         )
         return frame.select(*columns) if columns else frame
+
+
+def _all_done(dt: DeltaTable, txns: dict[str, int] | None) -> bool:
+    """True when `txns` is not empty and every app transaction in it is committed at or past
+    its version: the write it guards already happened."""
+    return bool(txns) and all(
+        (done := dt.transaction_version(app)) is not None and done >= v
+        for app, v in (txns or {}).items()
+    )
 
 
 def _props(stage: str, txns: dict[str, int], metadata: dict[str, Any] | None) -> CommitProperties:

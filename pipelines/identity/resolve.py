@@ -196,7 +196,7 @@ def _micros(col: pa.ChunkedArray) -> list[int | None]:
 ISO = "%Y-%m-%dT%H:%M:%S%.6fZ"  # a tenure in a node key: 2026-10-04T09:12:00.000000Z
 
 
-def _node(t: str, v: str, start: str) -> pl.Expr:
+def node_key_expr(t: str, v: str, start: str) -> pl.Expr:
     """`type:value`, or `type:value@tenure-start` (`@-` before any known opening)."""
     tenure = (
         pl.when(pl.col(start) == NO_TENURE)
@@ -271,8 +271,8 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
     )
     lk = (
         lk.with_columns(
-            _node("a_type", "a_value", "a_start").alias("a_node"),
-            _node("b_type", "b_value", "b_start").alias("b_node"),
+            node_key_expr("a_type", "a_value", "a_start").alias("a_node"),
+            node_key_expr("b_type", "b_value", "b_start").alias("b_node"),
         )
         .with_columns(
             pl.concat_str(

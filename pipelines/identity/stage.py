@@ -46,6 +46,8 @@ MERGES = "gold.person_merges"
 ACCOUNTS = "gold.accounts"
 # The evidence version the links (and so every identity table) reflect.
 RESOLVED = f"{LINKS}<-{EVIDENCE}"
+# Map column: the evidence version at which the row last changed (what moved since version v).
+CHANGED_AT = "evidence_version"
 
 MERGES_SCHEMA = pa.schema(
     [
@@ -235,14 +237,10 @@ def rebuild_identity(
     say(f"regions: connected components in {rounds} rounds ({_since(started)})")
     resolution = resolve_on_spark(with_regions, settings.identity, spark)
     say(f"resolved {resolution.nodes.num_rows:,} identifiers ({_since(started)})")
-    old_map = (
-        lake.read_arrow(MAP, ["node_key", "person_id", "region"])
-        if lake.exists(MAP)
-        else NODES_SCHEMA.empty_table().select(["node_key", "person_id", "region"])
-    )
+    old_map = lake.read_arrow(MAP) if lake.exists(MAP) else NODES_SCHEMA.empty_table()
     changes = person_changes(old_map, resolution, target)
     say(f"{changes.num_rows:,} merges and splits against the previous map ({_since(started)})")
-    write_identity(lake, resolution, changes, target, full=True)
+    write_identity(lake, resolution, changes, target, full=True, old_map=old_map)
     say(f"identity tables written ({_since(started)})")
     evidence_rows = lake.table(EVIDENCE, target).count()  # type: ignore[union-attr]
     result = _summary("full", evidence_rows, resolution, changes)
@@ -541,13 +539,16 @@ def write_identity(
     )
     links, nodes = resolution.links, resolution.nodes
     if full:
-        lake.overwrite(MAP, nodes, stage=stage, metadata=meta)
+        lake.overwrite(MAP, _stamped_map(nodes, old_map, version), stage=stage, metadata=meta)
         lake.overwrite(ACCOUNTS, account_view(links, nodes), stage=stage, metadata=meta)
         lake.overwrite(LINKS, links, stage=stage, metadata=meta, txns={RESOLVED: version})
         return
     old_links = old_links if old_links is not None else LINKS_SCHEMA.empty_table()
     old_map = old_map if old_map is not None else NODES_SCHEMA.empty_table()
     map_rows, map_gone = changed_rows(old_map, nodes, "node_key")
+    map_rows = map_rows.append_column(
+        CHANGED_AT, pa.array([version] * map_rows.num_rows, pa.int64())
+    )
     _write_changes(lake, MAP, map_rows, old_map, "node_key", map_gone, stage, meta)
     link_rows, links_gone = changed_rows(old_links, links, "edge_key")
     if link_rows.num_rows or links_gone:
@@ -571,6 +572,24 @@ def write_identity(
         )
     else:
         lake.append_once(LINKS, LINKS_SCHEMA.empty_table(), {RESOLVED: version}, stage=stage)
+
+
+def _stamped_map(nodes: pa.Table, old_map: pa.Table | None, version: int) -> pa.Table:
+    """The map with each row's `evidence_version`: `version` for rows new or different from
+    `old_map`, the old stamp for rows unchanged (downstream stages read what moved since)."""
+    stamp = pa.array([version] * nodes.num_rows, pa.int64())
+    if old_map is None or not old_map.num_rows or CHANGED_AT not in old_map.schema.names:
+        return nodes.append_column(CHANGED_AT, stamp)
+    fresh, _ = changed_rows(old_map, nodes, "node_key")
+    kept = pl.from_arrow(old_map.select(["node_key", CHANGED_AT]))
+    assert isinstance(kept, pl.DataFrame)
+    kept = kept.filter(~pl.col("node_key").is_in(fresh.column("node_key").to_pylist()))
+    frame = pl.from_arrow(nodes)
+    assert isinstance(frame, pl.DataFrame)
+    stamped = frame.join(kept, on="node_key", how="left").with_columns(
+        pl.col(CHANGED_AT).fill_null(version).cast(pl.Int64)
+    )
+    return stamped.to_arrow().cast(nodes.schema.append(pa.field(CHANGED_AT, pa.int64())))
 
 
 def _write_changes(

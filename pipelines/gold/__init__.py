@@ -1,0 +1,1 @@
+"""Gold profile: daily usage, facts, profiles, scores, consent columns and the outbox."""

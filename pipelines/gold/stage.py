@@ -1,0 +1,631 @@
+"""Gold driver: silver events + identity -> daily usage, facts, gold.profiles and the outbox.
+
+`refresh_gold` runs after the identity refresh of each micro-batch. It reads the silver rows
+added since its watermark, attributes them to identity nodes, appends their daily counters and
+facts, and rebuilds the profiles of the persons the batch touched: persons of the events' nodes,
+persons whose identifiers moved (merges, splits, new identifiers) and persons merged away. When
+the clock day moves on, every window moves with it, so every profile is rebuilt.
+
+Exactly once: every table's commit records the silver versions (and the identity version and
+clock day) it reflects as app transactions. A rerun adds nothing; after a crash between tables
+the next run finishes exactly the range the interrupted run had started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.config import Settings
+from pipelines.gold.facts import (
+    COUNTERS,
+    DAILY,
+    DAILY_SCHEMA,
+    FACTS,
+    FACTS_SCHEMA,
+    anchored,
+    attribute,
+    daily_deltas,
+    events_frame,
+    fact_candidates,
+    latest,
+)
+from pipelines.gold.profile import (
+    BOOKKEEPING,
+    PROFILES,
+    ProfileInputs,
+    build_profiles,
+    profile_schema,
+    to_arrow,
+)
+from pipelines.identity.stage import ACCOUNTS, CHANGED_AT, LINKS, MAP, MERGES, RESOLVED
+from pipelines.lake import Lake
+
+OUTBOX = "ops.outbox"
+IDENTITY_APP = f"{PROFILES}<-{LINKS}"
+CLOCK_APP = f"{PROFILES}@clock_day"  # version = the clock day's ordinal
+COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they have this many
+
+OUTBOX_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),  # idempotency key for delivery
+        ("event_type", pa.string()),
+        ("person_id", pa.string()),
+        ("related_person_id", pa.string()),
+        ("profile_version", pa.int64()),
+        ("payload", pa.string()),  # JSON
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+NODE_COLUMNS = [
+    "node_key",
+    "id_type",
+    "id_value",
+    "tenure",
+    "person_id",
+    "account_id",
+    "account_type",
+    "role",
+    "valid_from",
+    "valid_to",
+]
+
+
+@dataclass
+class GoldResult:
+    """What one gold refresh did."""
+
+    mode: str = "none"  # none | incremental | full
+    events: int = 0
+    persons: int = 0  # profiles recomputed
+    created: int = 0
+    updated: int = 0
+    removed: int = 0
+    outbox: int = 0
+    clock_day: date | None = None
+    seconds: float = 0.0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+def _app(table: str, silver: str) -> str:
+    return f"{table}<-{silver}"
+
+
+def _silver_tables(settings: Settings, lake: Lake) -> dict[str, str]:
+    tables = {s: f"silver.{settings.contract(s).domain}" for s in settings.profile.anchors}
+    return {s: t for s, t in tables.items() if lake.exists(t)}
+
+
+def _pl(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _in(column: str, values: list[str] | pl.Series) -> pl.Expr:
+    series = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.String)
+    return pl.col(column).is_in(series.implode())
+
+
+# ---------------------------------------------------------------- refresh
+
+
+def refresh_gold(lake: Lake, settings: Settings, today: date | None = None) -> GoldResult:
+    """Bring daily usage, facts, profiles and the outbox up to silver and identity."""
+    started = time.perf_counter()
+    if not lake.exists(MAP):
+        return GoldResult()
+    silver = _silver_tables(settings, lake)
+    ranges = _ranges(lake, silver)
+    moved = {s: r for s, r in ranges.items() if r[0] is None or r[1] > r[0]}
+    ev_target = lake.committed(LINKS, RESOLVED)
+    ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
+    clock_done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
+    wall = settings.profile.clock == "wall_clock"
+    today = today or datetime.now(UTC).date()
+    if not moved and ev_done == ev_target and not (wall and clock_done != today.toordinal()):
+        return GoldResult(seconds=time.perf_counter() - started)
+
+    events = _attributed(lake, settings, _new_events(lake, silver, moved))
+    txns = {
+        t: {_app(t, silver[s]): r[1] for s, r in moved.items()}
+        for t in (DAILY, FACTS, OUTBOX, PROFILES)
+    }
+    meta = {"stage": "gold.refresh"}
+    lake.append_once(
+        DAILY,
+        _arrow(daily_deltas(events), DAILY_SCHEMA),
+        txns[DAILY],
+        stage="gold.daily_usage",
+        metadata=meta,
+    )
+    lake.append_once(
+        FACTS,
+        _arrow(fact_candidates(events, settings.profile), FACTS_SCHEMA),
+        txns[FACTS],
+        stage="gold.facts",
+        metadata=meta,
+    )
+
+    day = today if wall else _event_clock(events, clock_done, today)
+    full = clock_done is None or day.toordinal() != clock_done
+    state = {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal()}
+    result = GoldResult(mode="full" if full else "incremental", events=events.height, clock_day=day)
+    persons = None if full else _touched(lake, events, ev_done, ev_target)
+    _write_profiles(lake, settings, persons, day, ev_done, ev_target, txns, state, result)
+    if full:
+        _compact(lake)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ranges(lake: Lake, silver: dict[str, str]) -> dict[str, tuple[int | None, int]]:
+    """Per source: (version the profiles reflect, version to read up to). When an interrupted
+    run committed some gold tables past the profiles, the target is exactly that range, so the
+    rerun's appends are recognised as done rather than added twice."""
+    ranges: dict[str, tuple[int | None, int]] = {}
+    for s, t in silver.items():
+        done = lake.committed(PROFILES, _app(PROFILES, t)) if lake.exists(PROFILES) else None
+        ahead = [
+            v
+            for table in (DAILY, FACTS, OUTBOX)
+            if (v := lake.committed(table, _app(table, t))) is not None
+            and (done is None or v > done)
+        ]
+        current = lake.version(t)
+        assert current is not None
+        ranges[s] = (done, max(ahead) if ahead else current)
+    return ranges
+
+
+def _event_clock(events: pl.DataFrame, clock_done: int | None, today: date) -> date:
+    """The day the windows end on: the newest event day seen so far (never moves back)."""
+    known = [date.fromordinal(clock_done)] if clock_done is not None else []
+    if events.height:
+        known.append(events.select(pl.col("event_ts").max().dt.date()).item())
+    return max(known) if known else today
+
+
+def _new_events(
+    lake: Lake, silver: dict[str, str], moved: dict[str, tuple[int | None, int]]
+) -> pl.DataFrame:
+    """Silver rows added in each moved source's range (read from the added files)."""
+    tables = [
+        pq.read_table(f)
+        for s, (done, target) in moved.items()
+        for f in lake.added_files(silver[s], done, target)
+    ]
+    return events_frame(tables)
+
+
+def _attributed(lake: Lake, settings: Settings, events: pl.DataFrame) -> pl.DataFrame:
+    recyclable: list[str] = list(settings.identity.tenures)
+    events = anchored(events, settings.profile, recyclable)
+    values = (
+        events.filter(pl.col("anchor_type").is_in(recyclable)).get_column("anchor_value").unique()
+    )
+    tenures = _pl(
+        lake.read_arrow(
+            MAP,
+            ["id_type", "id_value", "tenure"],
+            pl.col("id_type").is_in(recyclable)
+            & _in("id_value", values)
+            & pl.col("tenure").is_not_null(),
+        )
+    )
+    return attribute(events, tenures)
+
+
+def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    return frame.select(schema.names).to_arrow().cast(schema)
+
+
+def _touched(
+    lake: Lake, events: pl.DataFrame, ev_done: int | None, ev_target: int | None
+) -> pl.Series:
+    """Persons whose profile this batch may change: every owner of the events' identifiers (an
+    account without a person counts for its holder), persons whose identifiers changed, and
+    both sides of every merge and split."""
+    anchors = events.select("anchor_type", "anchor_value").drop_nulls().unique()
+    values = anchors.get_column("anchor_value")
+    found = _pl(lake.read_arrow(MAP, ["id_type", "id_value", "person_id"], _in("id_value", values)))
+    persons = [found.get_column("person_id")]
+    orphans = anchors.join(
+        found.rename({"id_type": "anchor_type", "id_value": "anchor_value"}),
+        on=["anchor_type", "anchor_value"],
+        how="anti",
+    )
+    accounts = orphans.filter(pl.col("anchor_type") == "account_id").get_column("anchor_value")
+    if accounts.len() and lake.exists(ACCOUNTS):
+        holders = _pl(lake.read_arrow(ACCOUNTS, ["holder_person_id"], _in("account_id", accounts)))
+        persons.append(holders.get_column("holder_person_id"))
+    if ev_target is not None and ev_target != ev_done:
+        since = -1 if ev_done is None else ev_done
+        moved = _pl(lake.read_arrow(MAP, ["person_id"], pl.col(CHANGED_AT) > since))
+        persons.append(moved.get_column("person_id"))
+        if lake.exists(MERGES):
+            changes = _pl(
+                lake.read_arrow(
+                    MERGES, ["from_person_id", "to_person_id"], pl.col("evidence_version") > since
+                )
+            )
+            persons += [changes.get_column("from_person_id"), changes.get_column("to_person_id")]
+    return pl.concat([p.cast(pl.String) for p in persons]).drop_nulls().unique().sort()
+
+
+def profile_inputs(lake: Lake, persons: pl.Series | None, long_from: date) -> ProfileInputs:
+    """Everything the profiles of `persons` (None: everyone) are built from."""
+    where = None if persons is None else _in("person_id", persons)
+    nodes = _pl(lake.read_arrow(MAP, NODE_COLUMNS, where))
+    if lake.exists(ACCOUNTS):
+        held = _pl(
+            lake.read_arrow(
+                ACCOUNTS,
+                ["account_id", "account_type", "holder_person_id"],
+                None if persons is None else _in("holder_person_id", persons),
+            )
+        ).filter(pl.col("holder_person_id").is_not_null())
+        account_nodes = held.select(
+            pl.concat_str([pl.lit("account_id:"), pl.col("account_id")]).alias("node_key"),
+            pl.lit("account_id").alias("id_type"),
+            pl.col("account_id").alias("id_value"),
+            pl.col("holder_person_id").alias("person_id"),
+        ).filter(~pl.col("node_key").is_in(nodes.get_column("node_key").implode()))
+        nodes = pl.concat([nodes, account_nodes], how="diagonal_relaxed")
+    keys = None if persons is None else _in("id_value", nodes.get_column("id_value").unique())
+    in_window = pl.col("day") >= long_from
+    daily = _pl(
+        lake.read_arrow(DAILY, where=in_window if keys is None else keys & in_window)
+        if lake.exists(DAILY)
+        else DAILY_SCHEMA.empty_table()
+    )
+    facts = _pl(
+        lake.read_arrow(FACTS, where=keys) if lake.exists(FACTS) else FACTS_SCHEMA.empty_table()
+    )
+    return ProfileInputs(nodes, daily, facts, _ref(lake, "ref.tariffs"), _ref(lake, "ref.segments"))
+
+
+def _ref(lake: Lake, table: str) -> pl.DataFrame:
+    return _pl(lake.read_arrow(table)) if lake.exists(table) else pl.DataFrame()
+
+
+def _write_profiles(
+    lake: Lake,
+    settings: Settings,
+    persons: pl.Series | None,
+    day: date,
+    ev_done: int | None,
+    ev_target: int | None,
+    txns: dict[str, dict[str, int]],
+    state: dict[str, int],
+    result: GoldResult,
+) -> None:
+    """Build the profiles of `persons` (None: all), diff them with the stored rows, write the
+    outbox events and then the changed rows (profiles last: their commit is the watermark)."""
+    from datetime import timedelta
+
+    schema = profile_schema(settings.policy)
+    long_from = day - timedelta(days=settings.profile.windows.long_days - 1)
+    inputs = profile_inputs(lake, persons, long_from)
+    new = build_profiles(inputs, day, settings.profile, settings.scores, settings.policy)
+    if lake.exists(PROFILES):
+        stored = _pl(
+            lake.read_arrow(PROFILES, where=None if persons is None else _in("person_id", persons))
+        )
+    else:
+        stored = _pl(schema.empty_table())
+    if persons is None:
+        persons = pl.concat([new.get_column("person_id"), stored.get_column("person_id")]).unique()
+    result.persons = persons.len()
+    now = datetime.now(UTC)
+    rows, gone, events = diff_profiles(
+        stored, new, schema, now, settings.profile.churn_alert_threshold, settings.policy
+    )
+    had_profile = set(stored.get_column("person_id").to_list())
+    events += _identity_events(lake, ev_done, ev_target, gone, had_profile, now)
+    outbox = pa.Table.from_pylist(events, OUTBOX_SCHEMA)
+    lake.append_once(
+        OUTBOX, outbox, {**txns[OUTBOX], **_prefixed(state, OUTBOX)}, stage="gold.outbox"
+    )
+    table_txns = {**txns[PROFILES], **state}
+    meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
+    if not lake.exists(PROFILES) or (rows.num_rows == 0 and not gone):
+        lake.append_once(PROFILES, rows, table_txns, stage="gold.profiles", metadata=meta)
+    else:
+        lake.upsert(
+            PROFILES,
+            rows,
+            "person_id",
+            delete_keys=gone,
+            stage="gold.profiles",
+            txns=table_txns,
+            metadata=meta,
+        )
+    result.by_type = dict(sorted(Counter(str(e["event_type"]) for e in events).items()))
+    result.created = result.by_type.get("profile.created", 0)
+    result.updated = result.by_type.get("profile.updated", 0)
+    result.removed = len(gone)
+    result.outbox = len(events)
+
+
+def _prefixed(state: dict[str, int], table: str) -> dict[str, int]:
+    """The profile state transactions renamed for another table (each table keeps its own)."""
+    return {app.replace(PROFILES, table, 1): v for app, v in state.items()}
+
+
+def diff_profiles(
+    stored: pl.DataFrame,
+    new: pl.DataFrame,
+    schema: pa.Schema,
+    now: datetime,
+    threshold: float,
+    policy: object,
+) -> tuple[pa.Table, list[str], list[dict[str, object]]]:
+    """Rows to write (new or changed, with bumped profile_version), person ids to delete and
+    the change events: created, updated (with the columns that changed), churn risk crossing
+    `threshold`, consent changed per purpose."""
+    content = [f.name for f in schema if f.name not in BOOKKEEPING]
+    fresh = new.select(content)
+    old = (
+        stored.select([*content, "profile_version"])
+        if stored.height
+        else pl.DataFrame(schema={**fresh.schema, "profile_version": pl.Int64()})
+    )
+    hashed_new = fresh.with_columns(_row_hashes(fresh, content).alias("_h"))
+    hashed_old = old.with_columns(_row_hashes(old, content).alias("_h"))
+    joined = hashed_new.join(
+        hashed_old.select(
+            "person_id",
+            pl.col("_h").alias("_h_old"),
+            "profile_version",
+            *[pl.col(c).alias(f"{c}__old") for c in content if c != "person_id"],
+        ),
+        on="person_id",
+        how="left",
+    )
+    changed = joined.filter(pl.col("_h_old").is_null() | (pl.col("_h") != pl.col("_h_old")))
+    gone = (
+        old.filter(~pl.col("person_id").is_in(fresh.get_column("person_id").implode()))
+        .get_column("person_id")
+        .to_list()
+    )
+    changed = changed.with_columns(
+        (pl.col("profile_version").fill_null(0) + 1).alias("profile_version"),
+        pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("updated_at"),
+    )
+    events = _profile_events(changed, content, now, threshold, policy)
+    rows = to_arrow(changed.select([*content, "profile_version", "updated_at"]), schema)
+    return rows, gone, events
+
+
+def _row_hashes(frame: pl.DataFrame, columns: list[str]) -> pl.Expr:
+    return pl.struct([pl.col(c).hash(seed=11).alias(c) for c in columns]).hash(seed=7)
+
+
+def _event(
+    kind: str,
+    person: str,
+    key: str,
+    payload: dict[str, object],
+    now: datetime,
+    *,
+    version: int | None = None,
+    related: str | None = None,
+) -> dict[str, object]:
+    """An outbox row; `event_id` = type, person and `key` (deterministic: a rerun of the same
+    change yields the same id, which delivery uses as its idempotency key)."""
+    return {
+        "event_id": f"{kind}:{person}:{key}",
+        "event_type": kind,
+        "person_id": person,
+        "related_person_id": related,
+        "profile_version": version,
+        "payload": json.dumps(payload, default=str, sort_keys=True),
+        "occurred_at": now,
+    }
+
+
+def _profile_events(
+    changed: pl.DataFrame, content: list[str], now: datetime, threshold: float, policy: object
+) -> list[dict[str, object]]:
+    from pipelines.config import PolicyCfg
+
+    assert isinstance(policy, PolicyCfg)
+    events: list[dict[str, object]] = []
+    compare = [c for c in content if c != "person_id"]
+    diffs = changed.select(
+        "person_id",
+        "profile_version",
+        pl.col("_h_old").is_null().alias("_created"),
+        *[
+            (pl.col(c).hash(seed=11) != pl.col(f"{c}__old").hash(seed=11)).alias(f"_d_{c}")
+            for c in compare
+        ],
+        "churn_risk",
+        pl.col("churn_risk__old"),
+        *[
+            pl.col(f"consent_{p}_{s}")
+            for p in policy.purposes
+            for s in ("granted", "since", "legal_basis", "source")
+        ],
+        *[pl.col(f"consent_{p}_granted__old") for p in policy.purposes],
+    )
+    consent_purposes = [p for p, spec in policy.purposes.items() if spec.legal_basis != "contract"]
+    for row in diffs.iter_rows(named=True):
+        person, version = row["person_id"], row["profile_version"]
+        key, v = str(version), {"version": version}
+        if row["_created"]:
+            events.append(_event("profile.created", person, key, {}, now, **v))
+        else:
+            cols = [c for c in compare if row[f"_d_{c}"]]
+            events.append(
+                _event("profile.updated", person, key, {"changed_columns": cols}, now, **v)
+            )
+        before, after = row["churn_risk__old"] or 0.0, row["churn_risk"]
+        if (before < threshold) != (after < threshold):
+            events.append(
+                _event(
+                    "churn_risk.crossed",
+                    person,
+                    key,
+                    {
+                        "from": before,
+                        "to": after,
+                        "threshold": threshold,
+                        "direction": "up" if after >= threshold else "down",
+                    },
+                    now,
+                    **v,
+                )
+            )
+        for p in consent_purposes:
+            was, now_granted = (
+                bool(row[f"consent_{p}_granted__old"]),
+                bool(row[f"consent_{p}_granted"]),
+            )
+            if was != now_granted:
+                events.append(
+                    _event(
+                        "consent.changed",
+                        person,
+                        f"{version}:{p}",
+                        {
+                            "purpose": p,
+                            "granted": now_granted,
+                            "since": row[f"consent_{p}_since"],
+                            "legal_basis": row[f"consent_{p}_legal_basis"],
+                            "source": row[f"consent_{p}_source"],
+                        },
+                        now,
+                        **v,
+                    )
+                )
+    return events
+
+
+def _identity_events(
+    lake: Lake,
+    ev_done: int | None,
+    ev_target: int | None,
+    gone: list[str],
+    had_profile: set[str],
+    now: datetime,
+) -> list[dict[str, object]]:
+    """Merges and splits identity recorded since the last refresh, of persons that had a
+    profile (a person merged before its first profile was written is nobody's news); a removed
+    profile that was not merged into another is `profile.removed`."""
+    events: list[dict[str, object]] = []
+    merged: set[str] = set()
+    if ev_target is not None and ev_target != ev_done and lake.exists(MERGES):
+        since = -1 if ev_done is None else ev_done
+        rows = lake.read_arrow(
+            MERGES,
+            where=(pl.col("evidence_version") > since) & (pl.col("evidence_version") <= ev_target),
+        )
+        for r in rows.sort_by(
+            [
+                ("evidence_version", "ascending"),
+                ("from_person_id", "ascending"),
+                ("to_person_id", "ascending"),
+            ]
+        ).to_pylist():
+            if r["from_person_id"] not in had_profile:
+                continue
+            key = f"{r['to_person_id']}:{r['evidence_version']}"
+            payload = {
+                k: r[k]
+                for k in (
+                    "identifiers_moved",
+                    "link_rule",
+                    "link_event_id",
+                    "link_event_ts",
+                    "evidence_version",
+                )
+            }
+            if r["change"] == "merge":
+                merged.add(r["from_person_id"])
+                events.append(
+                    _event(
+                        "profile.merged",
+                        r["from_person_id"],
+                        key,
+                        {**payload, "into": r["to_person_id"]},
+                        now,
+                        related=r["to_person_id"],
+                    )
+                )
+            else:
+                events.append(
+                    _event(
+                        "profile.split",
+                        r["from_person_id"],
+                        key,
+                        {**payload, "new_person_id": r["to_person_id"]},
+                        now,
+                        related=r["to_person_id"],
+                    )
+                )
+    for p in gone:
+        if p not in merged:
+            events.append(_event("profile.removed", p, str(ev_target), {}, now))
+    return events
+
+
+# ---------------------------------------------------------------- compaction, rebuild, time travel
+
+
+def _compact(lake: Lake) -> None:
+    """Fold the append-only daily usage and facts to one row per key once they have many
+    files (same content, fewer and larger files; app transactions are kept)."""
+    for table, fold in ((DAILY, _fold_daily), (FACTS, latest)):
+        dt = lake.table(table)
+        if dt is None or len(dt.file_uris()) < COMPACT_AFTER_FILES:
+            continue
+        version = dt.version()
+        rows = _pl(lake.read_arrow(table, version=version))
+        schema = DAILY_SCHEMA if table == DAILY else FACTS_SCHEMA
+        lake.overwrite(
+            table,
+            _arrow(fold(rows), schema),
+            stage="gold.compact",
+            metadata={"compacted_version": str(version)},
+        )
+
+
+def _fold_daily(rows: pl.DataFrame) -> pl.DataFrame:
+    return (
+        rows.group_by("node_key", "day")
+        .agg([pl.col(c).sum() for c in COUNTERS])
+        .with_columns(pl.col("payment_amount").cast(pl.Decimal(18, 2)))
+        .sort("day", "node_key")
+    )
+
+
+def profile_as_of(lake: Lake, person_id: str, at: datetime) -> dict[str, object] | None:
+    """The person's gold profile as it was at `at` (the table version current then), or None
+    when the person had no profile then."""
+    dt = lake.table(PROFILES)
+    if dt is None:
+        return None
+    try:
+        dt.load_as_version(at)
+    except Exception:  # noqa: BLE001 - delta-rs raises a generic error before the first version
+        return None
+    rows = lake.read_arrow(PROFILES, where=pl.col("person_id") == person_id, version=dt.version())
+    return rows.to_pylist()[0] if rows.num_rows else None
+
+
+def rebuild_gold(
+    lake: Lake, settings: Settings, progress: Callable[[str], None] | None = None
+) -> GoldResult:
+    """Recompute daily usage and facts from all of silver, then every profile (after a rule
+    change, or to check the incremental state)."""
+    raise NotImplementedError
