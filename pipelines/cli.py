@@ -34,6 +34,11 @@ identity_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(identity_app, name="identity")
+gold_app = typer.Typer(
+    help="Gold profiles: show a person's profile (now or as of a time); rebuild from silver.",
+    no_args_is_help=True,
+)
+app.add_typer(gold_app, name="profiles")
 console = Console()
 
 ConfOpt = Annotated[
@@ -243,6 +248,58 @@ def identity_rebuild(conf: ConfOpt = None) -> None:
         f"identity rebuilt: {r.identifiers:,} identifiers in {r.persons:,} persons, "
         f"{r.merges} merges, {r.splits} splits, {r.refused} refused links in {r.seconds:.1f} s"
     )
+
+
+@gold_app.command("rebuild")
+def profiles_rebuild(conf: ConfOpt = None) -> None:
+    """Recompute daily usage, facts and every profile from all of silver (after a change to
+    conf/profile.yaml or conf/scores.yaml); writes only the profiles that change."""
+    from pipelines.gold.stage import rebuild_gold
+    from pipelines.ingest import stage_lock
+    from pipelines.lake import Lake
+
+    settings = _settings(conf)
+    with stage_lock(settings.paths.checkpoint_root, "identity"):
+        r = rebuild_gold(Lake(settings.paths.lake_root), settings, progress=console.print)
+    console.print(
+        f"profiles rebuilt (windows end {r.clock_day}): {r.persons:,} persons, {r.created:,} "
+        f"created, {r.updated:,} updated, {r.removed:,} removed in {r.seconds:.1f} s"
+    )
+
+
+@gold_app.command("show")
+def profiles_show(
+    id_type: Annotated[str, typer.Argument(help="msisdn, email, app_user_id, account_id, ...")],
+    value: Annotated[str, typer.Argument(help="The identifier, as any source spells it.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="ISO time: the profile as it was then (time travel)."),
+    ] = None,
+    conf: ConfOpt = None,
+) -> None:
+    """Print the profile of the person holding an identifier (its current tenure)."""
+    import json
+    from datetime import datetime
+
+    from pipelines.gold.stage import person_of, profile_as_of
+    from pipelines.identity.explain import normalise_value
+    from pipelines.lake import Lake
+
+    settings = _settings(conf)
+    lake = Lake(settings.paths.lake_root)
+    person = person_of(lake, id_type, normalise_value(id_type, value, settings.identity))
+    if person is None:
+        console.print(f"[red]no person holds {id_type} {value}[/red]")
+        raise typer.Exit(1)
+    when = datetime.fromisoformat(as_of) if as_of else None
+    if when is not None and when.tzinfo is None:
+        console.print("[red]error:[/red] --as-of needs a time zone, e.g. 2026-10-05T12:00:00Z")
+        raise typer.Exit(2)
+    row = profile_as_of(lake, person, when)
+    if row is None:
+        console.print(f"[red]person {person} has no profile{' then' if when else ''}[/red]")
+        raise typer.Exit(1)
+    console.print_json(json.dumps(row, default=str))
 
 
 @app.command()

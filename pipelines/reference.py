@@ -41,6 +41,11 @@ def _arrow_type(col: RefColumn) -> pa.DataType:
     }[col.type]
 
 
+def reference_schema(spec: RefTableSpec) -> pa.Schema:
+    """The typed columns of a reference table (what readers get before any file is loaded)."""
+    return pa.schema([(n, _arrow_type(c)) for n, c in spec.columns.items()])
+
+
 def _convert(text: str | None, col: RefColumn, where: str) -> object:
     if text is None or text.strip() == "":
         if col.required:
@@ -85,7 +90,8 @@ def parse_reference(path: Path, spec: RefTableSpec) -> pa.Table:
         if key in seen:
             raise ReferenceFileError(f"{path}:{i}: duplicate {spec.key} {key!r}")
         seen.add(key)
-    return pa.table({n: pa.array(columns[n], _arrow_type(spec.columns[n])) for n in names})
+    schema = reference_schema(spec)
+    return pa.table({n: pa.array(columns[n], schema.field(n).type) for n in names})
 
 
 def load_reference(lake: Lake, contract: ReferenceContract, folder: Path) -> list[RefLoad]:

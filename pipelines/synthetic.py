@@ -544,6 +544,9 @@ class Operator:
                     elif r < 0.62:
                         sid = f"s{self._next('session'):010d}"
                         dur = rng.randint(30, 3600)
+                        if line.end is not None and ts + timedelta(seconds=dur) >= line.end:
+                            # deactivation tears the session down: it ends inside the tenure
+                            dur = max(int((line.end - ts).total_seconds()) - 1, 0)
                         self.emit(
                             "network",
                             "data_session_start",

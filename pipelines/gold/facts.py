@@ -5,9 +5,9 @@ tables hold what the profile needs, both append-only and written exactly once pe
 
 - `silver.daily_usage`: counters per (identifier, day), one row per identifier, day and
   micro-batch (rows of one identifier and day add up; compaction folds them);
-- `silver.profile_facts`: candidate "latest" values per (fact, subject) (balance, tariff, last
-  interaction, region, consent per purpose, case status, promise due date); the newest by event
-  time wins when read, so a late event never overwrites a newer value.
+- `silver.profile_facts`: candidate "latest" values per (fact, subject, day) (balance, tariff,
+  last interaction, region, consent per purpose, case status, promise due date); the newest by
+  event time wins when read, so a late event never overwrites a newer value.
 
 Which person a row belongs to is decided when the profile is built, from the identity map as it
 is then: a recyclable identifier's (msisdn) rows go to the tenure whose validity holds the event
@@ -47,7 +47,7 @@ COUNTERS = [f.name for f in DAILY_SCHEMA][3:]
 
 FACTS_SCHEMA = pa.schema(
     [
-        ("fact_key", pa.string()),  # fact|subject: what "latest" is taken over
+        ("fact_key", pa.string()),  # fact|subject[|day]: what "latest" is taken over
         ("fact", pa.string()),
         ("subject", pa.string()),  # the node, or the case for case and promise facts
         ("id_type", pa.string()),  # the identifier the event was anchored on
@@ -205,7 +205,7 @@ def _facts(
     none = pl.lit(None, pl.String())
     subject = pl.col("node_key") if subject is None else subject
     return events.select(
-        pl.concat_str([fact, pl.lit("|"), subject]).alias("fact_key"),
+        fact_key(fact, subject, pl.col("event_ts")).alias("fact_key"),
         fact.alias("fact"),
         subject.alias("subject"),
         pl.col("anchor_type").alias("id_type"),
@@ -217,6 +217,17 @@ def _facts(
         (detail if detail is not None else none).alias("detail"),
         (channel if channel is not None else none).alias("channel"),
     )
+
+
+def fact_key(fact: pl.Expr, subject: pl.Expr, ts: pl.Expr | None) -> pl.Expr:
+    """`fact|subject|day` for recent facts (`ts` given), `fact|subject` once settled. The day
+    keeps two owners of a recycled number apart even while the new tenure is unknown (a number
+    is never reissued the day it is given up); settled facts are re-keyed by the current map
+    and folded to one row."""
+    parts = [fact, pl.lit("|"), subject]
+    if ts is not None:
+        parts += [pl.lit("|"), ts.dt.date().cast(pl.String())]
+    return pl.concat_str(parts)
 
 
 def fact_candidates(events: pl.DataFrame, cfg: ProfileCfg) -> pl.DataFrame:

@@ -258,7 +258,10 @@ def build_profiles(  # noqa: PLR0915 - one profile, read top-down
         *(pl.col(f"{c}").fill_null(0) for c in _int_windows()),
         pl.col("payments_sum_30d").fill_null(pl.lit(0, pl.Decimal(18, 2))),
     )
-    out = out.with_columns(pl.col("payments_sum_30d").alias("monthly_spend"))
+    out = out.with_columns(
+        pl.col("payments_sum_30d").alias("monthly_spend"),
+        pl.col("balances").fill_null(pl.lit([], dtype=out.schema["balances"])),
+    )
     out = _segment(out, inputs.segments)
     out = _consent(out, facts, policy)
     last_touch = pl.col("last_interaction_ts").dt.date()
@@ -299,18 +302,28 @@ def attribute_daily(daily: pl.DataFrame, nodes: pl.DataFrame) -> pl.DataFrame:
 
 
 def attribute_facts(facts: pl.DataFrame, nodes: pl.DataFrame) -> pl.DataFrame:
-    """The latest row of each fact with the person (and node) whose tenure holds its time."""
+    """The latest value of each fact per owning node (or case), with its person: every
+    candidate row goes to the node whose tenure holds its time, then the newest wins. Folding
+    only after attribution keeps a recycled number's owners apart even when some events were
+    recorded before the new tenure was known."""
     ts = pl.col("ts")
+    per_node = pl.col("subject") == pl.col("_ingest_node")
     return (
-        facts.sort("ts", "event_id")
-        .group_by("fact_key", maintain_order=True)
-        .last()
-        .drop("node_key")
+        facts.rename({"node_key": "_ingest_node"})
         .join(_owners(nodes), on=["id_type", "id_value"])
         .filter(
             (pl.col("_from").is_null() | (ts >= pl.col("_from")))
             & (pl.col("_to").is_null() | (ts <= pl.col("_to")))
         )
+        .with_columns(
+            pl.when(per_node)
+            .then(pl.concat_str([pl.col("fact"), pl.lit("|"), pl.col("node_key")]))
+            .otherwise(pl.concat_str([pl.col("fact"), pl.lit("|"), pl.col("subject")]))
+            .alias("fact_key")
+        )
+        .sort("ts", "event_id")
+        .group_by("fact_key", "person_id", maintain_order=True)
+        .last()
     )
 
 
@@ -349,10 +362,10 @@ def _segment(out: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFrame:
 
 
 def _consent(out: pl.DataFrame, facts: pl.DataFrame, policy: PolicyCfg) -> pl.DataFrame:
-    """Per purpose: a contract purpose holds while the person has a line or an account; a
+    """Per purpose: a contract purpose holds while the person has an open line; a
     consent purpose follows the person's latest consent event for it (by event time, across
     all their identifiers); legitimate interest holds unless the latest event withdrew it."""
-    has_contract = (pl.col("msisdns").list.len() > 0) | pl.col("account_id").is_not_null()
+    has_contract = pl.col("msisdns").list.len() > 0
     for purpose, spec in policy.purposes.items():
         prefix = f"consent_{purpose}"
         if spec.legal_basis == "contract":

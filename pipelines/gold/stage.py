@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
@@ -36,6 +36,7 @@ from pipelines.gold.facts import (
     daily_deltas,
     events_frame,
     fact_candidates,
+    fact_key,
     latest,
 )
 from pipelines.gold.profile import (
@@ -46,13 +47,16 @@ from pipelines.gold.profile import (
     profile_schema,
     to_arrow,
 )
+from pipelines.identity.resolve import NO_TENURE
 from pipelines.identity.stage import ACCOUNTS, CHANGED_AT, LINKS, MAP, MERGES, RESOLVED
 from pipelines.lake import Lake
+from pipelines.reference import reference_schema
 
 OUTBOX = "ops.outbox"
 IDENTITY_APP = f"{PROFILES}<-{LINKS}"
 CLOCK_APP = f"{PROFILES}@clock_day"  # version = the clock day's ordinal
 COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they have this many
+SETTLE_DAYS = 2  # facts older than this are folded per tenure node (its tenure is known by then)
 
 OUTBOX_SCHEMA = pa.schema(
     [
@@ -157,12 +161,12 @@ def refresh_gold(lake: Lake, settings: Settings, today: date | None = None) -> G
 
     day = today if wall else _event_clock(events, clock_done, today)
     full = clock_done is None or day.toordinal() != clock_done
-    state = {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal()}
+    _with_state(txns, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal()})
     result = GoldResult(mode="full" if full else "incremental", events=events.height, clock_day=day)
     persons = None if full else _touched(lake, events, ev_done, ev_target)
-    _write_profiles(lake, settings, persons, day, ev_done, ev_target, txns, state, result)
+    _write_profiles(lake, settings, persons, day, (ev_done, ev_target), txns, result)
     if full:
-        _compact(lake)
+        _compact(lake, settings, day)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -207,10 +211,18 @@ def _new_events(
 
 
 def _attributed(lake: Lake, settings: Settings, events: pl.DataFrame) -> pl.DataFrame:
+    """Events with their anchor and the tenure node the current map gives it."""
+    return _attributed_with(
+        lake, settings, anchored(events, settings.profile, list(settings.identity.tenures))
+    )
+
+
+def _attributed_with(lake: Lake, settings: Settings, anchored_rows: pl.DataFrame) -> pl.DataFrame:
     recyclable: list[str] = list(settings.identity.tenures)
-    events = anchored(events, settings.profile, recyclable)
     values = (
-        events.filter(pl.col("anchor_type").is_in(recyclable)).get_column("anchor_value").unique()
+        anchored_rows.filter(pl.col("anchor_type").is_in(recyclable))
+        .get_column("anchor_value")
+        .unique()
     )
     tenures = _pl(
         lake.read_arrow(
@@ -221,7 +233,7 @@ def _attributed(lake: Lake, settings: Settings, events: pl.DataFrame) -> pl.Data
             & pl.col("tenure").is_not_null(),
         )
     )
-    return attribute(events, tenures)
+    return attribute(anchored_rows, tenures)
 
 
 def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -261,7 +273,9 @@ def _touched(
     return pl.concat([p.cast(pl.String) for p in persons]).drop_nulls().unique().sort()
 
 
-def profile_inputs(lake: Lake, persons: pl.Series | None, long_from: date) -> ProfileInputs:
+def profile_inputs(
+    lake: Lake, settings: Settings, persons: pl.Series | None, long_from: date
+) -> ProfileInputs:
     """Everything the profiles of `persons` (None: everyone) are built from."""
     where = None if persons is None else _in("person_id", persons)
     nodes = _pl(lake.read_arrow(MAP, NODE_COLUMNS, where))
@@ -290,11 +304,15 @@ def profile_inputs(lake: Lake, persons: pl.Series | None, long_from: date) -> Pr
     facts = _pl(
         lake.read_arrow(FACTS, where=keys) if lake.exists(FACTS) else FACTS_SCHEMA.empty_table()
     )
-    return ProfileInputs(nodes, daily, facts, _ref(lake, "ref.tariffs"), _ref(lake, "ref.segments"))
+    refs = [_ref(lake, settings, t) for t in ("tariffs", "segments")]
+    return ProfileInputs(nodes, daily, facts, *refs)
 
 
-def _ref(lake: Lake, table: str) -> pl.DataFrame:
-    return _pl(lake.read_arrow(table)) if lake.exists(table) else pl.DataFrame()
+def _ref(lake: Lake, settings: Settings, name: str) -> pl.DataFrame:
+    """A reference table; empty (typed by its contract) until its file has been loaded."""
+    if lake.exists(f"ref.{name}"):
+        return _pl(lake.read_arrow(f"ref.{name}"))
+    return _pl(reference_schema(settings.reference.tables[name]).empty_table())
 
 
 def _write_profiles(
@@ -302,19 +320,16 @@ def _write_profiles(
     settings: Settings,
     persons: pl.Series | None,
     day: date,
-    ev_done: int | None,
-    ev_target: int | None,
+    identity: tuple[int | None, int | None],
     txns: dict[str, dict[str, int]],
-    state: dict[str, int],
     result: GoldResult,
 ) -> None:
     """Build the profiles of `persons` (None: all), diff them with the stored rows, write the
-    outbox events and then the changed rows (profiles last: their commit is the watermark)."""
-    from datetime import timedelta
-
+    outbox events and then the changed rows (profiles last: their commit is the watermark).
+    `identity` is the (done, target) evidence range whose merges and splits are reported."""
     schema = profile_schema(settings.policy)
     long_from = day - timedelta(days=settings.profile.windows.long_days - 1)
-    inputs = profile_inputs(lake, persons, long_from)
+    inputs = profile_inputs(lake, settings, persons, long_from)
     new = build_profiles(inputs, day, settings.profile, settings.scores, settings.policy)
     if lake.exists(PROFILES):
         stored = _pl(
@@ -330,12 +345,10 @@ def _write_profiles(
         stored, new, schema, now, settings.profile.churn_alert_threshold, settings.policy
     )
     had_profile = set(stored.get_column("person_id").to_list())
-    events += _identity_events(lake, ev_done, ev_target, gone, had_profile, now)
+    events += _identity_events(lake, *identity, gone, had_profile, now)
     outbox = pa.Table.from_pylist(events, OUTBOX_SCHEMA)
-    lake.append_once(
-        OUTBOX, outbox, {**txns[OUTBOX], **_prefixed(state, OUTBOX)}, stage="gold.outbox"
-    )
-    table_txns = {**txns[PROFILES], **state}
+    lake.append_once(OUTBOX, outbox, txns[OUTBOX], stage="gold.outbox")
+    table_txns = txns[PROFILES]
     meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
     if not lake.exists(PROFILES) or (rows.num_rows == 0 and not gone):
         lake.append_once(PROFILES, rows, table_txns, stage="gold.profiles", metadata=meta)
@@ -356,9 +369,11 @@ def _write_profiles(
     result.outbox = len(events)
 
 
-def _prefixed(state: dict[str, int], table: str) -> dict[str, int]:
-    """The profile state transactions renamed for another table (each table keeps its own)."""
-    return {app.replace(PROFILES, table, 1): v for app, v in state.items()}
+def _with_state(txns: dict[str, dict[str, int]], state: dict[str, int]) -> None:
+    """Add the profile state transactions (identity version, clock day...) to the outbox's and
+    the profiles' commits, each table under its own name."""
+    for table in (OUTBOX, PROFILES):
+        txns[table].update({app.replace(PROFILES, table, 1): v for app, v in state.items()})
 
 
 def diff_profiles(
@@ -582,50 +597,171 @@ def _identity_events(
 # ---------------------------------------------------------------- compaction, rebuild, time travel
 
 
-def _compact(lake: Lake) -> None:
-    """Fold the append-only daily usage and facts to one row per key once they have many
-    files (same content, fewer and larger files; app transactions are kept)."""
-    for table, fold in ((DAILY, _fold_daily), (FACTS, latest)):
+def _compact(lake: Lake, settings: Settings, day: date) -> None:
+    """Fold the append-only daily usage and facts once they have many files: same content,
+    fewer and larger files (app transactions are kept). Facts are re-keyed to the tenure the
+    current identity map gives their time before folding, so two owners of a recycled number
+    are never folded together."""
+    for table in (DAILY, FACTS):
         dt = lake.table(table)
         if dt is None or len(dt.file_uris()) < COMPACT_AFTER_FILES:
             continue
         version = dt.version()
         rows = _pl(lake.read_arrow(table, version=version))
-        schema = DAILY_SCHEMA if table == DAILY else FACTS_SCHEMA
+        if table == DAILY:
+            folded = _arrow(_fold_daily(rows), DAILY_SCHEMA)
+        else:
+            settled = day - timedelta(days=SETTLE_DAYS)
+            folded = _arrow(latest(_rekeyed(lake, settings, rows, settled)), FACTS_SCHEMA)
         lake.overwrite(
-            table,
-            _arrow(fold(rows), schema),
-            stage="gold.compact",
-            metadata={"compacted_version": str(version)},
+            table, folded, stage="gold.compact", metadata={"compacted_version": str(version)}
         )
+
+
+def _rekeyed(lake: Lake, settings: Settings, facts: pl.DataFrame, settled: date) -> pl.DataFrame:
+    """Facts with `node_key` (and the fact_key of line facts) from the current map's tenures;
+    facts older than `settled` lose the day from their key, so they fold to one row."""
+    as_events = facts.rename(
+        {"id_type": "anchor_type", "id_value": "anchor_value", "ts": "event_ts"}
+    ).with_columns(
+        pl.when(pl.col("anchor_type").is_in(list(settings.identity.tenures)))
+        .then(pl.lit(NO_TENURE, pl.Int64()))
+        .otherwise(None)
+        .alias("start"),
+        (pl.col("subject") == pl.col("node_key")).alias("_per_node"),
+    )
+    rekeyed = _attributed_with(lake, settings, as_events.drop("node_key"))
+    return (
+        rekeyed.rename({"anchor_type": "id_type", "anchor_value": "id_value", "event_ts": "ts"})
+        .with_columns(
+            pl.when("_per_node")
+            .then(pl.col("node_key"))
+            .otherwise(pl.col("subject"))
+            .alias("subject")
+        )
+        .with_columns(
+            pl.when(pl.col("ts").dt.date() < settled)
+            .then(fact_key(pl.col("fact"), pl.col("subject"), None))
+            .otherwise(fact_key(pl.col("fact"), pl.col("subject"), pl.col("ts")))
+            .alias("fact_key")
+        )
+        .drop("_per_node")
+    )
 
 
 def _fold_daily(rows: pl.DataFrame) -> pl.DataFrame:
     return (
-        rows.group_by("node_key", "day")
+        rows.group_by("id_type", "id_value", "day")
         .agg([pl.col(c).sum() for c in COUNTERS])
         .with_columns(pl.col("payment_amount").cast(pl.Decimal(18, 2)))
-        .sort("day", "node_key")
+        .sort("day", "id_type", "id_value")
     )
 
 
-def profile_as_of(lake: Lake, person_id: str, at: datetime) -> dict[str, object] | None:
-    """The person's gold profile as it was at `at` (the table version current then), or None
-    when the person had no profile then."""
+def person_of(lake: Lake, id_type: str, value: str) -> str | None:
+    """The person holding an identifier now (its open tenure; else its latest one)."""
+    if not lake.exists(MAP):
+        return None
+    rows = _pl(
+        lake.read_arrow(
+            MAP,
+            ["person_id", "valid_from", "valid_to"],
+            (pl.col("id_type") == id_type) & (pl.col("id_value") == value),
+        )
+    )
+    if rows.is_empty():
+        return None
+    best = rows.sort(pl.col("valid_to").is_null(), "valid_from", nulls_last=False).row(
+        -1, named=True
+    )
+    return str(best["person_id"])
+
+
+def profile_as_of(lake: Lake, person_id: str, at: datetime | None) -> dict[str, object] | None:
+    """The person's gold profile now (`at` None) or as it was at `at`: the table version
+    current then (Delta time travel). None when the person had no profile then."""
     dt = lake.table(PROFILES)
     if dt is None:
         return None
-    try:
+    if at is not None:
+        first = dt.history()[-1]["timestamp"]  # commit times in epoch milliseconds
+        if at.timestamp() * 1000 < first:
+            return None
         dt.load_as_version(at)
-    except Exception:  # noqa: BLE001 - delta-rs raises a generic error before the first version
-        return None
     rows = lake.read_arrow(PROFILES, where=pl.col("person_id") == person_id, version=dt.version())
     return rows.to_pylist()[0] if rows.num_rows else None
 
 
+REBUILD_APP = f"{PROFILES}@rebuild"  # version = how many rebuilds ran
+
+
 def rebuild_gold(
-    lake: Lake, settings: Settings, progress: Callable[[str], None] | None = None
+    lake: Lake,
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+    today: date | None = None,
 ) -> GoldResult:
     """Recompute daily usage and facts from all of silver, then every profile (after a rule
-    change, or to check the incremental state)."""
-    raise NotImplementedError
+    change, or to check the incremental state). Profiles that come out the same are not
+    rewritten; those that differ are written with their change events."""
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    silver = _silver_tables(settings, lake)
+    if not silver or not lake.exists(MAP):
+        return GoldResult()
+    targets = {s: lake.version(t) or 0 for s, t in silver.items()}
+    events = events_frame([lake.read_arrow(silver[s], version=v) for s, v in targets.items()])
+    events = _attributed(lake, settings, events)
+    say(f"{events.height:,} silver events attributed ({time.perf_counter() - started:.1f} s)")
+    txns = {t: {_app(t, silver[s]): v for s, v in targets.items()} for t in (DAILY, FACTS)}
+    lake.overwrite(
+        DAILY,
+        _arrow(_fold_daily(daily_deltas(events)), DAILY_SCHEMA),
+        stage="gold.rebuild",
+        txns=txns[DAILY],
+    )
+    lake.overwrite(
+        FACTS,
+        _arrow(fact_candidates(events, settings.profile), FACTS_SCHEMA),
+        stage="gold.rebuild",
+        txns=txns[FACTS],
+    )
+    say(f"daily usage and facts rewritten ({time.perf_counter() - started:.1f} s)")
+    today = today or datetime.now(UTC).date()
+    clock_done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
+    wall = settings.profile.clock == "wall_clock"
+    day = today if wall else _event_clock(events, clock_done, today)
+    result = recompute_profiles(
+        lake, settings, day, targets={silver[s]: v for s, v in targets.items()}
+    )
+    result.events = events.height
+    say(f"profiles: {result.created:,} created, {result.updated:,} updated ({_secs(started)})")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def recompute_profiles(
+    lake: Lake, settings: Settings, day: date | None = None, targets: dict[str, int] | None = None
+) -> GoldResult:
+    """Every profile from the daily usage and facts as they stand (same clock day unless one is
+    given): the check that incremental refreshes left nothing behind. Differences are written
+    with their change events; when there are none no profile row is rewritten."""
+    started = time.perf_counter()
+    if day is None:
+        done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
+        day = date.fromordinal(done) if done else datetime.now(UTC).date()
+    ev_target = lake.committed(LINKS, RESOLVED)
+    runs = (lake.committed(PROFILES, REBUILD_APP) or 0) + 1 if lake.exists(PROFILES) else 1
+    out: dict[str, dict[str, int]] = {
+        t: {_app(t, silver): v for silver, v in (targets or {}).items()} for t in (OUTBOX, PROFILES)
+    }
+    _with_state(out, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal(), REBUILD_APP: runs})
+    result = GoldResult(mode="full", clock_day=day)
+    ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
+    _write_profiles(lake, settings, None, day, (ev_done, ev_target), out, result)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _secs(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"

@@ -24,34 +24,17 @@ from pipelines.identity.stage import (
     rebuild_identity,
     refresh_identity,
 )
-from pipelines.ingest import Ingestion
-from pipelines.lake import Lake
-from pipelines.synthetic import generate
-from tests.conftest import settings_for
 
 pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")
-def streamed(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """An operator ingested one landing file per trigger, identity refreshed after each batch."""
-    root = tmp_path_factory.mktemp("identity")
-    settings = settings_for(root, max_files_per_trigger=1)
-    gen = settings.generator.model_copy(
-        update={"subscribers": 300, "days": 7, "files_per_source": 4, "late_event_share": 0.03}
-    )
-    generate(gen, settings.identity.country, settings.paths.landing_root, settings.paths.truth_root)
-    lake = Lake(settings.paths.lake_root)
-    modes: list[str] = []
-
-    def identity(session: Any) -> None:
-        modes.append(refresh_identity(session, lake, settings).mode)
-
-    Ingestion(spark, settings, lake, downstream=identity).run()
+def streamed(operator: dict[str, Any]) -> dict[str, Any]:
+    """The shared streamed operator with its identity tables as the stream left them."""
+    lake = operator["lake"]
     return {
-        "settings": settings,
-        "lake": lake,
-        "modes": modes,
+        **operator,
+        "modes": operator["modes"]["identity"],
         "map": lake.read_arrow(MAP),
         "links": lake.read_arrow(LINKS),
     }

@@ -1,0 +1,211 @@
+"""Expected profile values computed from the generator's landing files and ground truth with plain
+Python, independently of pipelines.gold: which person each valid line belongs to comes from the
+truth, and every value from the raw JSON the sources sent."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+VALID = ("valid", "schema_drift")  # drift lines are valid events with one extra field
+
+
+@dataclass
+class Truth:
+    events: list[dict[str, Any]]  # parsed landing lines of valid events, with _person and _ts
+    tenures: list[dict[str, Any]]
+    accounts: dict[str, dict[str, Any]]
+    persons: dict[str, dict[str, Any]]
+    arrival: dict[str, int]  # event_id -> order in which its file was delivered
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def load_truth(landing: Path, truth: Path) -> Truth:
+    rows = pq.read_table(truth / "events.parquet").to_pylist()
+    files: dict[tuple[str, str], list[str]] = {}
+    events = []
+    arrival: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] not in VALID:
+            continue
+        key = (r["source"], r["file"])
+        if key not in files:
+            files[key] = (landing / r["source"] / r["file"]).read_text().splitlines()
+        rec = json.loads(files[key][r["line_no"] - 1])
+        rec["_person"] = r["person_key"]
+        rec["_ts"] = _ts(rec["event_ts"])
+        events.append(rec)
+        arrival[rec["event_id"]] = int(r["file"].rsplit("-", 1)[1].split(".")[0])
+    return Truth(
+        events=events,
+        tenures=pq.read_table(truth / "tenures.parquet").to_pylist(),
+        accounts={
+            a["account_id"]: a for a in pq.read_table(truth / "accounts.parquet").to_pylist()
+        },
+        persons={p["person_key"]: p for p in pq.read_table(truth / "persons.parquet").to_pylist()},
+        arrival=arrival,
+    )
+
+
+def _latest(evs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(evs, key=lambda e: (e["_ts"], e["event_id"])) if evs else None
+
+
+def expected_profiles(
+    truth: Truth,
+    landing: Path,
+    purposes: dict[str, str],  # purpose -> legal basis
+    interactions: dict[str, dict[str, str]],
+    short_days: int = 7,
+    long_days: int = 30,
+) -> tuple[date, dict[str, dict[str, Any]]]:
+    """The clock day and, per truth person with a line, the profile the spec says they have."""
+    day = max(e["_ts"] for e in truth.events).date()
+    short_from, long_from = (
+        day - timedelta(days=short_days - 1),
+        day - timedelta(days=long_days - 1),
+    )
+    tariffs = {
+        r["tariff_id"]: r for r in csv.DictReader((landing / "reference" / "tariffs.csv").open())
+    }
+    segments = list(csv.DictReader((landing / "reference" / "segments.csv").open()))
+    by_person: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in truth.events:
+        if e["_person"]:
+            by_person[e["_person"]].append(e)
+    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in truth.tenures:
+        lines[t["person_key"]].append(t)
+
+    out: dict[str, dict[str, Any]] = {}
+    for person, tenures in lines.items():
+        evs = by_person.get(person, [])
+        current = sorted(
+            (t for t in tenures if t["valid_to"] is None),
+            key=lambda t: (t["valid_from"], t["msisdn"]),
+        )
+        closed = sorted(
+            (t for t in tenures if t["valid_to"] is not None), key=lambda t: t["valid_from"]
+        )
+        context = (current or closed)[0]
+        p: dict[str, Any] = {
+            "primary_msisdn": current[0]["msisdn"] if current else None,
+            "msisdns": [t["msisdn"] for t in current],
+            "account_id": context["account_id"],
+            "account_type": truth.accounts[context["account_id"]]["account_type"],
+            "account_role": context["role"],
+        }
+        info = truth.persons[person]
+        p["app_user_ids"] = (
+            [info["app_user_id"]]
+            if any(e.get("app_user_id") == info["app_user_id"] for e in evs) and info["app_user_id"]
+            else []
+        )
+        p["emails"] = (
+            [info["email"]]
+            if info["email"] and any(e.get("email") == info["email"] for e in evs)
+            else []
+        )
+
+        balances = {}
+        for t in current:
+            pays = [
+                e
+                for e in evs
+                if e["event_type"] == "payment"
+                and e["msisdn"] == t["msisdn"]
+                and e["_ts"] >= t["valid_from"]
+            ]
+            last = _latest(pays)
+            if last:
+                balances[t["msisdn"]] = Decimal(str(last["balance_after"]))
+        p["balances"] = balances
+        p["balance_total"] = sum(balances.values()) if balances else None
+        tariff = tariffs[current[0]["tariff_id"]] if current else None
+        p["tariff_id"] = tariff["tariff_id"] if tariff else None
+        p["tariff_name"] = tariff["name"] if tariff else None
+        p["tariff_monthly_fee"] = Decimal(tariff["monthly_fee"]) if tariff else None
+
+        touches = [e for e in evs if e["event_type"] in interactions.get(e["source"], {})]
+        last = _latest(touches)
+        p["last_interaction_ts"] = last["_ts"] if last else None
+        p["last_interaction_channel"] = (
+            interactions[last["source"]][last["event_type"]] if last else None
+        )
+        last = _latest([e for e in evs if e["event_type"] == "location"])
+        p["last_region"] = last["region"] if last else None
+        p["last_region_ts"] = last["_ts"] if last else None
+        p["last_event_ts"] = max(e["_ts"] for e in evs) if evs else None
+
+        cases: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for e in evs:
+            if e["event_type"] == "case":
+                cases[e["case_id"]].append(e)
+        open_ids = {c for c, ce in cases.items() if _latest(ce)["status"] == "open"}  # type: ignore[index]
+        p["open_cases"] = len(open_ids)
+        dues = [
+            _ts(e["due_ts"])
+            for e in evs
+            if e["event_type"] == "promise_to_resolve" and e["case_id"] in open_ids
+        ]
+        p["next_promise_due_ts"] = min(dues) if dues else None
+
+        def in_window(e: dict[str, Any], start: date) -> bool:
+            return start <= e["_ts"].date() <= day
+
+        ends = [e for e in evs if e["event_type"] == "data_session_end"]
+        pays = [e for e in evs if e["event_type"] == "payment"]
+        opens = [e for e in evs if e["source"] == "app" and e["event_type"] == "open"]
+        p["data_bytes_7d"] = sum(
+            int(e["bytes_up"]) + int(e["bytes_down"]) for e in ends if in_window(e, short_from)
+        )
+        p["data_bytes_30d"] = sum(
+            int(e["bytes_up"]) + int(e["bytes_down"]) for e in ends if in_window(e, long_from)
+        )
+        p["data_sessions_7d"] = sum(1 for e in ends if in_window(e, short_from))
+        p["data_sessions_30d"] = sum(1 for e in ends if in_window(e, long_from))
+        p["payments_30d"] = sum(1 for e in pays if in_window(e, long_from))
+        p["payments_sum_30d"] = sum(
+            (Decimal(str(e["amount"])) for e in pays if in_window(e, long_from)), Decimal("0.00")
+        )
+        p["app_opens_7d"] = sum(1 for e in opens if in_window(e, short_from))
+        p["monthly_spend"] = p["payments_sum_30d"]
+        spend = p["monthly_spend"]
+        p["value_segment"] = next(
+            (
+                s["segment_id"]
+                for s in segments
+                if Decimal(s["min_monthly_spend"]) <= spend
+                and (not s["max_monthly_spend"] or spend < Decimal(s["max_monthly_spend"]))
+            ),
+            None,
+        )
+
+        for purpose, basis in purposes.items():
+            prefix = f"consent_{purpose}"
+            if basis == "contract":
+                p[f"{prefix}_granted"] = bool(current)
+                p[f"{prefix}_since"] = current[0]["valid_from"] if current else None
+                p[f"{prefix}_legal_basis"] = "contract" if current else None
+                p[f"{prefix}_source"] = "contract" if current else None
+                continue
+            last = _latest(
+                [e for e in evs if e["event_type"] == "consent" and e["purpose"] == purpose]
+            )
+            p[f"{prefix}_granted"] = bool(last and last["granted"] in (True, "true"))
+            p[f"{prefix}_since"] = last["_ts"] if last else None
+            p[f"{prefix}_legal_basis"] = last["legal_basis"] if last else None
+            p[f"{prefix}_source"] = last.get("channel") if last else None
+        out[person] = p
+    return day, out
