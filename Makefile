@@ -10,9 +10,10 @@ SMALL := --subscribers 400 --days 7 --files-per-source 3
 
 help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
-	@echo "            (bronze, silver, identity), summarise and explain one recycled number"
+	@echo "            (bronze, silver, identity, profiles), summarise, explain one recycled"
+	@echo "            number and show its current owner's profile"
 	@echo "make test   install what is missing and run the whole test suite"
-	@echo "make serve  run ingestion and identity continuously (Ctrl-C stops cleanly)"
+	@echo "make serve  run ingestion, identity and profiles continuously (Ctrl-C stops cleanly)"
 	@echo "make lint   ruff and mypy"
 
 $(UV):
@@ -33,6 +34,7 @@ run: install
 	$(VENV)/bin/cdp generate $(SMALL)
 	$(VENV)/bin/cdp run
 	$(VENV)/bin/cdp identity explain --example
+	$(VENV)/bin/cdp profiles show --example
 
 serve: install
 	$(VENV)/bin/cdp stream

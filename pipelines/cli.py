@@ -269,8 +269,15 @@ def profiles_rebuild(conf: ConfOpt = None) -> None:
 
 @gold_app.command("show")
 def profiles_show(
-    id_type: Annotated[str, typer.Argument(help="msisdn, email, app_user_id, account_id, ...")],
-    value: Annotated[str, typer.Argument(help="The identifier, as any source spells it.")],
+    id_type: Annotated[
+        str | None, typer.Argument(help="msisdn, email, app_user_id, account_id, ...")
+    ] = None,
+    value: Annotated[
+        str | None, typer.Argument(help="The identifier, as any source spells it.")
+    ] = None,
+    example: Annotated[
+        bool, typer.Option("--example", help="Show the current owner of a recycled number.")
+    ] = False,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="ISO time: the profile as it was then (time travel)."),
@@ -282,11 +289,19 @@ def profiles_show(
     from datetime import datetime
 
     from pipelines.gold.stage import person_of, profile_as_of
-    from pipelines.identity.explain import normalise_value
+    from pipelines.identity.explain import example_msisdn, normalise_value
     from pipelines.lake import Lake
 
     settings = _settings(conf)
     lake = Lake(settings.paths.lake_root)
+    if example:
+        id_type, value = "msisdn", example_msisdn(lake)
+    if id_type is None or value is None:
+        console.print(
+            "[red]error:[/red] give an identifier type and value, e.g. "
+            "`cdp profiles show msisdn 998901234567`, or --example"
+        )
+        raise typer.Exit(2)
     person = person_of(lake, id_type, normalise_value(id_type, value, settings.identity))
     if person is None:
         console.print(f"[red]no person holds {id_type} {value}[/red]")
@@ -330,6 +345,9 @@ def summary(conf: ConfOpt = None) -> None:
 
 
 def _print_summary(settings: Settings) -> None:
+    from pipelines.gold.facts import DAILY, FACTS
+    from pipelines.gold.profile import PROFILES
+    from pipelines.gold.stage import OUTBOX
     from pipelines.identity.evidence import EVIDENCE
     from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
     from pipelines.lake import Lake
@@ -342,7 +360,7 @@ def _print_summary(settings: Settings) -> None:
     names = [f"bronze.{s}" for s in settings.sources]
     names += [f"silver.{settings.contract(s).domain}" for s in settings.sources]
     names += [QUARANTINE, DRIFT, *(f"ref.{t}" for t in settings.reference.tables)]
-    names += [EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS]
+    names += [EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS, DAILY, FACTS, PROFILES, OUTBOX]
     for name in names:
         dt = lake.table(name)
         if dt is not None:
@@ -370,6 +388,7 @@ def _print_summary(settings: Settings) -> None:
                     "for its steward"
                 )
     _print_identity(lake)
+    _print_gold(lake)
 
 
 def _print_identity(lake: Lake) -> None:
@@ -397,6 +416,32 @@ def _print_identity(lake: Lake) -> None:
         + f"; {merges or 0} merges and {splits or 0} splits recorded in {MERGES}. "
         "Why is X this person? `cdp identity explain msisdn <number>`"
     )
+
+
+def _print_gold(lake: Lake) -> None:
+    """Profiles, their freshness, and the change events waiting in the outbox."""
+    import pyarrow.compute as pc
+
+    from pipelines.gold.profile import PROFILES
+    from pipelines.gold.stage import OUTBOX
+
+    if not lake.exists(PROFILES):
+        return
+    p = lake.read_arrow(PROFILES, ["person_id", "last_event_ts", "churn_risk"])
+    at_risk = pc.sum(pc.greater_equal(p.column("churn_risk"), 0.5)).as_py() or 0
+    newest = pc.max(p.column("last_event_ts")).as_py()
+    console.print(
+        f"profiles: {p.num_rows:,} persons, {at_risk:,} with churn risk >= 0.5, newest event "
+        f"{newest}. A profile: `cdp profiles show msisdn <number>`"
+    )
+    if lake.exists(OUTBOX):
+        kinds = lake.read_arrow(OUTBOX, ["event_type"]).group_by("event_type")
+        counts = kinds.aggregate([([], "count_all")]).sort_by("event_type").to_pylist()
+        console.print(
+            "outbox: "
+            + ", ".join(f"{r['event_type']} {r['count_all']:,}" for r in counts)
+            + f" (recorded in {OUTBOX}, delivered by the event API)"
+        )
 
 
 def main() -> None:

@@ -887,7 +887,7 @@ def generate(
         files[source] = min(n_files, len(lines))
         say(f"landing/{source}", 1, 1)
 
-    _write_reference(landing_root / "reference")
+    write_reference(landing_root / "reference")
     _write_truth(op, truth_root, truth_rows)
     bad_counts = dict.fromkeys(BAD_KINDS, 0)
     for row in truth_rows:
@@ -906,7 +906,7 @@ def generate(
     )
 
 
-def _write_reference(folder: Path) -> None:
+def write_reference(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tariffs = ["tariff_id,name,monthly_fee,data_gb,kind"]
     tariffs += [f"{t},{n},{fee},{gb},{k}" for t, n, fee, gb, k in TARIFFS]

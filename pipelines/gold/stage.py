@@ -56,6 +56,7 @@ OUTBOX = "ops.outbox"
 IDENTITY_APP = f"{PROFILES}<-{LINKS}"
 CLOCK_APP = f"{PROFILES}@clock_day"  # version = the clock day's ordinal
 COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they have this many
+BUILD_CHUNK = 200_000  # persons built at once (bounds a full rebuild's memory)
 SETTLE_DAYS = 2  # facts older than this are folded per tenure node (its tenure is known by then)
 
 OUTBOX_SCHEMA = pa.schema(
@@ -278,31 +279,32 @@ def profile_inputs(
 ) -> ProfileInputs:
     """Everything the profiles of `persons` (None: everyone) are built from."""
     where = None if persons is None else _in("person_id", persons)
-    nodes = _pl(lake.read_arrow(MAP, NODE_COLUMNS, where))
+    nodes = lake.read_polars(MAP, NODE_COLUMNS, where)
     if lake.exists(ACCOUNTS):
-        held = _pl(
-            lake.read_arrow(
-                ACCOUNTS,
-                ["account_id", "account_type", "holder_person_id"],
-                None if persons is None else _in("holder_person_id", persons),
+        held = None if persons is None else _in("holder_person_id", persons)
+        account_nodes = (
+            lake.read_polars(ACCOUNTS, ["account_id", "holder_person_id"], held)
+            .filter(pl.col("holder_person_id").is_not_null())
+            .select(
+                pl.concat_str([pl.lit("account_id:"), pl.col("account_id")]).alias("node_key"),
+                pl.lit("account_id").alias("id_type"),
+                pl.col("account_id").alias("id_value"),
+                pl.col("holder_person_id").alias("person_id"),
             )
-        ).filter(pl.col("holder_person_id").is_not_null())
-        account_nodes = held.select(
-            pl.concat_str([pl.lit("account_id:"), pl.col("account_id")]).alias("node_key"),
-            pl.lit("account_id").alias("id_type"),
-            pl.col("account_id").alias("id_value"),
-            pl.col("holder_person_id").alias("person_id"),
-        ).filter(~pl.col("node_key").is_in(nodes.get_column("node_key").implode()))
+            .filter(~pl.col("node_key").is_in(nodes.get_column("node_key").implode()))
+        )
         nodes = pl.concat([nodes, account_nodes], how="diagonal_relaxed")
     keys = None if persons is None else _in("id_value", nodes.get_column("id_value").unique())
     in_window = pl.col("day") >= long_from
-    daily = _pl(
-        lake.read_arrow(DAILY, where=in_window if keys is None else keys & in_window)
+    daily = (
+        lake.read_polars(DAILY, where=in_window if keys is None else keys & in_window)
         if lake.exists(DAILY)
-        else DAILY_SCHEMA.empty_table()
+        else _pl(DAILY_SCHEMA.empty_table())
     )
-    facts = _pl(
-        lake.read_arrow(FACTS, where=keys) if lake.exists(FACTS) else FACTS_SCHEMA.empty_table()
+    facts = (
+        lake.read_polars(FACTS, where=keys)
+        if lake.exists(FACTS)
+        else _pl(FACTS_SCHEMA.empty_table())
     )
     refs = [_ref(lake, settings, t) for t in ("tariffs", "segments")]
     return ProfileInputs(nodes, daily, facts, *refs)
@@ -329,28 +331,51 @@ def _write_profiles(
     `identity` is the (done, target) evidence range whose merges and splits are reported."""
     schema = profile_schema(settings.policy)
     long_from = day - timedelta(days=settings.profile.windows.long_days - 1)
-    inputs = profile_inputs(lake, settings, persons, long_from)
-    new = build_profiles(inputs, day, settings.profile, settings.scores, settings.policy)
-    if lake.exists(PROFILES):
-        stored = _pl(
-            lake.read_arrow(PROFILES, where=None if persons is None else _in("person_id", persons))
-        )
-    else:
-        stored = _pl(schema.empty_table())
+    exists = lake.exists(PROFILES)
     if persons is None:
-        persons = pl.concat([new.get_column("person_id"), stored.get_column("person_id")]).unique()
+        everyone = [lake.read_polars(MAP, ["person_id"]).get_column("person_id")]
+        if exists:
+            everyone.append(lake.read_polars(PROFILES, ["person_id"]).get_column("person_id"))
+        persons = pl.concat(everyone).unique().sort()
     result.persons = persons.len()
-    now = datetime.now(UTC)
-    rows, gone, events = diff_profiles(
-        stored, new, schema, now, settings.profile.churn_alert_threshold, settings.policy
+    # When the write will touch every file anyway, read the stored table once (the rewrite
+    # reuses it); otherwise read only the touched persons' rows.
+    current = (
+        lake.read_polars(PROFILES)
+        if exists and persons.len() >= lake.file_count(PROFILES)
+        else None
     )
-    had_profile = set(stored.get_column("person_id").to_list())
+    now = datetime.now(UTC)
+    parts: list[pa.Table] = []
+    gone: list[str] = []
+    events: list[dict[str, object]] = []
+    had_profile: set[str] = set()
+    # Bounded memory: a full rebuild builds the persons a slice at a time.
+    for start in range(0, persons.len(), BUILD_CHUNK):
+        chunk = persons.slice(start, BUILD_CHUNK)
+        mine = _in("person_id", chunk)
+        if current is not None:
+            stored = current.filter(mine)
+        elif exists:
+            stored = lake.read_polars(PROFILES, where=mine)
+        else:
+            stored = _pl(schema.empty_table())
+        inputs = profile_inputs(lake, settings, chunk, long_from)
+        new = build_profiles(inputs, day, settings.profile, settings.scores, settings.policy)
+        rows, chunk_gone, chunk_events = diff_profiles(
+            stored, new, schema, now, settings.profile.churn_alert_threshold, settings.policy
+        )
+        parts.append(rows)
+        gone += chunk_gone
+        events += chunk_events
+        had_profile.update(stored.get_column("person_id").to_list())
+    rows = pa.concat_tables(parts) if parts else schema.empty_table()
     events += _identity_events(lake, *identity, gone, had_profile, now)
     outbox = pa.Table.from_pylist(events, OUTBOX_SCHEMA)
     lake.append_once(OUTBOX, outbox, txns[OUTBOX], stage="gold.outbox")
     table_txns = txns[PROFILES]
     meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
-    if not lake.exists(PROFILES) or (rows.num_rows == 0 and not gone):
+    if lake.exists(PROFILES) and rows.num_rows == 0 and not gone:
         lake.append_once(PROFILES, rows, table_txns, stage="gold.profiles", metadata=meta)
     else:
         lake.upsert(
@@ -361,6 +386,7 @@ def _write_profiles(
             stage="gold.profiles",
             txns=table_txns,
             metadata=meta,
+            current=current,
         )
     result.by_type = dict(sorted(Counter(str(e["event_type"]) for e in events).items()))
     result.created = result.by_type.get("profile.created", 0)

@@ -335,3 +335,23 @@ def test_compaction_folds_files_and_changes_no_profile(
     result = stage.recompute_profiles(lake, settings)
     assert (result.created, result.updated, result.removed) == (0, 0, 0)
     assert refresh_gold(lake, settings).mode == "none"
+
+
+def test_cli_shows_a_profile_by_any_spelling_of_a_number(gold: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    settings = gold["settings"]
+    row = next(r for r in gold["profiles"].values() if r["primary_msisdn"])
+    local = "0" + row["primary_msisdn"][3:]  # national format with a trunk zero
+    env = {"CDP_DATA_ROOT": str(settings.paths.lake_root.parent)}
+    shown = CliRunner().invoke(app, ["profiles", "show", "msisdn", local], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert row["person_id"] in shown.output and '"churn_risk"' in shown.output
+    before = CliRunner().invoke(
+        app, ["profiles", "show", "msisdn", local, "--as-of", "2000-01-01T00:00:00Z"], env=env
+    )
+    assert before.exit_code == 1 and "has no profile then" in before.output
+    unknown = CliRunner().invoke(app, ["profiles", "show", "email", "nobody@nowhere.uz"], env=env)
+    assert unknown.exit_code == 1 and "no person holds" in unknown.output

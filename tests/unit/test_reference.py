@@ -10,14 +10,14 @@ import pytest
 from pipelines.config import Settings
 from pipelines.lake import Lake
 from pipelines.reference import ReferenceFileError, load_reference
-from pipelines.synthetic import _write_reference
+from pipelines.synthetic import write_reference
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    _write_reference(tmp_path / "ref")
+    write_reference(tmp_path / "ref")
     return tmp_path / "ref"
 
 
