@@ -12,11 +12,17 @@ Inside a region:
 2. evidence rows become links, one per (rule, node, node), keeping the first event as lineage
    (a link's row does not change when the same evidence repeats, so a micro-batch of repeated
    logins rewrites nothing);
-3. merge links are applied strongest tier first, earliest seen first; a link that touches a
-   blocked value, or would break a guardrail, is refused with the reason;
-4. a person's id derives from its earliest-seen node (ingest order), so a person keeps its id as
-   it grows, the earlier person's id survives a merge, the side holding the earliest node keeps
-   it on a split, and no id is ever given to a person that does not hold its founding node.
+3. merge links are applied strongest tier first, then in event-time order (event id breaks
+   ties); a link that touches a blocked value, or would break a guardrail, is refused with the
+   reason;
+4. a person's id derives from its earliest node by event time, so a person keeps its id as it
+   grows, the older person's id survives a merge, the side holding the earliest node keeps it on
+   a split, and no id is ever given to a person that does not hold its founding node.
+
+Order is the events' own time, never the time they arrived: the same evidence gives the same
+persons and ids however it was batched, so a rebuilt lake, a restarted run and a replay agree.
+(A late event older than anything in its person can make it the founder: the id then moves, and
+the move is recorded in gold.person_merges like any other.)
 """
 
 from __future__ import annotations
@@ -238,7 +244,7 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
     which must hold every evidence row of each region it touches (see the module docstring).
 
     Tenures, links and nodes are columnar (Polars as-of joins and group-bys); only the guardrail
-    pass, a union-find over merge links in tier and ingest order, is a Python loop."""
+    pass, a union-find over merge links in tier and event-time order, is a Python loop."""
     blocked = Blocklist(cfg)
     guard = cfg.guardrails
     recyclable: list[str] = sorted(cfg.tenures)
@@ -252,7 +258,7 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
     )
     df = (
         df.with_row_index("row")
-        .sort(["ingest", "time", "event_id", "_rule"], maintain_order=True)
+        .sort(["time", "event_id", "_rule"], maintain_order=True)
         .with_row_index("rank")
     )
     life = df.filter(pl.col("kind").is_in(["opens", "closes"])).select(
@@ -426,7 +432,7 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
     )
     nodes = nodes.join(context, on="node", how="left").sort("rank")
 
-    # Guardrails and union-find, strongest tier first, then ingest order.
+    # Guardrails and union-find, strongest tier first, then event-time order.
     people: dict[str, _Person] = {}
     for nk, t, v, account, account_type in nodes.select(
         "node", "t", "v", "account_id", "account_type"

@@ -422,7 +422,7 @@ def person_changes(old_map: pa.Table, resolution: Resolution, version: int) -> p
 def _joining_links(
     old_map: pa.Table, resolution: Resolution, changed: set[str]
 ) -> dict[tuple[str, str], dict[str, object]]:
-    """The first accepted link (ingest order) joining nodes of two previous persons, for the
+    """The first accepted link (by event time) joining nodes of two previous persons, for the
     previous persons in `changed`."""
     full_old = dict(
         zip(
@@ -441,7 +441,7 @@ def _joining_links(
                 pc.is_in(links.column("b_node"), touched),
             ),
         )
-    ).sort_by([("first_ingest_ts", "ascending"), ("edge_key", "ascending")])
+    ).sort_by([("valid_from", "ascending"), ("edge_key", "ascending")])
     joining: dict[tuple[str, str], dict[str, object]] = {}
     for row in links.select(
         ["a_node", "b_node", "rule", "event_id", "edge_key", "valid_from"]
