@@ -395,10 +395,20 @@ class PurposeCfg(Model):
     description: str = ""
 
 
+class ChannelCfg(Model):
+    """A channel (campaign tool, app, contact centre, NBA engine...) and the purposes it holds."""
+
+    purposes: list[str]
+    description: str = ""
+
+
 class PolicyCfg(Model):
-    """Purposes and their legal basis (conf/policy.yaml)."""
+    """Purposes and their legal basis, the purposes each served attribute may be used for, and
+    the purposes each channel holds (conf/policy.yaml). Anything not listed is never served."""
 
     purposes: dict[str, PurposeCfg]
+    attributes: dict[str, list[str]] = Field(default_factory=dict)
+    channels: dict[str, ChannelCfg] = Field(default_factory=dict)
 
     @field_validator("purposes")
     @classmethod
@@ -407,6 +417,20 @@ class PolicyCfg(Model):
         if bad:
             raise ValueError(f"purpose names must be lower_snake_case (they name columns): {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _known_purposes(self) -> PolicyCfg:
+        known = set(self.purposes)
+        for where, names in [
+            *((f"attributes.{a}", ps) for a, ps in self.attributes.items()),
+            *((f"channels.{c}.purposes", ch.purposes) for c, ch in self.channels.items()),
+        ]:
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(
+                    f"{where}: unknown purpose(s) {unknown}; purposes: {', '.join(sorted(known))}"
+                )
+        return self
 
 
 # ---------------------------------------------------------------- the whole thing
@@ -528,6 +552,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     scores = _parse(ScoresCfg, _read_yaml(scores_path), scores_path)
     policy_path = conf_dir / "policy.yaml"
     policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
+    _check_policy(policy, policy_path)
 
     return Settings(
         conf_dir=conf_dir,
@@ -541,6 +566,18 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         scores=scores,
         policy=policy,
     )
+
+
+def _check_policy(policy: PolicyCfg, path: Path) -> None:
+    """Policy attributes must be profile columns (a typo would silently serve nothing)."""
+    from pipelines.gold.profile import profile_schema
+
+    columns = set(profile_schema(policy).names)
+    unknown = sorted(set(policy.attributes) - columns)
+    if unknown:
+        raise ConfigError(
+            f"{path}: attributes: {unknown} are not gold.profiles columns (see docs/profiles.md)"
+        )
 
 
 def _check_profile(profile: ProfileCfg, contracts: dict[str, SourceContract], path: Path) -> None:

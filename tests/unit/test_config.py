@@ -90,3 +90,10 @@ def test_environment_overrides_paths_and_expands_variables(conf: Path, tmp_path:
     assert settings.paths.lake_root == tmp_path / "L"
     assert settings.paths.landing_root == tmp_path / "d" / "landing"
     assert settings.paths.checkpoint_root == tmp_path / "d" / "checkpoints"
+
+
+def test_policy_attribute_that_is_no_profile_column_is_refused(conf: Path) -> None:
+    path = conf / "policy.yaml"
+    path.write_text(path.read_text().replace("  open_cases: [service]", "  open_kases: [service]"))
+    with pytest.raises(ConfigError, match=r"policy\.yaml[\s\S]*open_kases"):
+        load_settings(conf, env={})
