@@ -21,6 +21,7 @@ from pipelines.config import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from pipelines.keys import KeyStore
     from pipelines.lake import Lake
 
 app = typer.Typer(
@@ -39,6 +40,10 @@ gold_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(gold_app, name="profiles")
+keys_app = typer.Typer(
+    help="API keys: create (the key is shown once), list, revoke.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 ConfOpt = Annotated[
@@ -315,6 +320,91 @@ def profiles_show(
         console.print(f"[red]person {person} has no profile{' then' if when else ''}[/red]")
         raise typer.Exit(1)
     console.print_json(json.dumps(row, default=str))
+
+
+def _key_store(settings: Settings) -> KeyStore:
+    from pipelines.keys import KeyStore
+
+    return KeyStore(settings.database_url)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. 'SMS campaign tool'.")],
+    channel: Annotated[
+        str | None, typer.Option(help="Bind the key to this channel of conf/policy.yaml.")
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option(help="marketing, steward or admin (instead of a channel).")
+    ] = None,
+    conf: ConfOpt = None,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    settings = _settings(conf)
+    if (channel is None) == (role is None):
+        console.print("[red]error:[/red] give either --channel <name> or --role <role>")
+        raise typer.Exit(2)
+    if channel is not None and channel not in settings.policy.channels:
+        known = ", ".join(settings.policy.channels)
+        console.print(
+            f"[red]error:[/red] unknown channel {channel!r}; conf/policy.yaml has {known}"
+        )
+        raise typer.Exit(2)
+    try:
+        key = _key_store(settings).create(name, role or "channel", channel)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(key, highlight=False, soft_wrap=True)
+    console.print("store it now: it is not shown again (send it as the X-API-Key header)")
+
+
+@keys_app.command("list")
+def keys_list(conf: ConfOpt = None) -> None:
+    """Keys with their channel or role, creation and revocation times (never the secrets)."""
+    rows = _key_store(_settings(conf)).list()
+    table = Table(title="API keys")
+    for col in ("key_id", "name", "role", "channel", "created_at", "revoked_at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            *(
+                str(r[c] or "")
+                for c in ("key_id", "name", "role", "channel", "created_at", "revoked_at")
+            )
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part after cdp_).")],
+    conf: ConfOpt = None,
+) -> None:
+    """Revoke a key: refused by every API process within seconds."""
+    if not _key_store(_settings(conf)).revoke(key_id):
+        console.print(f"[red]no active key {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+@app.command()
+def serve(conf: ConfOpt = None) -> None:
+    """Serve the API (uvicorn) on the gold snapshot; reloads it when gold changes."""
+    import uvicorn
+
+    settings = _settings(conf)
+    console.print(
+        f"serving on http://{settings.api.host}:{settings.api.port} "
+        f"({settings.api.workers} worker(s)); OpenAPI at /docs"
+    )
+    uvicorn.run(
+        "api.server:app",
+        host=settings.api.host,
+        port=settings.api.port,
+        workers=settings.api.workers,
+        log_level="warning",
+    )
 
 
 @app.command()

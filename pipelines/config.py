@@ -433,6 +433,17 @@ class PolicyCfg(Model):
         return self
 
 
+class ApiCfg(Model):
+    """The serving API: where it listens, how often it looks for a new gold version, and where
+    operational state (keys, audit) lives."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    snapshot_poll_s: float = Field(2.0, gt=0)
+    database_url: str | None = None
+
+
 # ---------------------------------------------------------------- the whole thing
 
 
@@ -447,6 +458,7 @@ class Settings(Model):
     profile: ProfileCfg
     scores: ScoresCfg
     policy: PolicyCfg
+    api: ApiCfg = ApiCfg()
 
     def contract(self, source: str) -> SourceContract:
         try:
@@ -458,6 +470,11 @@ class Settings(Model):
     @property
     def sources(self) -> list[str]:
         return sorted(self.contracts)
+
+    @property
+    def database_url(self) -> str:
+        """Operational state (keys, audit): the configured URL, else SQLite by the lake."""
+        return self.api.database_url or f"sqlite:///{self.paths.lake_root.parent / 'ops.sqlite'}"
 
 
 _ENV_PATHS = {
@@ -553,6 +570,8 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     policy_path = conf_dir / "policy.yaml"
     policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
     _check_policy(policy, policy_path)
+    api_path = conf_dir / "api.yaml"
+    api = _parse(ApiCfg, _read_yaml(api_path), api_path) if api_path.exists() else ApiCfg()
 
     return Settings(
         conf_dir=conf_dir,
@@ -565,6 +584,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         profile=profile,
         scores=scores,
         policy=policy,
+        api=api,
     )
 
 

@@ -301,11 +301,15 @@ class Lake:
         return frame.collect().to_arrow().cast(schema)
 
     def read_polars(
-        self, table: str, columns: list[str] | None = None, where: pl.Expr | None = None
+        self,
+        table: str,
+        columns: list[str] | None = None,
+        where: pl.Expr | None = None,
+        version: int | None = None,
     ) -> pl.DataFrame:
-        """The current snapshot (optionally filtered) as a Polars frame: no Arrow copy, so a full
-        read of a large table is one copy in memory."""
-        dt = self.table(table)
+        """A snapshot (current, or `version`; optionally filtered) as a Polars frame: no Arrow
+        copy, so a full read of a large table is one copy in memory."""
+        dt = self.table(table, version)
         if dt is None:
             raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
         frame, _ = self._scan(dt, table, columns, where)

@@ -1,0 +1,49 @@
+"""Request dependencies: the caller behind an API key, and the snapshot a request runs on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader
+
+from api.snapshot import Snapshot
+from pipelines.keys import Caller
+
+key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key: cdp_...")
+
+
+def caller(request: Request, key: Annotated[str | None, Depends(key_header)]) -> Caller:
+    """The verified caller; 401 without a valid key."""
+    found = request.app.state.keys.verify(key)
+    if found is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing, unknown or revoked API key: send it in the X-API-Key header "
+            "(create one with `cdp keys create`)",
+        )
+    return found
+
+
+def channel_caller(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    """A caller whose key is bound to a channel (profiles are projected for a channel)."""
+    if who.role != "channel" or who.channel is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this key has role {who.role!r}; profile lookups need a channel key "
+            "(`cdp keys create --channel <name>`)",
+        )
+    return who
+
+
+def snapshot(request: Request) -> Snapshot:
+    """The snapshot this request runs on (taken once: a reload mid-request does not affect it)."""
+    current = request.app.state.snapshots.current
+    if current is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no snapshot loaded yet")
+    return current
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+ChannelDep = Annotated[Caller, Depends(channel_caller)]
+SnapshotDep = Annotated[Snapshot, Depends(snapshot)]

@@ -1,0 +1,55 @@
+"""The serving API: `create_app(settings)` builds the FastAPI app; its lifespan loads the gold
+snapshot and keeps it fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from api.routes import health, profiles
+from api.snapshot import SnapshotHolder
+from pipelines.config import Settings
+from pipelines.consent import compile_rules
+from pipelines.keys import KeyStore
+from pipelines.lake import Lake
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app for one process: keys, compiled consent rules, and a snapshot reloaded when the
+    gold Delta version changes (every `api.snapshot_poll_s`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder: SnapshotHolder = app.state.snapshots
+
+        async def poll() -> None:
+            while True:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(holder.refresh)
+                await asyncio.sleep(settings.api.snapshot_poll_s)
+
+        task = asyncio.create_task(poll())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="Telecom CDP API",
+        version="1",
+        description="Consent-aware profile lookups for channels. Every route but health needs "
+        "an API key in X-API-Key.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keys = KeyStore(settings.database_url)
+    app.state.rules = compile_rules(settings.policy)
+    app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root))
+    app.include_router(health.router)
+    app.include_router(profiles.router)
+    return app

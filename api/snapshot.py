@@ -1,0 +1,119 @@
+"""The serving snapshot: gold.profiles and the current identifiers, held in memory per process.
+
+A snapshot is immutable. The holder swaps in a new one when the gold Delta version changes; a
+request takes the current snapshot once and finishes on it, so a reload never fails a request in
+flight. Point lookups use dictionaries built at load (identifier -> person -> row); the same data
+sits in an in-process DuckDB database for set queries (segments).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from pipelines.gold.profile import PROFILES
+from pipelines.identity.stage import MAP, MERGES
+from pipelines.lake import Lake
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One Delta version of gold.profiles with its lookup structures."""
+
+    version: int
+    last_event_ts: datetime | None  # newest event any profile reflects (freshness)
+    loaded_at: float
+    profiles: pl.DataFrame
+    row_of: dict[str, int]  # person_id -> row
+    person_of: dict[tuple[str, str], str]  # (id_type, id_value) of an open identifier -> person
+    merged_into: dict[str, str]  # absorbed person -> surviving person
+    db: duckdb.DuckDBPyConnection = field(repr=False)
+
+    def profile(self, person_id: str) -> dict[str, Any] | None:
+        row = self.row_of.get(person_id)
+        return None if row is None else self.profiles.row(row, named=True)
+
+    def surviving(self, person_id: str) -> str | None:
+        """The person an absorbed id was merged into, following chains of merges."""
+        seen = set()
+        current = person_id
+        while current in self.merged_into and current not in seen:
+            seen.add(current)
+            current = self.merged_into[current]
+        return current if current != person_id and current in self.row_of else None
+
+
+def load_snapshot(lake: Lake) -> Snapshot:
+    """Read the current gold version (profiles, open identifiers, merges) into memory."""
+    dt = lake.table(PROFILES)
+    if dt is None:
+        raise FileNotFoundError("gold.profiles does not exist yet: run `cdp run` first")
+    version = dt.version()
+    profiles = lake.read_polars(PROFILES, version=version)
+    ids = lake.read_polars(MAP, ["id_type", "id_value", "person_id"], pl.col("valid_to").is_null())
+    merges = (
+        lake.read_polars(MERGES, ["from_person_id", "to_person_id"], pl.col("change") == "merge")
+        if lake.exists(MERGES)
+        else pl.DataFrame({"from_person_id": [], "to_person_id": []})
+    )
+    db = duckdb.connect()
+    db.register("profiles_arrow", profiles.to_arrow())
+    db.execute("CREATE TABLE profiles AS SELECT * FROM profiles_arrow")
+    db.unregister("profiles_arrow")
+    newest = profiles.get_column("last_event_ts").max() if profiles.height else None
+    return Snapshot(
+        version=version,
+        last_event_ts=newest,  # type: ignore[arg-type]
+        loaded_at=time.time(),
+        profiles=profiles,
+        row_of={pid: i for i, pid in enumerate(profiles.get_column("person_id").to_list())},
+        person_of={
+            (t, v): p
+            for t, v, p in zip(
+                ids.get_column("id_type").to_list(),
+                ids.get_column("id_value").to_list(),
+                ids.get_column("person_id").to_list(),
+                strict=True,
+            )
+        },
+        merged_into=dict(
+            zip(
+                merges.get_column("from_person_id").to_list(),
+                merges.get_column("to_person_id").to_list(),
+                strict=True,
+            )
+        ),
+        db=db,
+    )
+
+
+class SnapshotHolder:
+    """The current snapshot of one API process, and its reloads."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self.current: Snapshot | None = None
+        self.reloads = 0
+        self.last_reload_s = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Load a new snapshot when gold has a newer version; True when one was swapped in."""
+        with self._lock:  # one reload at a time; requests never wait for it
+            version = self.lake.version(PROFILES)
+            if version is None or (self.current and self.current.version == version):
+                return False
+            started = time.perf_counter()
+            fresh = load_snapshot(self.lake)
+            # The swap is one reference assignment; requests holding the old snapshot finish on
+            # it, and it is freed (DuckDB database included) when the last of them lets go.
+            self.current = fresh
+            self.reloads += 1
+            self.last_reload_s = time.perf_counter() - started
+            return True

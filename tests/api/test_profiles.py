@@ -1,0 +1,153 @@
+"""Profile lookups over HTTP: any identifier finds its person, each channel sees only what its
+purposes and the customer's consent allow, a consent withdrawal shows from the next snapshot, and
+bad requests get 401/403/404/422/308 with a message that says what to do."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from pipelines.gold.profile import PROFILES
+from pipelines.identity.stage import MERGES
+from pipelines.lake import Lake
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.api
+
+
+@pytest.fixture(scope="module")
+def served(operator: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The API on a copy of the streamed operator's lake (tests here change it), with keys."""
+    root = tmp_path_factory.mktemp("api")
+    shutil.copytree(operator["settings"].paths.lake_root, root / "lake")
+    settings = settings_for(root)
+    settings = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"snapshot_poll_s": 0.2})}
+    )
+    app = create_app(settings)
+    keys = {c: app.state.keys.create(f"test {c}", "channel", c) for c in settings.policy.channels}
+    keys["steward"] = app.state.keys.create("test steward", "steward")
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield {"client": client, "keys": keys, "lake": Lake(root / "lake"), "app": app}
+
+
+def _rows(lake: Lake) -> list[dict[str, Any]]:
+    return lake.read_arrow(PROFILES).to_pylist()
+
+
+def _get(served: Any, path: str, key: str | None) -> Any:
+    headers = {"X-API-Key": served["keys"][key]} if key else {}
+    return served["client"].get(path, headers=headers)
+
+
+def test_any_spelling_of_a_number_finds_its_person(served: Any) -> None:
+    row = next(r for r in _rows(served["lake"]) if r["primary_msisdn"])
+    for spelling in (
+        row["primary_msisdn"],
+        "+" + row["primary_msisdn"],
+        "0" + row["primary_msisdn"][3:],
+    ):
+        got = _get(served, f"/v1/profiles/msisdn/{spelling}", "contact_centre")
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["person_id"] == row["person_id"]
+        assert body["snapshot_version"] == served["lake"].version(PROFILES)
+        assert body["profile_version"] == row["profile_version"]
+
+
+def test_each_channel_sees_only_consented_purposes(served: Any) -> None:
+    policy = served["app"].state.settings.policy
+    rows = [r for r in _rows(served["lake"]) if r["primary_msisdn"]][:40]
+    for channel, spec in policy.channels.items():
+        for row in rows:
+            body = _get(served, f"/v1/profiles/person_id/{row['person_id']}", channel).json()
+            for attribute in body["attributes"]:
+                if attribute == "person_id":
+                    continue
+                allowed = [p for p in policy.attributes[attribute] if p in spec.purposes]
+                assert any(row[f"consent_{p}_granted"] for p in allowed), (channel, attribute)
+            withheld = {w["attribute"] for w in body["withheld"]}
+            assert withheld.isdisjoint(body["attributes"])
+            assert withheld | set(body["attributes"]) == {"person_id", *policy.attributes}
+            assert all("value" not in w for w in body["withheld"])
+
+
+def test_withdrawal_is_enforced_from_the_next_snapshot(served: Any) -> None:
+    lake = served["lake"]
+    row = next(r for r in _rows(lake) if r["consent_marketing_granted"] and r["primary_msisdn"])
+    path = f"/v1/profiles/person_id/{row['person_id']}"
+    before = _get(served, path, "sms_campaigns").json()
+    assert "primary_msisdn" in before["attributes"]
+    row.update(consent_marketing_granted=False, profile_version=row["profile_version"] + 1)
+    schema = lake.arrow_schema(PROFILES)
+    import pyarrow as pa
+
+    lake.upsert(
+        PROFILES, pa.Table.from_pylist([row], schema), "person_id", delete_keys=[], stage="test"
+    )
+    deadline = time.monotonic() + 30
+    after = before
+    while after["snapshot_version"] == before["snapshot_version"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = _get(served, path, "sms_campaigns").json()
+    assert after["snapshot_version"] > before["snapshot_version"]
+    assert "primary_msisdn" not in after["attributes"]
+    assert {
+        "attribute": "primary_msisdn",
+        "reason": "no_consent",
+        "purposes": ["marketing"],
+    } in after["withheld"]
+
+
+def test_errors_say_what_is_wrong(served: Any) -> None:
+    assert _get(served, "/v1/profiles/msisdn/998901234567", None).status_code == 401
+    bad_key = served["client"].get(
+        "/v1/profiles/msisdn/998901234567", headers={"X-API-Key": "cdp_x_y"}
+    )
+    assert bad_key.status_code == 401 and "cdp keys create" in bad_key.json()["detail"]
+    steward = _get(served, "/v1/profiles/msisdn/998901234567", "steward")
+    assert steward.status_code == 403 and "channel key" in steward.json()["detail"]
+    assert _get(served, "/v1/profiles/msisdn/998901234567", "mobile_app").status_code in (200, 404)
+    missing = _get(served, "/v1/profiles/email/nobody@nowhere.uz", "mobile_app")
+    assert missing.status_code == 404 and "no person holds" in missing.json()["detail"]
+    malformed = _get(served, "/v1/profiles/msisdn/12ab", "mobile_app")
+    assert malformed.status_code == 422 and "id_value" in malformed.json()["detail"]
+    unknown_type = _get(served, "/v1/profiles/shoe_size/42", "mobile_app")
+    assert unknown_type.status_code == 422 and "id_type" in unknown_type.text
+
+
+def test_a_merged_away_person_id_names_the_survivor(served: Any) -> None:
+    lake = served["lake"]
+    merges = lake.read_polars(MERGES).filter(pl.col("change") == "merge")
+    live = {r["person_id"] for r in _rows(lake)}
+    absorbed = merges.filter(
+        ~pl.col("from_person_id").is_in(list(live)) & pl.col("to_person_id").is_in(list(live))
+    )
+    assert absorbed.height, "the streamed operator merged persons"
+    old, new = (
+        absorbed.row(0, named=True)["from_person_id"],
+        absorbed.row(0, named=True)["to_person_id"],
+    )
+    got = served["client"].get(
+        f"/v1/profiles/person_id/{old}",
+        headers={"X-API-Key": served["keys"]["mobile_app"]},
+        follow_redirects=False,
+    )
+    assert got.status_code == 308
+    assert got.json()["merged_into"] == new
+    assert got.headers["location"] == f"/v1/profiles/person_id/{new}"
+
+
+def test_health_needs_no_key(served: Any, tmp_path: Path) -> None:
+    assert served["client"].get("/healthz").json() == {"status": "ok"}
+    assert served["client"].get("/readyz").json()["ready"] is True
