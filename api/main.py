@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api.routes import health, profiles
+from api.routes import audit, collect, health, profiles
 from api.snapshot import SnapshotHolder
+from pipelines.audit import AuditLog
 from pipelines.config import Settings
 from pipelines.consent import compile_rules
 from pipelines.keys import KeyStore
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            app.state.audit.close()  # a clean shutdown writes every queued audit record
 
     app = FastAPI(
         title="Telecom CDP API",
@@ -48,8 +50,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keys = KeyStore(settings.database_url)
+    app.state.audit = AuditLog(settings.database_url)
     app.state.rules = compile_rules(settings.policy)
     app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root))
     app.include_router(health.router)
     app.include_router(profiles.router)
+    app.include_router(audit.router)
+    app.include_router(collect.router)
     return app

@@ -442,6 +442,7 @@ class ApiCfg(Model):
     workers: int = Field(1, ge=1)
     snapshot_poll_s: float = Field(2.0, gt=0)
     database_url: str | None = None
+    max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
 
 
 # ---------------------------------------------------------------- the whole thing

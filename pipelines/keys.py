@@ -1,8 +1,10 @@
 """API keys: created once (the secret is shown once), stored hashed, revocable.
 
 A key is `cdp_<key id>_<secret>`. The store keeps the key id, the SHA-256 of the secret, and who
-the key is for: a channel (`role = channel`, bound to one channel of the policy) or a role
-(marketing, steward, admin). Verification looks the key id up and compares hashes in constant
+the key is for: a channel (`role = channel`, bound to one channel of the policy), a source
+(`role = source`, bound to one source: it may post events to the collector) or a role (marketing,
+steward, admin). The `channel` column holds the bound channel or source. Verification looks the
+key id up and compares hashes in constant
 time. SQLite by default; any SQLAlchemy URL.
 """
 
@@ -18,7 +20,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, select, update
 from sqlalchemy.engine import Engine
 
-ROLES = ("channel", "marketing", "steward", "admin")
+ROLES = ("channel", "source", "marketing", "steward", "admin")
+BOUND = ("channel", "source")  # roles whose key names one channel or one source
 CACHE_S = 5.0  # a revoked key stops working within this many seconds in every process
 
 metadata = MetaData()
@@ -61,8 +64,10 @@ class KeyStore:
         """A new key; returns the full key (shown once, stored only as a hash)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if (role == "channel") != (channel is not None):
-            raise ValueError("a channel key names exactly one channel; other roles name none")
+        if (role in BOUND) != (channel is not None):
+            raise ValueError(
+                "a channel or source key names exactly one channel or source; other roles none"
+            )
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         with self.engine.begin() as conn:
             conn.execute(

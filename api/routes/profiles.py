@@ -3,15 +3,19 @@ channel."""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from api.deps import ChannelDep, SnapshotDep
 from api.models import ErrorPublic, MergedPublic, ProfilePublic, WithheldPublic
+from pipelines.audit import AuditRecord
 from pipelines.consent import project
+from pipelines.gold.stage import person_at, profile_as_of, profiles_version_at
 from pipelines.identity.explain import normalise_value
+from pipelines.keys import Caller
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 
@@ -74,18 +78,70 @@ def lookup(
             )
     if row is None:
         raise HTTPException(404, f"no person holds {id_type} {id_value} now")
+    return _projected(request, who, row, snap.version, snap.last_event_ts, "lookup")
+
+
+@router.get(
+    "/{id_type}/{id_value}/as-of",
+    summary="The profile as it was at a time (audits, disputes), as this channel may see it",
+    response_model=ProfilePublic,
+    responses=ERRORS,
+)
+def lookup_as_of(
+    id_type: IdType,
+    id_value: str,
+    ts: Annotated[datetime, Query(description="ISO-8601 time with an offset")],
+    request: Request,
+    who: ChannelDep,
+) -> ProfilePublic:
+    if ts.tzinfo is None:
+        raise HTTPException(422, "ts: give a time zone, e.g. 2026-10-05T12:00:00Z")
+    value = _valid(request, id_type, id_value)
+    lake = request.app.state.snapshots.lake
+    person = value if id_type == "person_id" else person_at(lake, id_type, value, ts)
+    version = profiles_version_at(lake, ts)
+    row = profile_as_of(lake, person, ts) if person and version is not None else None
+    if row is None or version is None:
+        raise HTTPException(404, f"no profile held {id_type} {id_value} at {ts.isoformat()}")
+    return _projected(request, who, row, version, None, "lookup_as_of")
+
+
+def _projected(
+    request: Request,
+    who: Caller,
+    row: dict[str, Any],
+    version: int,
+    last_event_ts: datetime | None,
+    kind: str,
+) -> ProfilePublic:
+    """The row as the caller's channel may see it; the lookup is audited (names, not values)."""
     rules = request.app.state.rules[who.channel]
     seen = project(row, rules)
+    request.app.state.audit.record(
+        AuditRecord(
+            kind=kind,
+            key_id=who.key_id,
+            channel=who.channel,
+            person_id=row["person_id"],
+            purposes=seen.consent_used,
+            legal_basis=seen.legal_basis,
+            served=sorted(seen.served),
+            withheld=[{"attribute": w.attribute, "reason": w.reason} for w in seen.withheld],
+            profile_version=row["profile_version"],
+            snapshot_version=version,
+            at=datetime.now(UTC),
+        )
+    )
     return ProfilePublic(
         person_id=row["person_id"],
         channel=rules.channel,
         attributes=seen.served,
         withheld=[
-            WithheldPublic(attribute=w.attribute, reason=w.reason, purposes=list(w.purposes))
+            WithheldPublic(attribute=w.attribute, reason=w.reason, purposes=list(w.purposes))  # type: ignore[arg-type]
             for w in seen.withheld
-        ],  # type: ignore[arg-type]
+        ],
         consent_in_force=seen.consent_used,
         profile_version=row["profile_version"],
-        snapshot_version=snap.version,
-        last_event_ts=snap.last_event_ts,
+        snapshot_version=version,
+        last_event_ts=last_event_ts if last_event_ts is not None else row["last_event_ts"],
     )

@@ -703,18 +703,40 @@ def person_of(lake: Lake, id_type: str, value: str) -> str | None:
     return str(best["person_id"])
 
 
-def profile_as_of(lake: Lake, person_id: str, at: datetime | None) -> dict[str, object] | None:
-    """The person's gold profile now (`at` None) or as it was at `at`: the table version
-    current then (Delta time travel). None when the person had no profile then."""
+def person_at(lake: Lake, id_type: str, value: str, at: datetime) -> str | None:
+    """The person who held an identifier at `at` (the tenure open then, for recyclable ones)."""
+    if not lake.exists(MAP):
+        return None
+    rows = lake.read_polars(
+        MAP,
+        ["person_id", "tenure", "valid_to"],
+        (pl.col("id_type") == id_type) & (pl.col("id_value") == value),
+    ).filter(
+        (pl.col("tenure").is_null() | (pl.col("tenure") <= at))
+        & (pl.col("valid_to").is_null() | (pl.col("valid_to") > at))
+    )
+    return None if rows.is_empty() else str(rows.sort("tenure").get_column("person_id")[-1])
+
+
+def profiles_version_at(lake: Lake, at: datetime) -> int | None:
+    """The gold.profiles version current at `at` (None before the table existed)."""
     dt = lake.table(PROFILES)
     if dt is None:
         return None
-    if at is not None:
-        first = dt.history()[-1]["timestamp"]  # commit times in epoch milliseconds
-        if at.timestamp() * 1000 < first:
-            return None
-        dt.load_as_version(at)
-    rows = lake.read_arrow(PROFILES, where=pl.col("person_id") == person_id, version=dt.version())
+    first = dt.history()[-1]["timestamp"]  # commit times in epoch milliseconds
+    if at.timestamp() * 1000 < first:
+        return None
+    dt.load_as_version(at)
+    return dt.version()
+
+
+def profile_as_of(lake: Lake, person_id: str, at: datetime | None) -> dict[str, object] | None:
+    """The person's gold profile now (`at` None) or as it was at `at`: the table version
+    current then (Delta time travel). None when the person had no profile then."""
+    version = lake.version(PROFILES) if at is None else profiles_version_at(lake, at)
+    if version is None:
+        return None
+    rows = lake.read_arrow(PROFILES, where=pl.col("person_id") == person_id, version=version)
     return rows.to_pylist()[0] if rows.num_rows else None
 
 

@@ -4,41 +4,19 @@ bad requests get 401/403/404/422/308 with a message that says what to do."""
 
 from __future__ import annotations
 
-import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-from fastapi.testclient import TestClient
 
-from api.main import create_app
 from pipelines.gold.profile import PROFILES
 from pipelines.identity.stage import MERGES
 from pipelines.lake import Lake
-from tests.conftest import settings_for
 
 pytestmark = pytest.mark.api
-
-
-@pytest.fixture(scope="module")
-def served(operator: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The API on a copy of the streamed operator's lake (tests here change it), with keys."""
-    root = tmp_path_factory.mktemp("api")
-    shutil.copytree(operator["settings"].paths.lake_root, root / "lake")
-    settings = settings_for(root)
-    settings = settings.model_copy(
-        update={"api": settings.api.model_copy(update={"snapshot_poll_s": 0.2})}
-    )
-    app = create_app(settings)
-    keys = {c: app.state.keys.create(f"test {c}", "channel", c) for c in settings.policy.channels}
-    keys["steward"] = app.state.keys.create("test steward", "steward")
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield {"client": client, "keys": keys, "lake": Lake(root / "lake"), "app": app}
 
 
 def _rows(lake: Lake) -> list[dict[str, Any]]:
@@ -151,3 +129,36 @@ def test_a_merged_away_person_id_names_the_survivor(served: Any) -> None:
 def test_health_needs_no_key(served: Any, tmp_path: Path) -> None:
     assert served["client"].get("/healthz").json() == {"status": "ok"}
     assert served["client"].get("/readyz").json()["ready"] is True
+
+
+def test_as_of_returns_the_profile_as_it_was_and_the_audit_says_who_saw_it(served: Any) -> None:
+    lake = served["lake"]
+    dt = lake.table(PROFILES)
+    history = sorted(dt.history(), key=lambda h: h["version"])
+    # the first version holding any profile, and one of its rows
+    first, row = next(
+        (h, rows[0])
+        for h in history
+        if (rows := lake.read_arrow(PROFILES, version=h["version"]).to_pylist())
+    )
+    at = datetime.fromtimestamp(first["timestamp"] / 1000 + 0.001, UTC)
+    path = f"/v1/profiles/person_id/{row['person_id']}/as-of"
+    got = served["client"].get(
+        path, params={"ts": at.isoformat()}, headers={"X-API-Key": served["keys"]["contact_centre"]}
+    )
+    assert got.status_code == 200, got.text
+    assert got.json()["profile_version"] == row["profile_version"]
+    assert got.json()["snapshot_version"] == first["version"]
+    naive = served["client"].get(
+        path,
+        params={"ts": "2026-10-05T12:00:00"},
+        headers={"X-API-Key": served["keys"]["contact_centre"]},
+    )
+    assert naive.status_code == 422 and "time zone" in naive.json()["detail"]
+    audit = _get(served, f"/v1/audit?person={row['person_id']}", "steward")
+    assert audit.status_code == 200, audit.text
+    kinds = [(r["kind"], r["channel"]) for r in audit.json()]
+    assert ("lookup_as_of", "contact_centre") in kinds
+    record = next(r for r in audit.json() if r["kind"] == "lookup_as_of")
+    assert "person_id" in record["served"] and record["purposes"].keys() == {"service", "profiling"}
+    assert _get(served, f"/v1/audit?person={row['person_id']}", "mobile_app").status_code == 403

@@ -1,0 +1,34 @@
+"""The consent audit: who saw what about a customer, under which purposes and legal basis."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+
+from api.deps import CallerDep
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+
+@router.get(
+    "",
+    summary="Every lookup of a person's profile in a time range (steward or admin keys)",
+    responses={403: {"description": "The key is not a steward or admin key"}},
+)
+def audit(
+    request: Request,
+    who: CallerDep,
+    person: Annotated[str, Query(description="person_id")],
+    since: Annotated[datetime | None, Query(alias="from")] = None,
+    until: Annotated[datetime | None, Query(alias="to")] = None,
+) -> list[dict[str, Any]]:
+    if who.role not in ("steward", "admin"):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"the audit is for steward or admin keys, not {who.role!r}"
+        )
+    log = request.app.state.audit
+    log.flush()  # lookups answered a moment ago are part of the answer
+    records: list[dict[str, Any]] = log.query(person, since, until)
+    return records

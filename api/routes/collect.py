@@ -1,0 +1,102 @@
+"""The HTTP collector: events from a source, written durably to its landing folder before 202.
+
+The body is one JSON event (application/json) or a batch, one event per line
+(application/x-ndjson). The file is written under a hidden name, flushed to disk and renamed, so
+the streaming pipeline never sees half a file; the contract checks happen in silver as for any
+landing file (a breach becomes a quarantine row, never a lost event).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel
+
+from api.deps import CallerDep
+
+router = APIRouter(prefix="/v1/collect", tags=["collector"])
+
+
+class Accepted(BaseModel):
+    accepted: int
+    file: str
+
+
+@router.post(
+    "/{source}",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Accept events from a source (durable before the answer)",
+    responses={
+        400: {"description": "A line is not a JSON object, or names another source"},
+        403: {"description": "The key is not this source's key"},
+        404: {"description": "No contract for this source"},
+        413: {"description": "Body larger than api.max_body_bytes"},
+    },
+)
+async def collect(source: str, request: Request, who: CallerDep) -> Accepted:
+    settings = request.app.state.settings
+    if source not in settings.contracts:
+        raise HTTPException(404, f"no contract for source {source!r} (conf/contracts/)")
+    if who.role != "source" or who.channel != source:
+        raise HTTPException(403, f"posting events needs a key of source {source!r}")
+    limit = settings.api.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body of {declared} bytes; at most {limit} (api.max_body_bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body over {limit} bytes (api.max_body_bytes)")
+    events = _events(bytes(body), source, request.headers.get("content-type", ""))
+    name = _land(settings.paths.landing_root / source, events)
+    return Accepted(accepted=len(events), file=name)
+
+
+def _events(body: bytes, source: str, content_type: str) -> list[dict[str, Any]]:
+    text = body.decode("utf-8", errors="strict") if body else ""
+    lines = (
+        [text] if "ndjson" not in content_type else [ln for ln in text.splitlines() if ln.strip()]
+    )
+    if not lines or not text.strip():
+        raise HTTPException(400, "empty body: send one JSON event or NDJSON lines")
+    events = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(
+                400, f"line {n}: not JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        if not isinstance(event, dict):
+            raise HTTPException(400, f"line {n}: an event is a JSON object")
+        if event.get("source", source) != source:
+            raise HTTPException(400, f"line {n}: source {event['source']!r} posted to {source!r}")
+        events.append(event)
+    return events
+
+
+def _land(folder: Path, events: list[dict[str, Any]]) -> str:
+    """Write, flush and fsync a hidden file, then rename it into view (atomic on POSIX)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    name = f"collect-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
+    tmp = folder / f".{name}.tmp"
+    with tmp.open("w", encoding="utf-8") as out:
+        for event in events:
+            out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(folder / name)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+    return name
