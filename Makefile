@@ -13,7 +13,8 @@ help:
 	@echo "            (bronze, silver, identity, profiles), summarise, explain one recycled"
 	@echo "            number and show its current owner's profile"
 	@echo "make test   install what is missing and run the whole test suite"
-	@echo "make serve  run ingestion, identity and profiles continuously (Ctrl-C stops cleanly)"
+	@echo "make serve  run ingestion, identity and profiles continuously, and the API on"
+	@echo "            127.0.0.1:8000 (Ctrl-C stops both cleanly)"
 	@echo "make lint   ruff and mypy"
 
 $(UV):
@@ -37,7 +38,8 @@ run: install
 	$(VENV)/bin/cdp profiles show --example
 
 serve: install
-	$(VENV)/bin/cdp stream
+	@# Both long-running parts; Ctrl-C stops both (the stream finishes its micro-batch first).
+	@trap 'kill 0' INT TERM; $(VENV)/bin/cdp stream & $(VENV)/bin/cdp serve & wait
 
 test: install
 	$(VENV)/bin/pytest

@@ -334,6 +334,9 @@ def keys_create(
     channel: Annotated[
         str | None, typer.Option(help="Bind the key to this channel of conf/policy.yaml.")
     ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="A source's key: it may post that source's events.")
+    ] = None,
     role: Annotated[
         str | None, typer.Option(help="marketing, steward or admin (instead of a channel).")
     ] = None,
@@ -341,8 +344,8 @@ def keys_create(
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     settings = _settings(conf)
-    if (channel is None) == (role is None):
-        console.print("[red]error:[/red] give either --channel <name> or --role <role>")
+    if sum(x is not None for x in (channel, source, role)) != 1:
+        console.print("[red]error:[/red] give one of --channel <name>, --source <name>, --role")
         raise typer.Exit(2)
     if channel is not None and channel not in settings.policy.channels:
         known = ", ".join(settings.policy.channels)
@@ -350,8 +353,13 @@ def keys_create(
             f"[red]error:[/red] unknown channel {channel!r}; conf/policy.yaml has {known}"
         )
         raise typer.Exit(2)
+    if source is not None and source not in settings.contracts:
+        known = ", ".join(settings.sources)
+        console.print(f"[red]error:[/red] unknown source {source!r}; contracts exist for {known}")
+        raise typer.Exit(2)
+    bound = "channel" if channel else "source" if source else None
     try:
-        key = _key_store(settings).create(name, role or "channel", channel)
+        key = _key_store(settings).create(name, role or bound or "", channel or source)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
