@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from api import metrics
 from api.routes import audit, collect, health, profiles
 from api.snapshot import SnapshotHolder
 from pipelines.audit import AuditLog
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.audit = AuditLog(settings.database_url)
     app.state.rules = compile_rules(settings.policy)
     app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root))
+    metrics.install(app, app.state.snapshots)
     app.include_router(health.router)
     app.include_router(profiles.router)
     app.include_router(audit.router)

@@ -69,10 +69,20 @@ class AuditLog:
         metadata.create_all(self.engine)
         self._queue: queue.Queue[AuditRecord | threading.Event | None] = queue.Queue()
         self._batch, self._every = batch, every_s
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        """Start the writer thread unless it runs (again, after a close: an app whose lifespan
+        ended and restarted keeps auditing)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
 
     def record(self, rec: AuditRecord) -> None:
+        self._ensure_writer()
         self._queue.put(rec)
 
     def _run(self) -> None:
@@ -106,14 +116,18 @@ class AuditLog:
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything recorded so far is written."""
+        self._ensure_writer()
         done = threading.Event()
         self._queue.put(done)
         done.wait(timeout)
 
     def close(self) -> None:
         """Write what is queued, then stop the writer (clean shutdown loses nothing)."""
-        self._queue.put(None)
-        self._thread.join()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                return
+            self._queue.put(None)
+            self._thread.join()
 
     def query(
         self, person_id: str, since: datetime | None, until: datetime | None

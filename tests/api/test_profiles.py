@@ -162,3 +162,12 @@ def test_as_of_returns_the_profile_as_it_was_and_the_audit_says_who_saw_it(serve
     record = next(r for r in audit.json() if r["kind"] == "lookup_as_of")
     assert "person_id" in record["served"] and record["purposes"].keys() == {"service", "profiling"}
     assert _get(served, f"/v1/audit?person={row['person_id']}", "mobile_app").status_code == 403
+
+
+def test_metrics_count_requests_per_route_and_show_the_snapshot(served: Any) -> None:
+    row = next(r for r in _rows(served["lake"]) if r["primary_msisdn"])
+    _get(served, f"/v1/profiles/person_id/{row['person_id']}", "mobile_app")
+    text = served["client"].get("/metrics").text
+    assert 'cdp_http_requests_total{route="/v1/profiles/{id_type}/{id_value}",status="200"}' in text
+    assert "cdp_http_request_seconds_bucket" in text
+    assert "cdp_snapshot_version" in text and "cdp_snapshot_age_seconds" in text
