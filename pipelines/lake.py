@@ -74,6 +74,12 @@ class Lake:
         except TableNotFoundError:
             return None
 
+    def _existing(self, table: str, version: int | None = None) -> DeltaTable:
+        dt = self.table(table, version)
+        if dt is None:
+            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        return dt
+
     def exists(self, table: str) -> bool:
         return DeltaTable.is_deltatable(self.uri(table))
 
@@ -197,9 +203,7 @@ class Lake:
         """Rewrite a table sorted by `key` into files of FILE_ROWS rows (after many small MERGEs
         have fragmented it); same rows, one new version."""
         with self._locks[table]:
-            dt = self.table(table)
-            if dt is None:
-                raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+            dt = self._existing(table)
             empty = pa.schema(dt.schema().to_arrow()).empty_table()
             self._rewrite(table, dt, empty, key, [], _props(stage, {}, None), None)
 
@@ -294,9 +298,7 @@ class Lake:
         string-view columns delta-rs MERGE writes, which pyarrow's dataset filters cannot compare
         yet. (pyarrow's dataset reader also left a native thread behind that aborted the process
         at exit after large multi-file reads.)"""
-        dt = self.table(table, version)
-        if dt is None:
-            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        dt = self._existing(table, version)
         frame, schema = self._scan(dt, table, columns, where)
         return frame.collect().to_arrow().cast(schema)
 
@@ -309,9 +311,7 @@ class Lake:
     ) -> pl.DataFrame:
         """A snapshot (current, or `version`; optionally filtered) as a Polars frame: no Arrow
         copy, so a full read of a large table is one copy in memory."""
-        dt = self.table(table, version)
-        if dt is None:
-            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        dt = self._existing(table, version)
         frame, _ = self._scan(dt, table, columns, where)
         return frame.collect()
 
@@ -328,18 +328,14 @@ class Lake:
         return frame, schema
 
     def arrow_schema(self, table: str) -> pa.Schema:
-        dt = self.table(table)
-        if dt is None:
-            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        dt = self._existing(table)
         return pa.schema(dt.schema().to_arrow())
 
     def read_spark(
         self, spark: SparkSession, table: str, columns: list[str] | None = None
     ) -> DataFrame:
         """The table's current snapshot as a Spark frame, read from its active Parquet files."""
-        dt = self.table(table)
-        if dt is None:
-            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        dt = self._existing(table)
         return self._frame(spark, dt, dt.file_uris(), columns)
 
     def changes(
@@ -356,18 +352,14 @@ class Lake:
         not active at `since_version`. A rewrite (compaction, delete) in that range is refused
         rather than replayed as new rows.
         """
-        dt = self.table(table, until_version)
-        if dt is None:
-            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        dt = self._existing(table, until_version)
         files = self._added(dt, table, since_version)
         return Changes(self._frame(spark, dt, files, None), files, dt.version())
 
     def added_files(self, table: str, since_version: int | None, until_version: int) -> list[str]:
         """Parquet files an append-only table gained after `since_version` up to
         `until_version` (for small increments read without Spark)."""
-        dt = self.table(table, until_version)
-        if dt is None:
-            raise FileNotFoundError(f"Delta table {table} does not exist at {self.uri(table)}")
+        dt = self._existing(table, until_version)
         return self._added(dt, table, since_version)
 
     def _added(self, dt: DeltaTable, table: str, since_version: int | None) -> list[str]:
