@@ -8,8 +8,6 @@ docs/profiles.md explains each feature and why it moves risk.
 
 from __future__ import annotations
 
-import math
-
 import polars as pl
 
 from pipelines.config import CHURN_FEATURES, ScoresCfg
@@ -102,16 +100,3 @@ def add_scores(
     )
     helpers = [c for c in frame.columns if c.startswith("_")]
     return frame.drop(helpers)
-
-
-def churn_risk_of(features: dict[str, float], cfg: ScoresCfg) -> float:
-    """The same risk for one customer's raw feature values (for docs, tests and explanations)."""
-    churn = cfg.churn_risk
-    z = churn.intercept
-    for name, f in churn.features.items():
-        v = features.get(name)
-        v = (f.cap if f.cap is not None else 0.0) if v is None else v
-        if f.cap is not None:
-            v = min(v, f.cap)
-        z += round(round(v, 4) * f.weight, 4)
-    return round(1.0 / (1.0 + math.exp(-z)), 4)

@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import Settings
+from pipelines.config import PolicyCfg, Settings
 from pipelines.gold.facts import (
     COUNTERS,
     DAILY,
@@ -408,7 +408,7 @@ def diff_profiles(
     schema: pa.Schema,
     now: datetime,
     threshold: float,
-    policy: object,
+    policy: PolicyCfg,
 ) -> tuple[pa.Table, list[str], list[dict[str, object]]]:
     """Rows to write (new or changed, with bumped profile_version), person ids to delete and
     the change events: created, updated (with the columns that changed), churn risk crossing
@@ -475,11 +475,8 @@ def _event(
 
 
 def _profile_events(
-    changed: pl.DataFrame, content: list[str], now: datetime, threshold: float, policy: object
+    changed: pl.DataFrame, content: list[str], now: datetime, threshold: float, policy: PolicyCfg
 ) -> list[dict[str, object]]:
-    from pipelines.config import PolicyCfg
-
-    assert isinstance(policy, PolicyCfg)
     events: list[dict[str, object]] = []
     compare = [c for c in content if c != "person_id"]
     diffs = changed.select(
