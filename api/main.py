@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from api import metrics
+from api.fastpath import LookupFastPath
 from api.routes import audit, collect, health, profiles
 from api.snapshot import SnapshotHolder
 from pipelines.audit import AuditLog
@@ -53,10 +54,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = KeyStore(settings.database_url)
     app.state.audit = AuditLog(settings.database_url)
     app.state.rules = compile_rules(settings.policy)
-    app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root))
-    metrics.install(app, app.state.snapshots)
+    app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root), settings.policy)
     app.include_router(health.router)
     app.include_router(profiles.router)
     app.include_router(audit.router)
     app.include_router(collect.router)
+    app.add_middleware(LookupFastPath, api=app)
+    metrics.install(app, app.state.snapshots)  # outermost: times both lookup paths
     return app

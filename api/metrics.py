@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,10 +13,41 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.snapshot import SnapshotHolder
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Measure:
+    """Pure ASGI middleware (no per-request Request/Response objects, unlike @app.middleware):
+    counts and times every request by route template and status."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.latency.labels(name).observe(time.perf_counter() - started)
+            self.requests.labels(name, str(status)).inc()
 
 
 def install(app: FastAPI, holder: SnapshotHolder) -> None:
@@ -45,17 +75,7 @@ def install(app: FastAPI, holder: SnapshotHolder) -> None:
     )
     reloads = Gauge("cdp_snapshot_reloads", "Snapshots loaded by this process", registry=registry)
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        latency.labels(name).observe(time.perf_counter() - started)
-        requests.labels(name, str(response.status_code)).inc()
-        return response
+    app.add_middleware(Measure, requests=requests, latency=latency)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (no key needed)")
     def metrics() -> Response:

@@ -12,11 +12,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import duckdb
 import polars as pl
 
+from api.render import RenderedProfiles
+from pipelines.config import PolicyCfg
 from pipelines.gold.profile import PROFILES
 from pipelines.identity.stage import MAP, MERGES
 from pipelines.lake import Lake
@@ -29,15 +30,11 @@ class Snapshot:
     version: int
     last_event_ts: datetime | None  # newest event any profile reflects (freshness)
     loaded_at: float
-    profiles: pl.DataFrame
+    rendered: RenderedProfiles = field(repr=False)
     row_of: dict[str, int]  # person_id -> row
     person_of: dict[tuple[str, str], str]  # (id_type, id_value) of an open identifier -> person
     merged_into: dict[str, str]  # absorbed person -> surviving person
     db: duckdb.DuckDBPyConnection = field(repr=False)
-
-    def profile(self, person_id: str) -> dict[str, Any] | None:
-        row = self.row_of.get(person_id)
-        return None if row is None else self.profiles.row(row, named=True)
 
     def surviving(self, person_id: str) -> str | None:
         """The person an absorbed id was merged into, following chains of merges."""
@@ -49,8 +46,9 @@ class Snapshot:
         return current if current != person_id and current in self.row_of else None
 
 
-def load_snapshot(lake: Lake) -> Snapshot:
-    """Read the current gold version (profiles, open identifiers, merges) into memory."""
+def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
+    """Read the current gold version (profiles, open identifiers, merges) into memory: the
+    profiles pre-rendered for lookups, and a DuckDB copy for set queries."""
     dt = lake.table(PROFILES)
     if dt is None:
         raise FileNotFoundError("gold.profiles does not exist yet: run `cdp run` first")
@@ -67,12 +65,14 @@ def load_snapshot(lake: Lake) -> Snapshot:
     db.execute("CREATE TABLE profiles AS SELECT * FROM profiles_arrow")
     db.unregister("profiles_arrow")
     newest = profiles.get_column("last_event_ts").max() if profiles.height else None
+    rendered = RenderedProfiles(profiles, policy, version)
+    del profiles  # only the rendered buffers and DuckDB's copy stay
     return Snapshot(
         version=version,
         last_event_ts=newest,  # type: ignore[arg-type]
         loaded_at=time.time(),
-        profiles=profiles,
-        row_of={pid: i for i, pid in enumerate(profiles.get_column("person_id").to_list())},
+        rendered=rendered,
+        row_of={pid: i for i, pid in enumerate(rendered.person_ids)},
         person_of={
             (t, v): p
             for t, v, p in zip(
@@ -96,8 +96,9 @@ def load_snapshot(lake: Lake) -> Snapshot:
 class SnapshotHolder:
     """The current snapshot of one API process, and its reloads."""
 
-    def __init__(self, lake: Lake) -> None:
+    def __init__(self, lake: Lake, policy: PolicyCfg) -> None:
         self.lake = lake
+        self.policy = policy
         self.current: Snapshot | None = None
         self.reloads = 0
         self.last_reload_s = 0.0
@@ -110,7 +111,7 @@ class SnapshotHolder:
             if version is None or (self.current and self.current.version == version):
                 return False
             started = time.perf_counter()
-            fresh = load_snapshot(self.lake)
+            fresh = load_snapshot(self.lake, self.policy)
             # The swap is one reference assignment; requests holding the old snapshot finish on
             # it, and it is freed (DuckDB database included) when the last of them lets go.
             self.current = fresh

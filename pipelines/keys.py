@@ -10,6 +10,7 @@ time. SQLite by default; any SQLAlchemy URL.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
@@ -17,8 +18,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, select, update
+from sqlalchemy import Column, DateTime, MetaData, String, Table, select, update
 from sqlalchemy.engine import Engine
+
+from pipelines.opsdb import ops_engine
 
 ROLES = ("channel", "source", "marketing", "steward", "admin")
 BOUND = ("channel", "source")  # roles whose key names one channel or one source
@@ -48,6 +51,15 @@ class Caller:
     channel: str | None
 
 
+class Stale(enum.Enum):
+    """The cache cannot answer: ask the database."""
+
+    STALE = "stale"
+
+
+STALE = Stale.STALE
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -56,7 +68,7 @@ class KeyStore:
     """Keys in a SQL database, with a short in-process cache for the request path."""
 
     def __init__(self, url: str) -> None:
-        self.engine: Engine = create_engine(url)
+        self.engine: Engine = ops_engine(url)
         metadata.create_all(self.engine)
         self._cache: dict[str, tuple[float, tuple[str, Caller] | None]] = {}
 
@@ -99,33 +111,57 @@ class KeyStore:
 
     def verify(self, key: str | None) -> Caller | None:
         """The caller a presented key belongs to; None for a malformed, unknown or revoked key."""
-        if not key or not key.startswith("cdp_") or key.count("_") < 2:
+        parsed = _parse(key)
+        if parsed is None:
             return None
-        _, key_id, secret = key.split("_", 2)
-        now = time.monotonic()
+        if self._stale(parsed[0]):
+            self._load(parsed[0])
+        return self._check(*parsed)
+
+    def verify_cached(self, key: str | None) -> Caller | None | Stale:
+        """`verify` from the in-process cache alone (no I/O, for the event loop); STALE when
+        the key's entry is missing or older than CACHE_S and `verify` must ask the database."""
+        parsed = _parse(key)
+        if parsed is None:
+            return None
+        return STALE if self._stale(parsed[0]) else self._check(*parsed)
+
+    def _stale(self, key_id: str) -> bool:
         cached = self._cache.get(key_id)
-        if cached is None or now - cached[0] > CACHE_S:
-            with self.engine.connect() as conn:
-                row = (
-                    conn.execute(
-                        select(api_keys).where(
-                            api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)
-                        )
+        return cached is None or time.monotonic() - cached[0] > CACHE_S
+
+    def _load(self, key_id: str) -> None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(api_keys).where(
+                        api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)
                     )
-                    .mappings()
-                    .first()
                 )
-            found = (
-                (
-                    str(row["secret_sha256"]),
-                    Caller(key_id, str(row["name"]), str(row["role"]), row["channel"]),
-                )
-                if row
-                else None
+                .mappings()
+                .first()
             )
-            cached = (now, found)
-            self._cache[key_id] = cached
-        if cached[1] is None:
+        found = (
+            (
+                str(row["secret_sha256"]),
+                Caller(key_id, str(row["name"]), str(row["role"]), row["channel"]),
+            )
+            if row
+            else None
+        )
+        self._cache[key_id] = (time.monotonic(), found)
+
+    def _check(self, key_id: str, secret: str) -> Caller | None:
+        found = self._cache[key_id][1]
+        if found is None:
             return None
-        digest, caller = cached[1]
+        digest, caller = found
         return caller if hmac.compare_digest(digest, _digest(secret)) else None
+
+
+def _parse(key: str | None) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key."""
+    if not key or not key.startswith("cdp_") or key.count("_") < 2:
+        return None
+    _, key_id, secret = key.split("_", 2)
+    return key_id, secret

@@ -8,7 +8,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The process answers")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -17,7 +17,7 @@ def healthz() -> dict[str, str]:
     summary="A gold snapshot is loaded",
     responses={503: {"description": "No snapshot loaded yet"}},
 )
-def readyz(request: Request, response: Response) -> dict[str, object]:
+async def readyz(request: Request, response: Response) -> dict[str, object]:
     current = request.app.state.snapshots.current
     if current is None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -4,20 +4,26 @@ channel."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+import polars as pl
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from starlette.datastructures import State
 
 from api.deps import ChannelDep, SnapshotDep
-from api.models import ErrorPublic, MergedPublic, ProfilePublic, WithheldPublic
+from api.models import ErrorPublic, MergedPublic, ProfilePublic
+from api.render import RenderedProfiles
+from api.snapshot import Snapshot
 from pipelines.audit import AuditRecord
-from pipelines.consent import project
-from pipelines.gold.stage import person_at, profile_as_of, profiles_version_at
+from pipelines.config import Settings
+from pipelines.gold.profile import PROFILES
+from pipelines.gold.stage import person_at, profiles_version_at
 from pipelines.identity.explain import normalise_value
 from pipelines.keys import Caller
 
-router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
+PREFIX = "/v1/profiles"
+router = APIRouter(prefix=PREFIX, tags=["profiles"])
 
 IdType = Literal["msisdn", "iccid", "account_id", "app_user_id", "email", "passport", "person_id"]
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -28,13 +34,12 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _valid(request: Request, id_type: str, value: str) -> str:
+def valid(settings: Settings, id_type: str, value: str) -> str:
     """The identifier as identity stores it, or 422 naming the field and the fix."""
     if id_type == "person_id":
         if not (value.startswith("P") and len(value) == 21):
             raise HTTPException(422, "id_value: a person_id is P followed by 20 hex digits")
         return value
-    settings = request.app.state.settings
     normal = normalise_value(id_type, value, settings.identity)
     if id_type == "msisdn":
         country = settings.identity.country
@@ -61,12 +66,13 @@ def _valid(request: Request, id_type: str, value: str) -> str:
     response_model=ProfilePublic,
     responses=ERRORS,
 )
-def lookup(
+async def lookup(
     id_type: IdType, id_value: str, request: Request, who: ChannelDep, snap: SnapshotDep
-) -> ProfilePublic | JSONResponse:
-    value = _valid(request, id_type, id_value)
-    person = value if id_type == "person_id" else snap.person_of.get((id_type, value))
-    row = snap.profile(person) if person else None
+) -> Response:
+    """In memory end to end (dictionaries of the snapshot, the compiled policy, a queued audit
+    record), so it runs on the event loop without a thread hop."""
+    value = valid(request.app.state.settings, id_type, id_value)
+    row = current_row(snap, id_type, value)
     if row is None and id_type == "person_id":
         survivor = snap.surviving(value)
         if survivor:
@@ -78,7 +84,8 @@ def lookup(
             )
     if row is None:
         raise HTTPException(404, f"no person holds {id_type} {id_value} now")
-    return _projected(request, who, row, snap.version, snap.last_event_ts, "lookup")
+    body = projected(request.app.state, who, snap.rendered, row, "lookup")
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -93,55 +100,44 @@ def lookup_as_of(
     ts: Annotated[datetime, Query(description="ISO-8601 time with an offset")],
     request: Request,
     who: ChannelDep,
-) -> ProfilePublic:
+) -> Response:
     if ts.tzinfo is None:
         raise HTTPException(422, "ts: give a time zone, e.g. 2026-10-05T12:00:00Z")
-    value = _valid(request, id_type, id_value)
+    value = valid(request.app.state.settings, id_type, id_value)
     lake = request.app.state.snapshots.lake
     person = value if id_type == "person_id" else person_at(lake, id_type, value, ts)
     version = profiles_version_at(lake, ts)
-    row = profile_as_of(lake, person, ts) if person and version is not None else None
-    if row is None or version is None:
+    if person is None or version is None:
         raise HTTPException(404, f"no profile held {id_type} {id_value} at {ts.isoformat()}")
-    return _projected(request, who, row, version, None, "lookup_as_of")
+    frame = lake.read_polars(PROFILES, where=pl.col("person_id") == person, version=version)
+    if not frame.height:
+        raise HTTPException(404, f"no profile held {id_type} {id_value} at {ts.isoformat()}")
+    rendered = RenderedProfiles(frame, request.app.state.settings.policy, version)
+    body = projected(request.app.state, who, rendered, 0, "lookup_as_of")
+    return Response(body, media_type="application/json")
 
 
-def _projected(
-    request: Request,
-    who: Caller,
-    row: dict[str, Any],
-    version: int,
-    last_event_ts: datetime | None,
-    kind: str,
-) -> ProfilePublic:
-    """The row as the caller's channel may see it; the lookup is audited (names, not values)."""
-    rules = request.app.state.rules[who.channel]
-    seen = project(row, rules)
-    request.app.state.audit.record(
+def current_row(snap: Snapshot, id_type: str, value: str) -> int | None:
+    """The snapshot row of the person holding a (valid) identifier now."""
+    person = value if id_type == "person_id" else snap.person_of.get((id_type, value))
+    return snap.row_of.get(person) if person else None
+
+
+def projected(state: State, who: Caller, rendered: RenderedProfiles, row: int, kind: str) -> bytes:
+    """The row as the caller's channel may see it (a ProfilePublic JSON document, rendered from
+    pre-encoded fragments: validating our own output through the response model would cost
+    more than the lookup itself); the lookup is audited (names, not values)."""
+    body, disclosure = rendered.body(row, state.rules[who.channel])
+    state.audit.record(
         AuditRecord(
             kind=kind,
             key_id=who.key_id,
             channel=who.channel,
-            person_id=row["person_id"],
-            purposes=seen.consent_used,
-            legal_basis=seen.legal_basis,
-            served=sorted(seen.served),
-            withheld=[{"attribute": w.attribute, "reason": w.reason} for w in seen.withheld],
-            profile_version=row["profile_version"],
-            snapshot_version=version,
+            person_id=rendered.person_ids[row],
+            disclosure=disclosure,
+            profile_version=rendered.version_of(row),
+            snapshot_version=rendered.version,
             at=datetime.now(UTC),
         )
     )
-    return ProfilePublic(
-        person_id=row["person_id"],
-        channel=rules.channel,
-        attributes=seen.served,
-        withheld=[
-            WithheldPublic(attribute=w.attribute, reason=w.reason, purposes=list(w.purposes))  # type: ignore[arg-type]
-            for w in seen.withheld
-        ],
-        consent_in_force=seen.consent_used,
-        profile_version=row["profile_version"],
-        snapshot_version=version,
-        last_event_ts=last_event_ts if last_event_ts is not None else row["last_event_ts"],
-    )
+    return body

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.audit import AuditLog, AuditRecord
+from pipelines.config import PROJECT_ROOT, load_settings
+from pipelines.consent import compile_rules
 
 pytestmark = pytest.mark.unit
+RULES = compile_rules(load_settings(PROJECT_ROOT / "conf", env={}).policy)["sms_campaigns"]
 
 
 def _rec(i: int, person: str = "P1") -> AuditRecord:
@@ -19,10 +22,7 @@ def _rec(i: int, person: str = "P1") -> AuditRecord:
         key_id="k1",
         channel="sms_campaigns",
         person_id=person,
-        purposes={"marketing": i % 2 == 0},
-        legal_basis={"marketing": "consent"},
-        served=["person_id"],
-        withheld=[{"attribute": "primary_msisdn", "reason": "no_consent"}],
+        disclosure=RULES.disclosure((i % 2 == 0,), ("consent",)),
         profile_version=i,
         snapshot_version=7,
         at=datetime(2026, 10, 1, tzinfo=UTC) + timedelta(seconds=i),
@@ -44,5 +44,13 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
         datetime(2026, 10, 1, 0, 0, 20, tzinfo=UTC),
     )
     assert [r["profile_version"] for r in window] == [i for i in range(10, 21) if i % 3]
-    assert window[0]["withheld"] == [{"attribute": "primary_msisdn", "reason": "no_consent"}]
+    consented, refused = window[0], window[1]  # versions 10 (in force) and 11 (not)
+    assert consented["purposes"] == {"marketing": True}
+    assert consented["legal_basis"] == {"marketing": "consent"}
+    assert "primary_msisdn" in consented["served"]
+    assert refused["purposes"] == {"marketing": False}
+    assert "primary_msisdn" not in refused["served"]
+    assert {"attribute": "primary_msisdn", "reason": "no_consent", "purposes": ["marketing"]} in (
+        refused["withheld"]
+    )
     reopened.close()
