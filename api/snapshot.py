@@ -8,6 +8,7 @@ sits in an in-process DuckDB database for set queries (segments).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ class Snapshot:
     loaded_at: float
     rendered: RenderedProfiles = field(repr=False)
     row_of: dict[str, int]  # person_id -> row
-    person_of: dict[tuple[str, str], str]  # (id_type, id_value) of an open identifier -> person
+    row_of_id: dict[str, int]  # "id_type:id_value" of an open identifier -> its person's row
     merged_into: dict[str, str]  # absorbed person -> surviving person
     db: duckdb.DuckDBPyConnection = field(repr=False)
 
@@ -66,6 +67,11 @@ def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
     db.unregister("profiles_arrow")
     newest = profiles.get_column("last_event_ts").max() if profiles.height else None
     rendered = RenderedProfiles(profiles, policy, version)
+    # identifier -> row, as "type:value" strings and ints: no tuples for the collector to scan
+    rows = profiles.select(pl.col("person_id"), pl.int_range(pl.len()).alias("row"))
+    held = ids.join(rows, on="person_id").select(
+        (pl.col("id_type") + ":" + pl.col("id_value")).alias("key"), "row"
+    )
     del profiles  # only the rendered buffers and DuckDB's copy stay
     return Snapshot(
         version=version,
@@ -73,15 +79,9 @@ def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
         loaded_at=time.time(),
         rendered=rendered,
         row_of={pid: i for i, pid in enumerate(rendered.person_ids)},
-        person_of={
-            (t, v): p
-            for t, v, p in zip(
-                ids.get_column("id_type").to_list(),
-                ids.get_column("id_value").to_list(),
-                ids.get_column("person_id").to_list(),
-                strict=True,
-            )
-        },
+        row_of_id=dict(
+            zip(held.get_column("key").to_list(), held.get_column("row").to_list(), strict=True)
+        ),
         merged_into=dict(
             zip(
                 merges.get_column("from_person_id").to_list(),
@@ -115,6 +115,9 @@ class SnapshotHolder:
             # The swap is one reference assignment; requests holding the old snapshot finish on
             # it, and it is freed (DuckDB database included) when the last of them lets go.
             self.current = fresh
+            # Millions of long-lived objects: keep them out of every future collection (they
+            # are still freed by reference counting when the snapshot is let go).
+            gc.freeze()
             self.reloads += 1
             self.last_reload_s = time.perf_counter() - started
             return True

@@ -484,6 +484,13 @@ _ENV_PATHS = {
     "CDP_CHECKPOINT_ROOT": "checkpoint_root",
     "CDP_TRUTH_ROOT": "truth_root",
 }
+# Serving overrides (containers, tests and benchmarks pick a port and a worker count).
+_ENV_API = {
+    "CDP_API_HOST": "host",
+    "CDP_API_PORT": "port",
+    "CDP_API_WORKERS": "workers",
+    "CDP_API_SNAPSHOT_POLL_S": "snapshot_poll_s",
+}
 # Folder names below CDP_DATA_ROOT, the same as the defaults in conf/engine.yaml.
 _DATA_SUBDIRS = {
     "lake_root": "lake",
@@ -572,7 +579,11 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
     _check_policy(policy, policy_path)
     api_path = conf_dir / "api.yaml"
-    api = _parse(ApiCfg, _read_yaml(api_path), api_path) if api_path.exists() else ApiCfg()
+    api_raw = dict(_read_yaml(api_path) or {}) if api_path.exists() else {}
+    for var, key in _ENV_API.items():
+        if env.get(var):
+            api_raw[key] = env[var]
+    api = _parse(ApiCfg, api_raw, api_path)
 
     return Settings(
         conf_dir=conf_dir,

@@ -119,8 +119,9 @@ def lookup_as_of(
 
 def current_row(snap: Snapshot, id_type: str, value: str) -> int | None:
     """The snapshot row of the person holding a (valid) identifier now."""
-    person = value if id_type == "person_id" else snap.person_of.get((id_type, value))
-    return snap.row_of.get(person) if person else None
+    if id_type == "person_id":
+        return snap.row_of.get(value)
+    return snap.row_of_id.get(f"{id_type}:{value}")
 
 
 def projected(state: State, who: Caller, rendered: RenderedProfiles, row: int, kind: str) -> bytes:

@@ -44,7 +44,7 @@ def test_any_spelling_of_a_number_finds_its_person(served: Any) -> None:
 
 
 def test_each_channel_sees_only_consented_purposes(served: Any) -> None:
-    policy = served["app"].state.settings.policy
+    policy = served["settings"].policy
     rows = [r for r in _rows(served["lake"]) if r["primary_msisdn"]][:40]
     for channel, spec in policy.channels.items():
         for row in rows:
