@@ -26,9 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -91,8 +91,9 @@ def main() -> None:
         .select("person_id", "id_value", "id_value_line")
         .rows()
     )
-    newest = lake.read_polars(PROFILES, ["last_event_ts"]).get_column("last_event_ts").max()
-    assert newest is not None
+    newest = cast(
+        datetime, lake.read_polars(PROFILES, ["last_event_ts"]).get_column("last_event_ts").max()
+    )
 
     url = f"http://{HOST}:{env['CDP_API_PORT']}"
     client = httpx.Client(base_url=url, timeout=10)
@@ -117,7 +118,7 @@ def main() -> None:
                 "event_id": f"fresh-{i}",
                 "source": "app",
                 "event_type": "open",
-                "event_ts": (newest + timedelta(seconds=i + 1)).isoformat(),  # type: ignore[operator]
+                "event_ts": (newest + timedelta(seconds=i + 1)).isoformat(),
                 "schema_version": 1,
                 "app_user_id": app_user,
                 "msisdn": msisdn,
