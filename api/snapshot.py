@@ -12,7 +12,6 @@ import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import duckdb
 import polars as pl
@@ -29,7 +28,6 @@ class Snapshot:
     """One Delta version of gold.profiles with its lookup structures."""
 
     version: int
-    last_event_ts: datetime | None  # newest event any profile reflects (freshness)
     loaded_at: float
     rendered: RenderedProfiles = field(repr=False)
     row_of: dict[str, int]  # person_id -> row
@@ -65,7 +63,6 @@ def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
     db.register("profiles_arrow", profiles.to_arrow())
     db.execute("CREATE TABLE profiles AS SELECT * FROM profiles_arrow")
     db.unregister("profiles_arrow")
-    newest = profiles.get_column("last_event_ts").max() if profiles.height else None
     rendered = RenderedProfiles(profiles, policy, version)
     # identifier -> row, as "type:value" strings and ints: no tuples for the collector to scan
     rows = profiles.select(pl.col("person_id"), pl.int_range(pl.len()).alias("row"))
@@ -75,7 +72,6 @@ def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
     del profiles  # only the rendered buffers and DuckDB's copy stay
     return Snapshot(
         version=version,
-        last_event_ts=newest,  # type: ignore[arg-type]
         loaded_at=time.time(),
         rendered=rendered,
         row_of={pid: i for i, pid in enumerate(rendered.person_ids)},

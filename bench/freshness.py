@@ -3,7 +3,7 @@
 
 1. Generates a small operator (300 lines, 5 days) and runs `cdp run` once, so the stream starts
    on a built lake (checkpoints, identity, gold).
-2. Starts `cdp stream` and `cdp serve` as separate processes, with a source key for the app feed
+2. Starts `cdp serve` and `cdp stream` as separate processes, with a source key for the app feed
    and a channel key for the self-care app.
 3. Posts app `open` events, one at a time, each for a different person (app user and line from
    the identity map, event time just after the newest event in the lake), and polls that
@@ -38,7 +38,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.lookup import HOST, free_port  # noqa: E402
+from bench.server import ServeProcess  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
 from pipelines.gold.profile import PROFILES  # noqa: E402
 from pipelines.identity.stage import MAP  # noqa: E402
@@ -66,7 +66,7 @@ def wait_for(what: str, check: Any, timeout: float, every: float = 0.02) -> floa
 
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="cdp-bench-fresh-"))
-    env = {**os.environ, "CDP_DATA_ROOT": str(root), "CDP_API_PORT": str(free_port())}
+    env = {**os.environ, "CDP_DATA_ROOT": str(root)}
     settings = load_settings(PROJECT_ROOT / "conf", env=env)
     step("generating a small operator and running the pipeline once")
     subprocess.run(
@@ -95,21 +95,17 @@ def main() -> None:
         datetime, lake.read_polars(PROFILES, ["last_event_ts"]).get_column("last_event_ts").max()
     )
 
-    url = f"http://{HOST}:{env['CDP_API_PORT']}"
-    client = httpx.Client(base_url=url, timeout=10)
-    procs = {
-        name: subprocess.Popen(
-            [CDP, name], env=env, start_new_session=True, stdout=subprocess.DEVNULL
-        )
-        for name in ("stream", "serve")
-    }
+    server = ServeProcess(root)
+    stream = subprocess.Popen(
+        [CDP, "stream"], env=env, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    client = httpx.Client(base_url=server.url, timeout=10)
 
     def version(person: str) -> int:
         got = client.get(f"/v1/profiles/person_id/{person}", headers={"X-API-Key": channel_key})
         return int(got.json()["profile_version"]) if got.status_code == 200 else -1
 
     try:
-        wait_for("the API", lambda: _ok(client, "/readyz"), timeout=120, every=0.2)
         step(f"stream and API up; posting {EVENTS + 1} events one at a time")
         seen = []
         for i, (person, app_user, msisdn) in enumerate(people):
@@ -132,8 +128,8 @@ def main() -> None:
             if i:
                 seen.append(took)
 
-        os.killpg(procs["stream"].pid, signal.SIGINT)
-        procs["stream"].wait(timeout=120)
+        os.killpg(stream.pid, signal.SIGINT)
+        stream.wait(timeout=120)
         step(f"stream stopped; baseline: {BASELINE} profiles changed directly in gold")
         rows = lake.read_arrow(PROFILES).to_pylist()[:BASELINE]
         floor = []
@@ -151,11 +147,10 @@ def main() -> None:
                 wait_for("a gold change", lambda r=row, b=before: version(r["person_id"]) > b, 60)
             )
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-        for proc in procs.values():
-            proc.wait(timeout=120)
+        if stream.poll() is None:
+            os.killpg(stream.pid, signal.SIGINT)
+            stream.wait(timeout=120)
+        server.stop()
 
     figures = {
         "events": len(seen),
@@ -169,13 +164,6 @@ def main() -> None:
         "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
-
-
-def _ok(client: httpx.Client, path: str) -> bool:
-    try:
-        return client.get(path).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":

@@ -19,21 +19,17 @@ import json
 import multiprocessing
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.httpload import drive, encode_get  # noqa: E402
+from bench.server import HOST, ServeProcess, rss_mb  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
 from pipelines.gold.profile import PROFILES  # noqa: E402
 from pipelines.identity.stage import MAP  # noqa: E402
@@ -45,7 +41,6 @@ CONCURRENCY = 32
 SECONDS = 10.0
 WARMUP = 2.0
 CHANNEL = "mobile_app"
-HOST = "127.0.0.1"
 
 
 def step(msg: str) -> None:
@@ -83,28 +78,6 @@ def ensure_lake() -> Path:
     return CACHE
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn workers), in MiB."""
-    total = 0.0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        status = Path(f"/proc/{p}/status")
-        if status.exists():
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-    return round(total, 1)
-
-
 def main() -> None:
     root = ensure_lake()
     settings = load_settings(PROJECT_ROOT / "conf", env=_env(root))
@@ -119,25 +92,11 @@ def main() -> None:
     random.Random(5).shuffle(numbers)
     key = KeyStore(settings.database_url).create("bench-lookup", "channel", CHANNEL)
 
-    port = free_port()
-    env = {**_env(root), "CDP_API_PORT": str(port)}
-    step(f"starting `cdp serve` on {HOST}:{port} ({settings.api.workers} worker(s))")
-    server = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "cdp"), "serve"], env=env, start_new_session=True
-    )
+    step(f"starting `cdp serve` ({settings.api.workers} worker(s)); loading the snapshot")
+    server = ServeProcess(root)
+    port = server.port
     try:
-        started = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited with {server.returncode}")
-            try:
-                if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        ready_s = time.perf_counter() - started
-        step(f"ready in {ready_s:.1f} s; {persons:,} profiles, {len(numbers):,} current numbers")
+        step(f"ready in {server.ready_s:.1f} s; {persons:,} profiles, {len(numbers):,} numbers")
 
         step(f"GET /healthz: {CONCURRENCY} connections, {SECONDS:.0f} s")
         floor = drive(
@@ -156,10 +115,9 @@ def main() -> None:
         lookups = drive(
             HOST, port, requests, concurrency=CONCURRENCY, seconds=SECONDS, warmup=WARMUP
         )
-        memory = rss_mb(server.pid)
+        memory = rss_mb(server.process.pid)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        server.stop()
 
     bad = {s: n for s, n in lookups.statuses.items() if s != 200}
     if bad or lookups.errors or floor.errors:
@@ -171,7 +129,7 @@ def main() -> None:
         **lookups.summary("lookup"),
         **floor.summary("healthz"),
         "ratio": round(lookups.requests / max(floor.requests, 1), 3),
-        "ready_s": round(ready_s, 1),
+        "ready_s": round(server.ready_s, 1),
         "server_rss_mb": memory,
         "cores": os.cpu_count(),
     }

@@ -10,7 +10,6 @@ consents), stored once. SQLite by default, any SQLAlchemy URL.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import json
 import logging
@@ -94,8 +93,8 @@ class AuditLog:
         insert = audit_records.insert().values(
             {c.name: bindparam(c.name, type_=c.type) for c in RECORD_COLUMNS}
         )
-        self._insert_sql = str(insert.compile(dialect=dialect))
-        self._values_sql = self._insert_sql[self._insert_sql.index(" VALUES ") + 8 :]
+        sql = str(insert.compile(dialect=dialect))
+        self._insert_head, self._one_row = sql.split(" VALUES ", 1)
         self._positional = dialect.positional
         at_type = audit_records.c.at.type.dialect_impl(dialect)
         self._at = at_type.bind_processor(dialect) or (lambda v: v)
@@ -215,7 +214,8 @@ class AuditLog:
                 for i in range(0, len(rows), MULTI_ROWS):
                     chunk = rows[i : i + MULTI_ROWS]
                     conn.exec_driver_sql(
-                        self._multi_sql(len(chunk)), tuple(itertools.chain(*chunk))
+                        f"{self._insert_head} VALUES {', '.join([self._one_row] * len(chunk))}",
+                        tuple(itertools.chain(*chunk)),
                     )
             else:
                 names = [c.name for c in RECORD_COLUMNS]
@@ -223,12 +223,6 @@ class AuditLog:
                     audit_records.insert(), [dict(zip(names, r, strict=True)) for r in rows]
                 )
         self._known.update(new)
-
-    @functools.lru_cache(maxsize=8)  # noqa: B019 - one log per process, a few batch sizes
-    def _multi_sql(self, rows: int) -> str:
-        """INSERT ... VALUES (?, ...), (?, ...) for `rows` records (positional drivers)."""
-        head = self._insert_sql[: self._insert_sql.index(" VALUES ") + 8]
-        return head + ", ".join([self._values_sql] * rows)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything recorded so far is written."""

@@ -15,6 +15,7 @@ import pytest
 from pipelines.gold.profile import PROFILES
 from pipelines.identity.stage import MERGES
 from pipelines.lake import Lake
+from tests.api.conftest import new_version
 
 pytestmark = pytest.mark.api
 
@@ -67,12 +68,7 @@ def test_withdrawal_is_enforced_from_the_next_snapshot(served: Any) -> None:
     before = _get(served, path, "sms_campaigns").json()
     assert "primary_msisdn" in before["attributes"]
     row.update(consent_marketing_granted=False, profile_version=row["profile_version"] + 1)
-    schema = lake.arrow_schema(PROFILES)
-    import pyarrow as pa
-
-    lake.upsert(
-        PROFILES, pa.Table.from_pylist([row], schema), "person_id", delete_keys=[], stage="test"
-    )
+    new_version(lake, row)
     deadline = time.monotonic() + 30
     after = before
     while after["snapshot_version"] == before["snapshot_version"] and time.monotonic() < deadline:

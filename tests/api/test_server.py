@@ -6,44 +6,24 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
 from bench.httpload import LoadResult, drive, encode_get
+from bench.server import HOST, ServeProcess, rss_mb
 from pipelines.audit import AuditLog
 from pipelines.gold.profile import PROFILES
 from pipelines.keys import KeyStore
 from pipelines.lake import Lake
-from tests.api.conftest import HOST, Server
+from tests.api.conftest import new_version
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.api
 
 
-def _new_version(lake: Lake, row: dict[str, Any]) -> None:
-    """A new gold.profiles version: one profile's version bumped (what a micro-batch does)."""
-    row["profile_version"] += 1
-    lake.upsert(
-        PROFILES,
-        pa.Table.from_pylist([row], lake.arrow_schema(PROFILES)),
-        "person_id",
-        delete_keys=[],
-        stage="test",
-    )
-
-
 def _snapshot_version(served: Any) -> int:
     return int(served["client"].get("/readyz").json()["snapshot_version"])
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def _lookups(served: Any, rows: list[dict[str, Any]]) -> list[bytes]:
@@ -74,7 +54,8 @@ def test_reloads_under_concurrent_requests_fail_none(served: Any) -> None:
     load.start()
     for row in rows[:4]:
         time.sleep(1.0)
-        _new_version(lake, row)
+        row["profile_version"] += 1
+        new_version(lake, row)
     load.join()
     result = got["result"]
     assert result.requests > 1000
@@ -90,7 +71,8 @@ def test_memory_stays_flat_across_reloads(served: Any) -> None:
     rss = []
     for row in rows[:14]:
         version = _snapshot_version(served)
-        _new_version(lake, row)
+        row["profile_version"] += 1
+        new_version(lake, row)
         deadline = time.monotonic() + 30
         while _snapshot_version(served) == version and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -98,7 +80,7 @@ def test_memory_stays_flat_across_reloads(served: Any) -> None:
             f"/v1/profiles/person_id/{row['person_id']}",
             headers={"X-API-Key": served["keys"]["nba_engine"]},
         )
-        rss.append(_rss_mb(pid))
+        rss.append(rss_mb(pid))
     # after a few reloads the allocator has its working set; later reloads must not add to it
     settled, last = max(rss[2:5]), max(rss[-4:])
     assert last <= settled + 25, f"RSS grew across reloads: {[round(r) for r in rss]} MiB"
@@ -111,7 +93,7 @@ def test_a_clean_shutdown_writes_every_audit_record(
     shutil.copytree(served["lake"].root, root / "lake")
     settings = settings_for(root)
     key = KeyStore(settings.database_url).create("shutdown test", "channel", "mobile_app")
-    server = Server(root)
+    server = ServeProcess(root)
     rows = Lake(root / "lake").read_arrow(PROFILES).to_pylist()[:50]
     requests = [
         encode_get(HOST, f"/v1/profiles/person_id/{r['person_id']}", {"X-API-Key": key})
