@@ -716,15 +716,16 @@ def person_at(lake: Lake, id_type: str, value: str, at: datetime) -> str | None:
 
 
 def profiles_version_at(lake: Lake, at: datetime) -> int | None:
-    """The gold.profiles version current at `at` (None before the table existed)."""
+    """The gold.profiles version current at `at` (None before the table existed): the newest
+    commit whose commit time (the one `history` shows) is not after `at`. delta-rs's
+    `load_as_version(datetime)` can judge by the log file's modification time instead, which is
+    a little later than the commit time, so a time just after a commit found the version before."""
     dt = lake.table(PROFILES)
     if dt is None:
         return None
-    first = dt.history()[-1]["timestamp"]  # commit times in epoch milliseconds
-    if at.timestamp() * 1000 < first:
-        return None
-    dt.load_as_version(at)
-    return dt.version()
+    at_ms = at.timestamp() * 1000  # commit times are epoch milliseconds
+    committed = [h["version"] for h in dt.history() if h["timestamp"] <= at_ms]
+    return max(committed) if committed else None
 
 
 def profile_as_of(lake: Lake, person_id: str, at: datetime | None) -> dict[str, object] | None:
