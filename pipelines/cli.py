@@ -44,6 +44,11 @@ keys_app = typer.Typer(
     help="API keys: create (the key is shown once), list, revoke.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+quality_app = typer.Typer(
+    help="Data quality: run every suite, release a reviewed batch past the gate, build docs.",
+    no_args_is_help=True,
+)
+app.add_typer(quality_app, name="quality")
 console = Console()
 
 ConfOpt = Annotated[
@@ -169,11 +174,25 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
 
 
 def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], None]:
-    """Identity then gold, run after each silver micro-batch, reporting what changed."""
+    """After each silver micro-batch: the quality gate on the rows waiting for promotion, then
+    identity and gold unless a blocking expectation failed; reports what changed."""
+    from expectations.gate import promotion_gate
+    from expectations.runner import Quality
     from pipelines.gold.stage import refresh_gold
     from pipelines.identity.stage import refresh_identity
 
+    quality: list[Quality] = []  # built on first use (Great Expectations takes seconds to load)
+
     def step(spark: SparkSession) -> None:
+        if not quality:
+            quality.append(Quality(settings, lake))
+        gate = promotion_gate(quality[0])
+        if not gate.passed:
+            console.print(f"[red]{gate.summary()}[/red]")
+            console.print(
+                "fix the source, or review the rows and release them: cdp quality release <table>"
+            )
+            return
         r = refresh_identity(spark, lake, settings)
         if r.evidence_rows:
             refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
@@ -394,6 +413,56 @@ def keys_revoke(
         console.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+@quality_app.command("check")
+def quality_check(conf: ConfOpt = None) -> None:
+    """Run every suite on the rows it covers now; exit 1 when a blocking expectation fails."""
+    from expectations.runner import Quality
+
+    settings = _settings(conf)
+    quality = Quality(settings)
+    failed = False
+    for table in quality.suites:
+        o = quality.validate(table)
+        state = o.skipped or ("passed" if not o.failures else f"{len(o.failures)} failed")
+        console.print(f"{table}: {o.rows:,} rows, {o.evaluated} expectations, {state}")
+        for f in o.failures:
+            console.print(f"  [{'red' if f.blocking else 'yellow'}]- {f}[/]")
+        failed = failed or not o.passed
+    console.print(f"data docs: {quality.docs()}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@quality_app.command("release")
+def quality_release(
+    table: Annotated[str, typer.Argument(help="A silver table, e.g. silver.network.")],
+    conf: ConfOpt = None,
+) -> None:
+    """Let the rows of TABLE waiting now pass the gate (after review): they reach gold on the
+    next run."""
+    from expectations.frames import release
+    from pipelines.lake import Lake
+
+    settings = _settings(conf)
+    try:
+        version = release(Lake(settings.paths.lake_root), settings, table)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{table}: rows up to version {version} released past the quality gate")
+
+
+@app.command()
+def docs(conf: ConfOpt = None) -> None:
+    """Build the data docs (every suite's expectations and latest results) and print where."""
+    from expectations.runner import Quality
+
+    quality = Quality(_settings(conf))
+    for table in quality.suites:
+        quality.validate(table)
+    console.print(f"data docs: file://{quality.docs()}")
 
 
 @app.command()

@@ -445,6 +445,20 @@ class ApiCfg(Model):
     max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
 
 
+class SlaCfg(Model):
+    """Service levels (conf/sla.yaml): table freshness, end-to-end lag, quarantine rate per
+    source (a breach blocks promotion to gold) and API latency."""
+
+    freshness_minutes: dict[str, float] = Field(default_factory=dict)
+    end_to_end_lag_s: float = Field(10, gt=0)
+    quarantine_rate: dict[str, float] = Field(default_factory=dict)
+    api_p99_ms: float = Field(5, gt=0)
+
+    def max_quarantine_rate(self, source: str) -> float:
+        """The source's limit; a source without one may not quarantine anything."""
+        return self.quarantine_rate.get(source, 0.0)
+
+
 # ---------------------------------------------------------------- the whole thing
 
 
@@ -460,6 +474,7 @@ class Settings(Model):
     scores: ScoresCfg
     policy: PolicyCfg
     api: ApiCfg = ApiCfg()
+    sla: SlaCfg = SlaCfg()
 
     def contract(self, source: str) -> SourceContract:
         try:
@@ -584,6 +599,13 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         if env.get(var):
             api_raw[key] = env[var]
     api = _parse(ApiCfg, api_raw, api_path)
+    sla_path = conf_dir / "sla.yaml"
+    sla = _parse(SlaCfg, _read_yaml(sla_path), sla_path) if sla_path.exists() else SlaCfg()
+    if unknown_sources := sorted(set(sla.quarantine_rate) - set(contracts)):
+        raise ConfigError(
+            f"{sla_path}: quarantine_rate names unknown sources {unknown_sources}; "
+            f"contracts exist for {sorted(contracts)}"
+        )
 
     return Settings(
         conf_dir=conf_dir,
@@ -597,6 +619,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         scores=scores,
         policy=policy,
         api=api,
+        sla=sla,
     )
 
 

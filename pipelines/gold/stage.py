@@ -172,6 +172,12 @@ def refresh_gold(lake: Lake, settings: Settings, today: date | None = None) -> G
     return result
 
 
+def silver_ranges(lake: Lake, settings: Settings) -> dict[str, tuple[int | None, int]]:
+    """Per source with a silver table: (version gold reflects, version it would read up to);
+    the rows in between are waiting for promotion (the quality gate judges them)."""
+    return _ranges(lake, _silver_tables(settings, lake))
+
+
 def _ranges(lake: Lake, silver: dict[str, str]) -> dict[str, tuple[int | None, int]]:
     """Per source: (version the profiles reflect, version to read up to). When an interrupted
     run committed some gold tables past the profiles, the target is exactly that range, so the

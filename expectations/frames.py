@@ -1,0 +1,147 @@
+"""The rows each suite validates, as pandas frames with only the columns the suite reads.
+
+- silver tables: the rows waiting for promotion (added since the version gold reflects), so a
+  bad batch is judged before identity and profiles see it;
+- bronze and quarantine: the last day of ingestion;
+- source health: one row per source (landed and quarantined lines over the last day, the rate
+  and the SLA limit);
+- gold and reference tables: the table as it stands (the identity map: current tenures, with
+  whether the person has a profile).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+
+from expectations.suites import SOURCE_HEALTH, Suite
+from pipelines.config import Settings
+from pipelines.gold.profile import PROFILES
+from pipelines.gold.stage import silver_ranges
+from pipelines.identity.stage import MAP
+from pipelines.lake import Lake
+from pipelines.silver import QUARANTINE, silver_table
+
+DAY = timedelta(days=1)
+
+
+def _pandas(frame: pl.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Only the suite's columns; decimals as floats (GX compares numbers, not Decimals)."""
+    frame = frame.select([c for c in columns if c in frame.columns])
+    decimals = [c for c, t in frame.schema.items() if isinstance(t, pl.Decimal)]
+    if decimals:
+        frame = frame.with_columns(pl.col(decimals).cast(pl.Float64))
+    return frame.to_pandas()
+
+
+def _releases_file(settings: Settings) -> Path:
+    return settings.paths.lake_root.parent / "quality" / "released.json"
+
+
+def releases(settings: Settings) -> dict[str, dict[str, object]]:
+    """What stewards released past the gate: per table, the version and when."""
+    path = _releases_file(settings)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def release(lake: Lake, settings: Settings, table: str) -> int:
+    """Let the rows of `table` waiting now pass the gate (after the steward reviewed them);
+    for the source-health check, the quarantine counted so far. Returns the released version."""
+    version = lake.version(table)
+    if version is None:
+        raise FileNotFoundError(f"{table} does not exist under {lake.root}")
+    data = releases(settings)
+    data[table] = {"version": version, "at": datetime.now(UTC).isoformat()}
+    path = _releases_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return version
+
+
+def pending_silver(lake: Lake, settings: Settings, source: str) -> pl.DataFrame:
+    """The silver rows of `source` that gold has not taken in yet (and no steward released)."""
+    table = silver_table(settings.contract(source))
+    if not lake.exists(table):
+        return pl.DataFrame()
+    span = silver_ranges(lake, settings).get(source)  # None: gold does not read this source
+    files: list[str] = []
+    if span:
+        done, target = span
+        released = releases(settings).get(table, {}).get("version")
+        if isinstance(released, int) and (done is None or released > done):
+            done = min(released, target)
+        files = lake.added_files(table, done, target)
+    if not files:
+        return pl.from_arrow(lake.arrow_schema(table).empty_table())  # type: ignore[return-value]
+    return pl.from_arrow(pq.read_table(files))  # type: ignore[return-value]
+
+
+def source_health(lake: Lake, settings: Settings, now: datetime | None = None) -> pl.DataFrame:
+    """Per source over the last day: lines that reached silver, lines quarantined, the rate and
+    the SLA limit."""
+    since = (now or datetime.now(UTC)) - DAY
+    rel = releases(settings)
+    rows = []
+    for s in settings.sources:
+        table = silver_table(settings.contract(s))
+        start = since
+        if (at := rel.get(table, {}).get("at")) is not None:
+            start = max(since, datetime.fromisoformat(str(at)))
+        valid = (
+            lake.read_polars(table, ["event_id"], pl.col("_ingest_ts") >= start).height
+            if lake.exists(table)
+            else 0
+        )
+        bad = (
+            lake.read_polars(
+                QUARANTINE, ["source"], (pl.col("ingest_ts") >= start) & (pl.col("source") == s)
+            ).height
+            if lake.exists(QUARANTINE)
+            else 0
+        )
+        landed = valid + bad
+        rows.append(
+            {
+                "source": s,
+                "landed": landed,
+                "quarantined": bad,
+                "quarantine_rate": bad / landed if landed else 0.0,
+                "max_rate": settings.sla.max_quarantine_rate(s),
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def frame_for(lake: Lake, settings: Settings, suite: Suite) -> pd.DataFrame | None:
+    """The rows `suite` validates now, or None when its table does not exist yet."""
+    table = suite.table
+    since = datetime.now(UTC) - DAY
+    if table == SOURCE_HEALTH:
+        return _pandas(source_health(lake, settings), suite.columns)
+    by_silver = {silver_table(settings.contract(s)): s for s in settings.sources}
+    if table in by_silver:
+        frame = pending_silver(lake, settings, by_silver[table])
+        return None if frame.width == 0 else _pandas(frame, suite.columns)
+    if not lake.exists(table):
+        return None
+    if table.startswith("bronze."):
+        return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
+    if table == QUARANTINE:
+        return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
+    if table == MAP:
+        current = lake.read_polars(
+            table, ["id_type", "id_value", "person_id"], pl.col("valid_to").is_null()
+        )
+        persons = (
+            lake.read_polars(PROFILES, ["person_id"]).get_column("person_id")
+            if lake.exists(PROFILES)
+            else pl.Series("person_id", [], pl.String)
+        )
+        current = current.with_columns(has_profile=pl.col("person_id").is_in(persons.implode()))
+        return _pandas(current, suite.columns)
+    return _pandas(lake.read_polars(table, suite.columns), suite.columns)

@@ -1,0 +1,175 @@
+"""Runs the suites with Great Expectations and builds the data docs.
+
+The GX project lives next to the lake (`<data root>/quality/gx`): suites, validation results
+and the static data-docs site stewards open. Suites are rewritten from code on every start, so
+the code in `expectations.suites` is the only definition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.core.expectation_validation_result import (
+    ExpectationSuiteValidationResult,
+)
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from expectations.frames import frame_for
+from expectations.suites import Suite, all_suites
+from pipelines.config import Settings
+from pipelines.lake import Lake
+
+log = logging.getLogger(__name__)
+EXAMPLES = 5  # unexpected values shown per failed expectation
+TARIFFS = "ref.tariffs"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation: what it checks, on how many rows, with a few of the values."""
+
+    table: str
+    expectation: str  # e.g. expect_column_values_to_be_between(bytes_up)
+    why: str
+    blocking: bool
+    unexpected: int
+    rows: int
+    examples: list[Any]
+
+    def __str__(self) -> str:
+        shown = ", ".join(repr(x) for x in self.examples)
+        return (
+            f"{self.table}: {self.expectation} failed on {self.unexpected:,} of {self.rows:,} "
+            f"rows ({self.why}){f'; e.g. {shown}' if shown else ''}"
+        )
+
+
+@dataclass
+class Outcome:
+    """One suite run on one table."""
+
+    table: str
+    rows: int
+    evaluated: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    skipped: str | None = None  # why nothing was validated (table missing, nothing pending)
+
+    @property
+    def blocking(self) -> list[Failure]:
+        return [f for f in self.failures if f.blocking]
+
+    @property
+    def passed(self) -> bool:
+        return not self.blocking
+
+
+def _name(config: Any) -> str:
+    kwargs = config.kwargs
+    cols = (
+        kwargs.get("column")
+        or kwargs.get("column_list")
+        or [
+            kwargs.get("column_A"),
+            kwargs.get("column_B"),
+        ]
+    )
+    if isinstance(cols, list):
+        cols = ", ".join(str(c) for c in cols)
+    return f"{config.type}({cols})"
+
+
+def outcome_of(table: str, rows: int, result: ExpectationSuiteValidationResult) -> Outcome:
+    out = Outcome(table, rows, evaluated=len(result.results))
+    for r in result.results:
+        if r.success:
+            continue
+        config = r.expectation_config
+        assert config is not None
+        meta = config.meta or {}
+        res = r.result or {}
+        error = (r.exception_info or {}).get("exception_message")
+        out.failures.append(
+            Failure(
+                table=table,
+                expectation=_name(config),
+                why=str(meta.get("why", "")) + (f" [error: {error}]" if error else ""),
+                blocking=bool(meta.get("blocking", False)),
+                unexpected=int(res.get("unexpected_count") or (rows if error else 0)),
+                rows=rows,
+                examples=list(res.get("partial_unexpected_list") or [])[:EXAMPLES],
+            )
+        )
+    return out
+
+
+class Quality:
+    """The GX project of one data root: suites from code, validations, data docs."""
+
+    def __init__(self, settings: Settings, lake: Lake | None = None) -> None:
+        self.settings = settings
+        self.lake = lake or Lake(settings.paths.lake_root)
+        self.root = settings.paths.lake_root.parent / "quality"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="file", project_root_dir=str(self.root))
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.context.variables.save()
+        self.source = self.context.data_sources.add_or_update_pandas("lake")
+        tariffs: list[str] = []
+        if self.lake.exists(TARIFFS):
+            tariffs = self.lake.read_polars(TARIFFS, ["tariff_id"])["tariff_id"].to_list()
+        self.suites = all_suites(settings, tariffs)
+
+    def _checkpoint(self, suite: Suite) -> gx.Checkpoint:
+        try:
+            asset = self.source.get_asset(suite.table)
+        except LookupError:
+            asset = self.source.add_dataframe_asset(name=suite.table)
+        try:
+            batch = asset.get_batch_definition("rows")
+        except (KeyError, LookupError):
+            batch = asset.add_batch_definition_whole_dataframe("rows")
+        gx_suite = gx.ExpectationSuite(
+            name=suite.table,
+            expectations=list(suite.expectations),
+            meta={"notes": suite.description},
+        )
+        gx_suite = self.context.suites.add_or_update(gx_suite)
+        definition = self.context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(data=batch, suite=gx_suite, name=suite.table)
+        )
+        return self.context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=suite.table,
+                validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="data_docs")],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES},
+            )
+        )
+
+    def validate_frame(self, table: str, frame: pd.DataFrame) -> Outcome:
+        """Run `table`'s suite on `frame` (stored as a validation result in the data docs)."""
+        suite = self.suites[table]
+        if frame.empty:
+            return Outcome(table, 0, skipped="no rows to validate")
+        run = self._checkpoint(suite).run(batch_parameters={"dataframe": frame})
+        (result,) = run.run_results.values()
+        return outcome_of(table, len(frame), result)
+
+    def validate(self, table: str) -> Outcome:
+        """Run `table`'s suite on the rows it covers now (see `expectations.frames`)."""
+        frame = frame_for(self.lake, self.settings, self.suites[table])
+        if frame is None:
+            return Outcome(table, 0, skipped="table does not exist yet")
+        return self.validate_frame(table, frame)
+
+    def docs(self) -> Path:
+        """Build the data docs site; returns its index.html."""
+        self.context.build_data_docs()
+        (site,) = self.context.get_docs_sites_urls()
+        return Path(str(site["site_url"]).removeprefix("file://"))

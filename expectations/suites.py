@@ -1,0 +1,217 @@
+"""The data-quality suites, one per table, written in code from the contracts and the policy.
+
+Each expectation carries `meta`: `blocking` (a failure stops promotion to gold) and `why` (one
+line a steward reads in the run and in the data docs). Silver suites validate the rows waiting
+to be promoted; the others validate the table as it stands (see `expectations.frames`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import great_expectations.expectations as gxe
+from great_expectations.expectations.expectation import Expectation
+
+from pipelines.config import IDENTIFIER_TYPES, Settings, SourceContract
+from pipelines.silver import EMAIL, silver_table
+
+# Value ranges a silver column must keep whatever its source: a field is valid by its contract
+# (type, presence) and plausible by these. A negative byte count is a broken feed, not a customer.
+RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "bytes_up": (0, None, "byte counters never go below zero"),
+    "bytes_down": (0, None, "byte counters never go below zero"),
+    "duration_s": (0, 7 * 24 * 3600, "a data session lasts between 0 s and a week"),
+    "amount": (0, 10_000_000, "a payment is positive and below 10 million"),
+    "balance_after": (-1_000_000, 100_000_000, "a balance stays within the sane range"),
+}
+SOURCE_HEALTH = "quality.source_health"  # one row per source: landed, quarantined, rate, limit
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The expectations of one table, and the columns they read (all a frame needs)."""
+
+    table: str
+    expectations: list[Expectation]
+    description: str
+
+    @property
+    def columns(self) -> list[str]:
+        cols: list[str] = []
+        for e in self.expectations:
+            for attr in ("column", "column_A", "column_B"):
+                c = getattr(e, attr, None)
+                if c and c not in cols:
+                    cols.append(c)
+            for c in getattr(e, "column_list", None) or []:
+                if c not in cols:
+                    cols.append(c)
+        return cols
+
+
+def _meta(why: str, blocking: bool) -> dict[str, object]:
+    return {"blocking": blocking, "why": why}
+
+
+def not_null(column: str, why: str, blocking: bool = True) -> Expectation:
+    return gxe.ExpectColumnValuesToNotBeNull(column=column, meta=_meta(why, blocking))
+
+
+def unique(column: str, why: str, blocking: bool = True) -> Expectation:
+    return gxe.ExpectColumnValuesToBeUnique(column=column, meta=_meta(why, blocking))
+
+
+def in_set(column: str, values: list[Any], why: str, blocking: bool = True) -> Expectation:
+    return gxe.ExpectColumnValuesToBeInSet(
+        column=column, value_set=sorted(values), meta=_meta(why, blocking)
+    )
+
+
+def between(
+    column: str, low: float | None, high: float | None, why: str, blocking: bool = True
+) -> Expectation:
+    return gxe.ExpectColumnValuesToBeBetween(
+        column=column, min_value=low, max_value=high, meta=_meta(why, blocking)
+    )
+
+
+def matches(column: str, regex: str, why: str, blocking: bool = True) -> Expectation:
+    return gxe.ExpectColumnValuesToMatchRegex(column=column, regex=regex, meta=_meta(why, blocking))
+
+
+def msisdn_regex(settings: Settings) -> str:
+    c = settings.identity.country
+    return rf"^{c.calling_code}\d{{{c.national_number_length}}}$"
+
+
+def bronze_suite(contract: SourceContract) -> Suite:
+    table = f"bronze.{contract.source}"
+    return Suite(
+        table,
+        [
+            not_null("raw_line", "bronze keeps every landed line, broken ones too", False),
+            not_null("ingest_ts", "every line records when it was ingested", False),
+            not_null("file_path", "every line names the landing file it came from", False),
+            in_set("source", [contract.source], "a source's bronze holds only its lines", False),
+        ],
+        f"Raw lines of {contract.source} as landed ({contract.description})",
+    )
+
+
+def silver_suite(contract: SourceContract, settings: Settings) -> Suite:
+    """Keys, allowed types and versions, identifier formats and value ranges of one source."""
+    fields = contract.silver_fields()
+    types = sorted({t for v in contract.versions for t in v.event_types})
+    versions = [v.version for v in contract.versions]
+    exps: list[Expectation] = [
+        not_null("event_id", "an event without an id cannot be deduplicated or traced"),
+        unique("event_id", "silver holds each event once (duplicates are quarantined)"),
+        not_null("event_ts", "profiles are built in event time"),
+        in_set("event_type", types, "only the event types the contract lists"),
+        in_set("schema_version", versions, "only the contract's schema versions"),
+    ]
+    for name, spec in fields.items():
+        if spec.type == "msisdn":
+            exps.append(
+                matches(name, msisdn_regex(settings), "MSISDNs are normalised to E.164 digits")
+            )
+        elif spec.type == "email":
+            exps.append(matches(name, EMAIL, "emails are well formed", blocking=False))
+        if name in RANGES:
+            low, high, why = RANGES[name]
+            exps.append(between(name, low, high, why))
+    return Suite(
+        silver_table(contract),
+        exps,
+        f"Validated {contract.source} events waiting for promotion to gold "
+        f"(steward: {contract.steward.name})",
+    )
+
+
+def quarantine_suite(settings: Settings) -> Suite:
+    return Suite(
+        "silver.quarantine",
+        [
+            not_null("reason_code", "every quarantined line says why", False),
+            in_set("source", settings.sources, "quarantine rows come from known sources", False),
+            not_null("raw_line", "the line is kept as it arrived, for replay", False),
+        ],
+        "Lines refused by silver validation, with the reason",
+    )
+
+
+def source_health_suite() -> Suite:
+    return Suite(
+        SOURCE_HEALTH,
+        [
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="max_rate",
+                column_B="quarantine_rate",
+                or_equal=True,
+                meta=_meta("a source quarantining more than its SLA is broken upstream", True),
+            )
+        ],
+        "Quarantine rate per source over the last day, against conf/sla.yaml",
+    )
+
+
+def identity_map_suite() -> Suite:
+    return Suite(
+        "gold.identity_map",
+        [
+            not_null("person_id", "every current identifier belongs to a person"),
+            in_set("id_type", list(IDENTIFIER_TYPES), "only known identifier types"),
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=["id_type", "id_value"],
+                meta=_meta("an identifier has one current owner", True),
+            ),
+            in_set("has_profile", [True], "every person in the identity map has a profile", False),
+        ],
+        "Current identifier tenures and their person (valid_to is null)",
+    )
+
+
+def profiles_suite(settings: Settings, tariffs: list[str]) -> Suite:
+    exps: list[Expectation] = [
+        not_null("person_id", "the profile key"),
+        unique("person_id", "one profile per person"),
+        between("churn_risk", 0, 1, "churn risk is a probability"),
+        between("balance_total", -1_000_000, 100_000_000, "a balance stays within the sane range"),
+        matches("primary_msisdn", msisdn_regex(settings), "MSISDNs are E.164 digits", False),
+    ]
+    for purpose in settings.policy.purposes:
+        exps.append(
+            not_null(
+                f"consent_{purpose}_granted",
+                f"the consent state for {purpose} is known for every person (default deny)",
+            )
+        )
+    exps.append(in_set("tariff_id", tariffs, "every profile's tariff exists in ref.tariffs", False))
+    return Suite("gold.profiles", exps, "One profile per person, as served by the API")
+
+
+def tariffs_suite() -> Suite:
+    return Suite(
+        "ref.tariffs",
+        [
+            not_null("tariff_id", "the tariff key"),
+            unique("tariff_id", "one row per tariff"),
+            between("monthly_fee", 0, None, "fees are not negative"),
+        ],
+        "The tariff catalogue",
+    )
+
+
+def all_suites(settings: Settings, tariffs: list[str]) -> dict[str, Suite]:
+    """Every suite by table name."""
+    suites = [
+        *(bronze_suite(settings.contract(s)) for s in settings.sources),
+        *(silver_suite(settings.contract(s), settings) for s in settings.sources),
+        quarantine_suite(settings),
+        source_health_suite(),
+        identity_map_suite(),
+        profiles_suite(settings, tariffs),
+        tariffs_suite(),
+    ]
+    return {s.table: s for s in suites}
