@@ -19,7 +19,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 
-from expectations.suites import SOURCE_HEALTH, Suite
+from expectations.suites import MAP_PERSONS, SOURCE_HEALTH, Suite
 from pipelines.config import Settings
 from pipelines.gold.profile import PROFILES
 from pipelines.gold.stage import silver_ranges
@@ -129,14 +129,16 @@ def frame_for(lake: Lake, settings: Settings, suite: Suite) -> pd.DataFrame | No
         return None if frame.width == 0 else _pandas(frame, suite.columns)
     if not lake.exists(table):
         return None
+    if table == MAP:
+        return _pandas(lake.read_polars(table, where=pl.col("valid_to").is_null()), suite.columns)
     if table.startswith("bronze."):
         return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
     if table == QUARANTINE:
         return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
-    if table == MAP:
-        current = lake.read_polars(
-            table, ["id_type", "id_value", "person_id"], pl.col("valid_to").is_null()
-        )
+    if table == MAP_PERSONS:
+        if not lake.exists(MAP):
+            return None
+        current = lake.read_polars(MAP, ["person_id"], pl.col("valid_to").is_null()).unique()
         persons = (
             lake.read_polars(PROFILES, ["person_id"]).get_column("person_id")
             if lake.exists(PROFILES)

@@ -120,10 +120,14 @@ class Quality:
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.context.variables.save()
         self.source = self.context.data_sources.add_or_update_pandas("lake")
+
+    @property
+    def suites(self) -> dict[str, Suite]:
+        """Every suite, built now: value sets taken from reference tables are current."""
         tariffs: list[str] = []
         if self.lake.exists(TARIFFS):
             tariffs = self.lake.read_polars(TARIFFS, ["tariff_id"])["tariff_id"].to_list()
-        self.suites = all_suites(settings, tariffs)
+        return all_suites(self.settings, tariffs)
 
     def _checkpoint(self, suite: Suite) -> gx.Checkpoint:
         try:
@@ -152,21 +156,21 @@ class Quality:
             )
         )
 
-    def validate_frame(self, table: str, frame: pd.DataFrame) -> Outcome:
-        """Run `table`'s suite on `frame` (stored as a validation result in the data docs)."""
-        suite = self.suites[table]
+    def validate_frame(self, suite: Suite, frame: pd.DataFrame) -> Outcome:
+        """Run `suite` on `frame` (stored as a validation result in the data docs)."""
         if frame.empty:
-            return Outcome(table, 0, skipped="no rows to validate")
+            return Outcome(suite.table, 0, skipped="no rows to validate")
         run = self._checkpoint(suite).run(batch_parameters={"dataframe": frame})
         (result,) = run.run_results.values()
-        return outcome_of(table, len(frame), result)
+        return outcome_of(suite.table, len(frame), result)
 
     def validate(self, table: str) -> Outcome:
         """Run `table`'s suite on the rows it covers now (see `expectations.frames`)."""
-        frame = frame_for(self.lake, self.settings, self.suites[table])
+        suite = self.suites[table]
+        frame = frame_for(self.lake, self.settings, suite)
         if frame is None:
             return Outcome(table, 0, skipped="table does not exist yet")
-        return self.validate_frame(table, frame)
+        return self.validate_frame(suite, frame)
 
     def docs(self) -> Path:
         """Build the data docs site; returns its index.html."""

@@ -26,6 +26,7 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "balance_after": (-1_000_000, 100_000_000, "a balance stays within the sane range"),
 }
 SOURCE_HEALTH = "quality.source_health"  # one row per source: landed, quarantined, rate, limit
+MAP_PERSONS = "quality.map_persons"  # persons of the identity map: has a profile or not
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,16 @@ def identity_map_suite() -> Suite:
                 column_list=["id_type", "id_value"],
                 meta=_meta("an identifier has one current owner", True),
             ),
-            in_set("has_profile", [True], "every person in the identity map has a profile", False),
         ],
         "Current identifier tenures and their person (valid_to is null)",
+    )
+
+
+def map_persons_suite() -> Suite:
+    return Suite(
+        MAP_PERSONS,
+        [in_set("has_profile", [True], "every person in the identity map has a profile")],
+        "Persons with a current identifier, and whether gold has their profile",
     )
 
 
@@ -211,6 +219,7 @@ def all_suites(settings: Settings, tariffs: list[str]) -> dict[str, Suite]:
         quarantine_suite(settings),
         source_health_suite(),
         identity_map_suite(),
+        map_persons_suite(),
         profiles_suite(settings, tariffs),
         tariffs_suite(),
     ]

@@ -1,0 +1,332 @@
+"""The asset graph: every lake table as a Dagster asset, grouped by layer, with the Great
+Expectations suites as asset checks.
+
+Stages run as they do in `cdp run`: ingestion is one bounded (availableNow) streaming run per
+source on the same checkpoints as `cdp stream`, under the same per-stage locks (a second run of
+a stage fails with a message naming the holder). Silver checks are blocking: when one fails,
+identity and profiles are not materialised in that run, so gold and the serving snapshot stay on
+the last good version.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+from dagster import AssetCheckExecutionContext, AssetExecutionContext  # not strings: Dagster checks
+
+from assets.runtime import Runtime, check_result, key_of
+from expectations.suites import MAP_PERSONS
+from pipelines.gold.facts import DAILY, FACTS
+from pipelines.gold.profile import PROFILES
+from pipelines.gold.stage import OUTBOX
+from pipelines.identity.evidence import EVIDENCE
+from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
+from pipelines.ingest import StageBusyError
+from pipelines.silver import DRIFT, QUARANTINE, silver_table
+
+SOURCE_HEALTH_CHECK = "quarantine_rate_within_sla"
+MAP_PERSONS_CHECK = "identity_map_persons_have_profiles"
+RECOMPUTE_CHECK = "full_recompute_matches"
+
+DESCRIPTIONS = {
+    QUARANTINE: "Lines refused by silver validation, with the reason and the raw line.",
+    DRIFT: "Fields sources sent that their contract does not list (schema drift).",
+    EVIDENCE: "Identity evidence: links between identifiers seen in events.",
+    LINKS: "Identity links accepted by the rules, per region.",
+    MAP: "Every identifier's tenure and the person it belongs to.",
+    MERGES: "Person merges and splits, with the link that caused them.",
+    ACCOUNTS: "Accounts with their holder, members and lines.",
+    DAILY: "Usage per identifier and day (bytes, sessions, payments, app opens).",
+    FACTS: "Latest facts per identifier (balance, tariff, consent, cases, region).",
+    PROFILES: "One profile per person: identifiers, aggregates, scores, consent.",
+    OUTBOX: "Profile change events (created, updated, merged, consent changed) for delivery.",
+}
+
+
+def _spec(table: str, group: str, kinds: set[str], deps: list[str], description: str) -> Any:
+    return dg.AssetSpec(
+        key=key_of(table),
+        group_name=group,
+        kinds=kinds,
+        deps=[key_of(d) for d in deps],
+        description=description,
+    )
+
+
+def _busy(exc: StageBusyError) -> dg.Failure:
+    return dg.Failure(description=f"{exc}", metadata={"reason": "stage busy"})
+
+
+def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
+    from pipelines.reference import load_reference
+
+    tables = [f"ref.{t}" for t in rt.settings.reference.tables]
+    specs = [
+        _spec(t, "reference", {"delta", "python"}, [], f"Reference data: {t.split('.')[1]}.")
+        for t in tables
+    ]
+    checks = [dg.AssetCheckSpec("expectations", asset=key_of("ref.tariffs"))]
+
+    @dg.multi_asset(name="reference", specs=specs, check_specs=checks, can_subset=False)
+    def reference(context: AssetExecutionContext) -> Iterator[Any]:
+        landing = rt.settings.paths.landing_root / "reference"
+        loads = {
+            f"ref.{x.table.split('.')[-1]}": x
+            for x in load_reference(rt.lake, rt.settings.reference, landing)
+        }
+        for t in tables:
+            meta = rt.table_metadata(t)
+            if t in loads:
+                meta["changed"] = loads[t].changed
+            yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
+        yield check_result(rt.quality().validate("ref.tariffs"), "ref.tariffs")
+
+    return reference
+
+
+def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
+    """Landing -> bronze -> silver for every source, bounded, on the streaming checkpoints."""
+    from expectations.suites import SOURCE_HEALTH
+    from pipelines.ingest import Ingestion
+
+    settings = rt.settings
+    sources = settings.sources
+    silver = {s: silver_table(settings.contract(s)) for s in sources}
+    specs = [
+        *(
+            _spec(
+                f"bronze.{s}",
+                "bronze",
+                {"spark", "delta"},
+                [],
+                f"Raw {s} lines as landed ({settings.contract(s).description})",
+            )
+            for s in sources
+        ),
+        *(
+            _spec(
+                silver[s],
+                "silver",
+                {"spark", "delta"},
+                [f"bronze.{s}"],
+                f"Validated {s} events, typed by the contract "
+                f"(steward: {settings.contract(s).steward.name}).",
+            )
+            for s in sources
+        ),
+        _spec(
+            QUARANTINE,
+            "silver",
+            {"spark", "delta"},
+            [f"bronze.{s}" for s in sources],
+            DESCRIPTIONS[QUARANTINE],
+        ),
+        _spec(
+            DRIFT,
+            "silver",
+            {"spark", "delta"},
+            [f"bronze.{s}" for s in sources],
+            DESCRIPTIONS[DRIFT],
+        ),
+    ]
+    checks = [
+        *(dg.AssetCheckSpec("expectations", asset=key_of(f"bronze.{s}")) for s in sources),
+        *(
+            dg.AssetCheckSpec("expectations", asset=key_of(silver[s]), blocking=True)
+            for s in sources
+        ),
+        dg.AssetCheckSpec("expectations", asset=key_of(QUARANTINE)),
+        dg.AssetCheckSpec(SOURCE_HEALTH_CHECK, asset=key_of(QUARANTINE), blocking=True),
+    ]
+
+    @dg.multi_asset(name="ingest", specs=specs, check_specs=checks, can_subset=False)
+    def ingest(context: AssetExecutionContext) -> Iterator[Any]:
+        ingestion = Ingestion(rt.spark(), settings, rt.lake, on_event=context.log.info)
+        try:
+            ingestion.run(available_now=True)
+        except StageBusyError as exc:
+            raise _busy(exc) from exc
+        quarantined: dict[str, dict[str, int]] = {}
+        for s, p in ingestion.progress.items():
+            for r in p.silver:
+                for reason, n in r.quarantined.items():
+                    quarantined.setdefault(s, {}).setdefault(reason, 0)
+                    quarantined[s][reason] += n
+        for s in sources:
+            meta = rt.table_metadata(f"bronze.{s}")
+            meta["rows_this_run"] = ingestion.progress[s].bronze_rows
+            yield dg.MaterializeResult(asset_key=key_of(f"bronze.{s}"), metadata=meta)
+        for s in sources:
+            meta = rt.table_metadata(silver[s])
+            meta["valid_this_run"] = sum(r.valid for r in ingestion.progress[s].silver)
+            yield dg.MaterializeResult(asset_key=key_of(silver[s]), metadata=meta)
+        meta = rt.table_metadata(QUARANTINE)
+        meta["quarantined_this_run"] = dg.MetadataValue.json(quarantined)
+        yield dg.MaterializeResult(asset_key=key_of(QUARANTINE), metadata=meta)
+        yield dg.MaterializeResult(asset_key=key_of(DRIFT), metadata=rt.table_metadata(DRIFT))
+
+        quality = rt.quality()
+        for s in sources:
+            yield check_result(quality.validate(f"bronze.{s}"), f"bronze.{s}")
+        for s in sources:
+            yield check_result(quality.validate(silver[s]), silver[s])
+        yield check_result(quality.validate(QUARANTINE), QUARANTINE)
+        yield check_result(quality.validate(SOURCE_HEALTH), QUARANTINE, SOURCE_HEALTH_CHECK)
+
+    return ingest
+
+
+def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
+    from pipelines.identity.stage import refresh_identity
+    from pipelines.ingest import stage_lock
+
+    settings = rt.settings
+    silver = [silver_table(settings.contract(s)) for s in settings.sources]
+    specs = [
+        _spec(EVIDENCE, "identity", {"spark", "delta"}, silver, DESCRIPTIONS[EVIDENCE]),
+        *(
+            _spec(t, "identity", {"spark", "delta"}, [EVIDENCE], DESCRIPTIONS[t])
+            for t in (LINKS, MAP, MERGES, ACCOUNTS)
+        ),
+    ]
+    checks = [dg.AssetCheckSpec("expectations", asset=key_of(MAP), blocking=True)]
+
+    @dg.multi_asset(name="identity", specs=specs, check_specs=checks, can_subset=False)
+    def identity(context: AssetExecutionContext) -> Iterator[Any]:
+        try:
+            with stage_lock(settings.paths.checkpoint_root, "identity"):
+                r = refresh_identity(rt.spark(), rt.lake, settings)
+        except StageBusyError as exc:
+            raise _busy(exc) from exc
+        context.log.info(
+            f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.persons:,} persons, "
+            f"{r.merges} merges, {r.splits} splits"
+        )
+        for t in (EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS):
+            meta = rt.table_metadata(t)
+            if t == MAP:
+                meta |= {
+                    "mode": r.mode,
+                    "merges": r.merges,
+                    "splits": r.splits,
+                    "refused_links": r.refused,
+                }
+            yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
+        yield check_result(rt.quality().validate(MAP), MAP)
+
+    return identity
+
+
+def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
+    from pipelines.gold.stage import refresh_gold
+    from pipelines.ingest import stage_lock
+
+    settings = rt.settings
+    silver = [silver_table(settings.contract(s)) for s in settings.sources]
+    specs = [
+        _spec(DAILY, "gold", {"polars", "delta"}, [*silver, MAP], DESCRIPTIONS[DAILY]),
+        _spec(FACTS, "gold", {"polars", "delta"}, [*silver, MAP], DESCRIPTIONS[FACTS]),
+        _spec(
+            PROFILES,
+            "gold",
+            {"polars", "delta"},
+            [DAILY, FACTS, MAP, ACCOUNTS, *(f"ref.{t}" for t in settings.reference.tables)],
+            DESCRIPTIONS[PROFILES],
+        ),
+        _spec(OUTBOX, "gold", {"polars", "delta"}, [PROFILES, MERGES], DESCRIPTIONS[OUTBOX]),
+    ]
+    checks = [
+        dg.AssetCheckSpec("expectations", asset=key_of(PROFILES), blocking=True),
+        dg.AssetCheckSpec(MAP_PERSONS_CHECK, asset=key_of(PROFILES)),
+    ]
+
+    @dg.multi_asset(name="gold", specs=specs, check_specs=checks, can_subset=False)
+    def gold(context: AssetExecutionContext) -> Iterator[Any]:
+        try:  # the lock `cdp run` and `cdp stream` hold over identity and gold
+            with stage_lock(settings.paths.checkpoint_root, "identity"):
+                g = refresh_gold(rt.lake, settings)
+        except StageBusyError as exc:
+            raise _busy(exc) from exc
+        context.log.info(
+            f"profiles ({g.mode}): {g.events:,} events, {g.created:,} created, "
+            f"{g.updated:,} updated, {g.removed:,} removed; outbox {g.outbox:,}"
+        )
+        for t in (DAILY, FACTS, PROFILES, OUTBOX):
+            meta = rt.table_metadata(t)
+            if t == PROFILES:
+                meta |= {
+                    "mode": g.mode,
+                    "created": g.created,
+                    "updated": g.updated,
+                    "removed": g.removed,
+                }
+            yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
+        quality = rt.quality()
+        yield check_result(quality.validate(PROFILES), PROFILES)
+        yield check_result(quality.validate(MAP_PERSONS), PROFILES, MAP_PERSONS_CHECK)
+
+    return gold
+
+
+def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
+    """The scheduled full recomputes, compared with the incremental state: any merge or split
+    the full identity resolution finds, or any profile it changes, fails the check (and the
+    recompute has corrected it)."""
+    from pipelines.gold.stage import recompute_profiles
+    from pipelines.identity.stage import rebuild_identity
+    from pipelines.ingest import stage_lock
+
+    settings = rt.settings
+
+    @dg.asset_check(
+        asset=key_of(MAP),
+        name=RECOMPUTE_CHECK,
+        description="A full identity recompute finds no merge or split the "
+        "incremental refreshes missed.",
+    )
+    def identity_recompute(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        try:
+            with stage_lock(settings.paths.checkpoint_root, "identity"):
+                r = rebuild_identity(rt.spark(), rt.lake, settings, progress=context.log.info)
+        except StageBusyError as exc:
+            raise _busy(exc) from exc
+        differences = r.merges + r.splits
+        return dg.AssetCheckResult(
+            passed=differences == 0,
+            description=f"full recompute: {r.merges} merges and {r.splits} splits against the "
+            "incremental map",
+            metadata={
+                "merges": r.merges,
+                "splits": r.splits,
+                "persons": r.persons,
+                "seconds": round(r.seconds, 1),
+            },
+        )
+
+    @dg.asset_check(
+        asset=key_of(PROFILES),
+        name=RECOMPUTE_CHECK,
+        additional_deps=[key_of(MAP)],
+        description="Every profile recomputed from daily usage and facts equals "
+        "the incrementally maintained one.",
+    )
+    def profiles_recompute(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        try:
+            with stage_lock(settings.paths.checkpoint_root, "identity"):
+                g = recompute_profiles(rt.lake, settings)
+        except StageBusyError as exc:
+            raise _busy(exc) from exc
+        differences = g.created + g.updated + g.removed
+        return dg.AssetCheckResult(
+            passed=differences == 0,
+            description=f"full recompute: {g.created} created, {g.updated} updated, "
+            f"{g.removed} removed",
+            metadata={
+                "created": g.created,
+                "updated": g.updated,
+                "removed": g.removed,
+                "seconds": round(g.seconds, 1),
+            },
+        )
+
+    return [identity_recompute, profiles_recompute]
