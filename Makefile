@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 SMALL := --subscribers 400 --days 7 --files-per-source 3
 
-.PHONY: run test serve lint java install clean help
+.PHONY: run test serve lint java chromium install clean help
 
 help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
@@ -31,6 +31,9 @@ install: $(STAMP) java
 java:
 	@scripts/ensure-java.sh
 
+chromium:
+	@scripts/ensure-chromium.sh
+
 run: install
 	$(VENV)/bin/cdp generate $(SMALL)
 	$(VENV)/bin/cdp run
@@ -41,7 +44,7 @@ serve: install
 	@# Both long-running parts; Ctrl-C stops both (the stream finishes its micro-batch first).
 	@trap 'kill 0' INT TERM; $(VENV)/bin/cdp stream & $(VENV)/bin/cdp serve & wait
 
-test: install
+test: install chromium
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

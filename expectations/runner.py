@@ -22,6 +22,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from expectations.frames import frame_for
 from expectations.suites import Suite, all_suites
+from expectations.vendor import localise
 from pipelines.config import Settings
 from pipelines.lake import Lake
 
@@ -129,6 +130,15 @@ class Quality:
             tariffs = self.lake.read_polars(TARIFFS, ["tariff_id"])["tariff_id"].to_list()
         return all_suites(self.settings, tariffs)
 
+    def _save(self, suite: Suite) -> gx.ExpectationSuite:
+        return self.context.suites.add_or_update(
+            gx.ExpectationSuite(
+                name=suite.table,
+                expectations=list(suite.expectations),
+                meta={"notes": suite.description},
+            )
+        )
+
     def _checkpoint(self, suite: Suite) -> gx.Checkpoint:
         try:
             asset = self.source.get_asset(suite.table)
@@ -138,12 +148,7 @@ class Quality:
             batch = asset.get_batch_definition("rows")
         except (KeyError, LookupError):
             batch = asset.add_batch_definition_whole_dataframe("rows")
-        gx_suite = gx.ExpectationSuite(
-            name=suite.table,
-            expectations=list(suite.expectations),
-            meta={"notes": suite.description},
-        )
-        gx_suite = self.context.suites.add_or_update(gx_suite)
+        gx_suite = self._save(suite)
         definition = self.context.validation_definitions.add_or_update(
             gx.ValidationDefinition(data=batch, suite=gx_suite, name=suite.table)
         )
@@ -173,7 +178,11 @@ class Quality:
         return self.validate_frame(suite, frame)
 
     def docs(self) -> Path:
-        """Build the data docs site; returns its index.html."""
+        """Build the data docs site (every suite, validated or not yet); returns its index.html."""
+        for suite in self.suites.values():
+            self._save(suite)
         self.context.build_data_docs()
         (site,) = self.context.get_docs_sites_urls()
-        return Path(str(site["site_url"]).removeprefix("file://"))
+        index = Path(str(site["site_url"]).removeprefix("file://"))
+        localise(index.parent)
+        return index

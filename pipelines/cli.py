@@ -430,7 +430,7 @@ def quality_check(conf: ConfOpt = None) -> None:
         for f in o.failures:
             console.print(f"  [{'red' if f.blocking else 'yellow'}]- {f}[/]")
         failed = failed or not o.passed
-    console.print(f"data docs: {quality.docs()}")
+    console.print(f"data docs: file://{quality.docs()}", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -462,7 +462,7 @@ def docs(conf: ConfOpt = None) -> None:
     quality = Quality(_settings(conf))
     for table in quality.suites:
         quality.validate(table)
-    console.print(f"data docs: file://{quality.docs()}")
+    console.print(f"data docs: file://{quality.docs()}", soft_wrap=True)
 
 
 @app.command()
