@@ -127,7 +127,8 @@ def test_data_docs_build_and_open_without_a_cdn(browser: Any, tmp_path: Path) ->
     for suite in ("bronze.network", "gold.identity_map", "quality.source_health", "ref.tariffs"):
         assert page.locator("#Expectation-Suites td", has_text=suite).first.is_visible(), suite
     page.screenshot(path=str(_screenshot_path(tmp_path, "data-docs.png")))
-    page.locator("#Expectation-Suites td", has_text="gold.profiles").first.click()  # the suite's own page
+    # the suite's own page
+    page.locator("#Expectation-Suites td", has_text="gold.profiles").first.click()
     page.get_by_text("churn_risk").first.wait_for(timeout=30_000)
     assert "consent_marketing_granted" in page.inner_text("body")
     page.close()
