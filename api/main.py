@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api import metrics
 from api.fastpath import LookupFastPath
-from api.routes import audit, collect, health, profiles
+from api.routes import audit, collect, health, profiles, status
 from api.snapshot import SnapshotHolder
 from pipelines.audit import AuditLog
 from pipelines.config import Settings
@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(profiles.router)
     app.include_router(audit.router)
     app.include_router(collect.router)
+    app.include_router(status.router)
     app.add_middleware(LookupFastPath, api=app)
     metrics.install(app, app.state.snapshots)  # outermost: times both lookup paths
     return app

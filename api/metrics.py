@@ -16,6 +16,9 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.snapshot import SnapshotHolder
+from pipelines.status import SlaResult
+
+LOOKUP_ROUTE = "/v1/profiles/{id_type}/{id_value}"
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -75,6 +78,32 @@ def install(app: FastAPI, holder: SnapshotHolder) -> None:
     )
     reloads = Gauge("cdp_snapshot_reloads", "Snapshots loaded by this process", registry=registry)
 
+    sla_measured = Gauge(
+        "cdp_sla_measured", "Last measured value of an SLA", ["sla", "subject"], registry=registry
+    )
+    sla_ok = Gauge("cdp_sla_ok", "1 when the SLA holds", ["sla", "subject"], registry=registry)
+
+    def sla_gauges(results: list[SlaResult]) -> None:
+        for r in results:
+            if r.measured is not None:
+                sla_measured.labels(r.sla, r.subject).set(r.measured)
+            sla_ok.labels(r.sla, r.subject).set(1 if r.ok else 0)
+
+    def lookup_p99_ms() -> float | None:
+        """Upper bound of the bucket holding the 99th percentile of lookups (None: no lookups)."""
+        counts: dict[float, float] = {}
+        for metric in latency.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("route") == LOOKUP_ROUTE:
+                    counts[float(sample.labels["le"])] = sample.value
+        total = counts.get(float("inf"), 0)
+        if not total:
+            return None
+        bound = next(le for le in sorted(counts) if counts[le] >= 0.99 * total)
+        return None if bound == float("inf") else bound * 1000
+
+    app.state.sla_gauges = sla_gauges
+    app.state.lookup_p99_ms = lookup_p99_ms
     app.add_middleware(Measure, requests=requests, latency=latency)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (no key needed)")

@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext  # not strings: Dagster checks
 
-from assets.runtime import Runtime, check_result, key_of
+from assets.runtime import FRESHNESS_CHECK, Runtime, check_result, freshness_result, key_of
 from expectations.suites import MAP_PERSONS
 from pipelines.gold.facts import DAILY, FACTS
 from pipelines.gold.profile import PROFILES
@@ -88,6 +88,7 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
     """Landing -> bronze -> silver for every source, bounded, on the streaming checkpoints."""
     from expectations.suites import SOURCE_HEALTH
     from pipelines.ingest import Ingestion
+    from pipelines.status import Alerts
 
     settings = rt.settings
     sources = settings.sources
@@ -137,6 +138,11 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
         ),
         dg.AssetCheckSpec("expectations", asset=key_of(QUARANTINE)),
         dg.AssetCheckSpec(SOURCE_HEALTH_CHECK, asset=key_of(QUARANTINE), blocking=True),
+        *(
+            dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(t))
+            for t in silver.values()
+            if t in settings.sla.freshness_minutes
+        ),
     ]
 
     @dg.multi_asset(name="ingest", specs=specs, check_specs=checks, can_subset=False)
@@ -163,7 +169,12 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
         meta = rt.table_metadata(QUARANTINE)
         meta["quarantined_this_run"] = dg.MetadataValue.json(quarantined)
         yield dg.MaterializeResult(asset_key=key_of(QUARANTINE), metadata=meta)
-        yield dg.MaterializeResult(asset_key=key_of(DRIFT), metadata=rt.table_metadata(DRIFT))
+        raised = Alerts(settings.database_url).raise_new(rt.lake, settings)
+        for alert in raised:
+            context.log.warning(f"alert for {alert['steward']}: {alert['detail']['message']}")
+        meta = rt.table_metadata(DRIFT)
+        meta["alerts_raised"] = dg.MetadataValue.json([a["detail"]["message"] for a in raised])
+        yield dg.MaterializeResult(asset_key=key_of(DRIFT), metadata=meta)
 
         quality = rt.quality()
         for s in sources:
@@ -172,6 +183,9 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
             yield check_result(quality.validate(silver[s]), silver[s])
         yield check_result(quality.validate(QUARANTINE), QUARANTINE)
         yield check_result(quality.validate(SOURCE_HEALTH), QUARANTINE, SOURCE_HEALTH_CHECK)
+        for t in silver.values():
+            if t in settings.sla.freshness_minutes:
+                yield freshness_result(rt, t)
 
     return ingest
 
@@ -238,6 +252,11 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
     checks = [
         dg.AssetCheckSpec("expectations", asset=key_of(PROFILES), blocking=True),
         dg.AssetCheckSpec(MAP_PERSONS_CHECK, asset=key_of(PROFILES)),
+        *(
+            [dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(PROFILES))]
+            if PROFILES in settings.sla.freshness_minutes
+            else []
+        ),
     ]
 
     @dg.multi_asset(name="gold", specs=specs, check_specs=checks, can_subset=False)
@@ -264,6 +283,8 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
         quality = rt.quality()
         yield check_result(quality.validate(PROFILES), PROFILES)
         yield check_result(quality.validate(MAP_PERSONS), PROFILES, MAP_PERSONS_CHECK)
+        if PROFILES in settings.sla.freshness_minutes:
+            yield freshness_result(rt, PROFILES)
 
     return gold
 

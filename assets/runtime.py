@@ -90,6 +90,27 @@ class Runtime:
         return meta
 
 
+FRESHNESS_CHECK = "freshness_within_sla"
+
+
+def freshness_result(rt: Runtime, table: str) -> dg.AssetCheckResult:
+    """Newest event time against the table's freshness SLA (a warning: stale data still serves)."""
+    limit = rt.settings.sla.freshness_minutes[table]
+    meta = rt.table_metadata(table)
+    lag = meta.get("freshness_lag_minutes")
+    minutes = lag.value if isinstance(lag, dg.FloatMetadataValue) else None
+    return dg.AssetCheckResult(
+        asset_key=key_of(table),
+        check_name=FRESHNESS_CHECK,
+        passed=minutes is not None and minutes <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"newest event {minutes} minutes old (SLA {limit:g})"
+        if minutes is not None
+        else "no events yet",
+        metadata={"lag_minutes": minutes, "limit_minutes": limit},
+    )
+
+
 def check_result(outcome: Outcome, table: str, check: str = "expectations") -> dg.AssetCheckResult:
     """A suite's outcome as a Dagster check result: failures named, with counts and examples."""
     failures = [str(f) for f in outcome.failures]

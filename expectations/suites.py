@@ -112,7 +112,8 @@ def silver_suite(contract: SourceContract, settings: Settings) -> Suite:
         in_set("event_type", types, "only the event types the contract lists"),
         in_set("schema_version", versions, "only the contract's schema versions"),
     ]
-    for name, spec in fields.items():
+    for name, wires in contract.silver_columns().items():
+        spec = fields[wires[0]]
         if spec.type == "msisdn":
             exps.append(
                 matches(name, msisdn_regex(settings), "MSISDNs are normalised to E.164 digits")

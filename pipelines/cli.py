@@ -49,6 +49,11 @@ quality_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(quality_app, name="quality")
+contracts_app = typer.Typer(
+    help="Source contracts: version, steward, rows in, quarantine by reason, drift, alerts.",
+    no_args_is_help=True,
+)
+app.add_typer(contracts_app, name="contracts")
 console = Console()
 
 ConfOpt = Annotated[
@@ -180,10 +185,16 @@ def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession],
     from expectations.runner import Quality
     from pipelines.gold.stage import refresh_gold
     from pipelines.identity.stage import refresh_identity
+    from pipelines.status import Alerts
 
     quality: list[Quality] = []  # built on first use (Great Expectations takes seconds to load)
+    alerts = Alerts(settings.database_url)
 
     def step(spark: SparkSession) -> None:
+        for alert in alerts.raise_new(lake, settings):
+            console.print(
+                f"[yellow]alert for {alert['steward']}:[/yellow] {alert['detail']['message']}"
+            )
         if not quality:
             quality.append(Quality(settings, lake))
         gate = promotion_gate(quality[0])
@@ -452,6 +463,37 @@ def quality_release(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"{table}: rows up to version {version} released past the quality gate")
+
+
+@contracts_app.command("status")
+def contracts_status(conf: ConfOpt = None) -> None:
+    """Per source: contract versions, steward, consumers, rows in and quarantined by reason in
+    the last day, unknown fields seen (drift) and open alerts."""
+    from pipelines.lake import Lake
+    from pipelines.status import Alerts, contract_status
+
+    settings = _settings(conf)
+    alerts = Alerts(settings.database_url)
+    for c in contract_status(Lake(settings.paths.lake_root), settings):
+        versions = ", ".join(f"v{v['version']} ({v['status']})" for v in c.versions)
+        reasons = ", ".join(f"{k} {v}" for k, v in c.quarantined_last_day.items()) or "none"
+        console.print(
+            f"[bold]{c.source}[/bold]: contract {versions}; steward {c.steward} "
+            f"<{c.steward_email}>; consumers {', '.join(c.consumers)}"
+        )
+        console.print(
+            f"  last day: {c.rows_in_last_day:,} lines in, quarantined {reasons} "
+            f"(rate {c.quarantine_rate:.2%}, SLA {c.max_quarantine_rate:.2%}); "
+            f"versions seen {c.versions_seen_last_day or 'none'}"
+        )
+        for f in c.drift:
+            console.print(
+                f"  drift: {f.field!r} in {', '.join(f.event_types)} since "
+                f"{f.first_seen:%Y-%m-%d %H:%M} ({f.events:,} events, e.g. "
+                f"{f.example_event_id})"
+            )
+        for a in alerts.list(c.source):
+            console.print(f"  alert {a['raised_at']:%Y-%m-%d %H:%M}: {a['detail']['message']}")
 
 
 @app.command()

@@ -84,6 +84,9 @@ class FieldSpec(Model):
     precision: int = Field(18, ge=1, le=38)  # for decimal
     scale: int = Field(2, ge=0, le=18)
     description: str = ""
+    # A field renamed in a new version keeps filling the old silver column: `balance` in v2
+    # with `silver_column: balance_after` lands where v1's `balance_after` does.
+    silver_column: str | None = None
 
     @model_validator(mode="after")
     def _enum_has_values(self) -> FieldSpec:
@@ -144,10 +147,11 @@ class SourceContract(Model):
                             f"v{v.version}.{etype}.{name}: envelope fields are implicit"
                         )
                     st = field.storage_type()
-                    if seen.setdefault(name, st) != st:
+                    column = field.silver_column or name
+                    if seen.setdefault(column, st) != st:
                         raise ValueError(
-                            f"v{v.version}.{etype}.{name}: type {st} conflicts with {seen[name]} "
-                            "used elsewhere in this contract (one silver column per field name)"
+                            f"v{v.version}.{etype}.{name}: type {st} conflicts with "
+                            f"{seen[column]} of silver column {column} elsewhere in this contract"
                         )
         versions = [v.version for v in self.versions]
         if len(set(versions)) != len(versions):
@@ -157,8 +161,18 @@ class SourceContract(Model):
     def active_versions(self) -> list[ContractVersion]:
         return [v for v in self.versions if v.status == "active"]
 
+    def silver_columns(self) -> dict[str, list[str]]:
+        """Each silver column and the payload fields (of any version) that fill it."""
+        out: dict[str, list[str]] = {}
+        for name, spec in self.silver_fields().items():
+            wires = out.setdefault(spec.silver_column or name, [])
+            if name not in wires:
+                wires.append(name)
+        return out
+
     def silver_fields(self) -> dict[str, FieldSpec]:
-        """Union of payload fields over every version and event type, in first-seen order."""
+        """Union of payload fields (names as sent) over every version and event type, in
+        first-seen order."""
         out: dict[str, FieldSpec] = {}
         for v in self.versions:
             for spec in v.event_types.values():

@@ -129,6 +129,8 @@ class Lake:
                 self.uri(table),
                 data,
                 mode="append",
+                # a new contract version may add a column; rows without it read as null
+                schema_mode="merge" if dt is not None else None,
                 commit_properties=_props(stage, txns, metadata),
                 writer_properties=_writer(table),
                 configuration=TABLE_CONFIG if dt is None else None,

@@ -396,10 +396,12 @@ def shape_validated(checked: DataFrame, contract: SourceContract) -> DataFrame:
     allowed_in = _ContractIndex.of(contract).allowed_in
     vt = F.col("_vt")
     payload = [
-        F.when(vt.isin(*allowed_in[name]), F.col(_typed(name)))
-        .cast(spec.storage_type())
-        .alias(name)
-        for name, spec in fields.items()
+        F.coalesce(
+            *[F.when(vt.isin(*allowed_in[w]), F.col(_typed(w))) for w in wires],
+        )
+        .cast(fields[wires[0]].storage_type())
+        .alias(column)
+        for column, wires in contract.silver_columns().items()
     ]
     reason = F.col("_reason")
     return checked.select(
@@ -534,7 +536,7 @@ def validate_events(
 
 
 def silver_columns(contract: SourceContract) -> list[str]:
-    return [*ENVELOPE_FIELDS, *contract.silver_fields(), *LINEAGE]
+    return [*ENVELOPE_FIELDS, *contract.silver_columns(), *LINEAGE]
 
 
 @dataclass(frozen=True)

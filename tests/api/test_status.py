@@ -1,0 +1,70 @@
+"""Status for stewards over HTTP: contracts with their health and drift, SLAs measured now (and
+exported to Prometheus), alerts; refused to channel keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipelines.status import Alerts
+
+pytestmark = [pytest.mark.api]
+
+
+def _get(served: dict[str, Any], path: str, key: str) -> Any:
+    return served["client"].get(path, headers={"X-API-Key": served["keys"][key]})
+
+
+def test_contract_status_names_steward_versions_quarantine_and_drift(
+    served: dict[str, Any],
+) -> None:
+    response = _get(served, "/v1/status/contracts", "steward")
+    assert response.status_code == 200
+    by_source = {c["source"]: c for c in response.json()}
+    settings = served["settings"]
+    assert set(by_source) == set(settings.sources)
+    billing = by_source["billing"]
+    assert billing["steward_email"] == settings.contract("billing").steward.email
+    assert billing["versions"] == [{"version": 1, "status": "active"}]
+    assert billing["rows_in_last_day"] > 0
+    assert sum(billing["quarantined_last_day"].values()) > 0  # the generator's bad records
+    drifted = {f["field"] for c in by_source.values() for f in c["drift"]}
+    assert drifted, "the synthetic operator sends an unannounced field"
+    first = next(f for c in by_source.values() for f in c["drift"])
+    assert first["first_seen"] and first["example_event_id"] and first["events"] >= 1
+
+
+def test_sla_status_measures_every_sla_and_exports_gauges(served: dict[str, Any]) -> None:
+    lookup = served["client"].get(
+        "/v1/profiles/msisdn/998000000000", headers={"X-API-Key": served["keys"]["mobile_app"]}
+    )
+    assert lookup.status_code in (404, 200)
+    response = _get(served, "/v1/status/sla", "steward")
+    assert response.status_code == 200
+    results = response.json()
+    kinds = {(r["sla"], r["subject"]) for r in results}
+    settings = served["settings"]
+    for table in settings.sla.freshness_minutes:
+        assert ("freshness", table) in kinds
+    for source in settings.sources:
+        assert ("quarantine_rate", source) in kinds
+    assert any(r["sla"] == "end_to_end_lag" for r in results)
+    assert any(r["sla"] == "api_p99" for r in results)
+    rates = [r for r in results if r["sla"] == "quarantine_rate"]
+    assert all(0 <= r["measured"] <= 1 and r["ok"] == (r["measured"] <= r["limit"]) for r in rates)
+    metrics = served["client"].get("/metrics").text
+    assert 'cdp_sla_ok{sla="quarantine_rate",subject="billing"}' in metrics
+    assert 'cdp_sla_measured{sla="freshness",subject="gold.profiles"}' in metrics
+
+
+def test_alerts_are_listed_for_stewards_and_refused_to_channels(served: dict[str, Any]) -> None:
+    Alerts(served["settings"].database_url).raise_new(served["lake"], served["settings"])
+    response = _get(served, "/v1/status/alerts?source=app", "steward")
+    assert response.status_code == 200
+    alerts = response.json()
+    assert alerts and all(a["source"] == "app" for a in alerts)
+    assert all(a["steward"] == served["settings"].contract("app").steward.email for a in alerts)
+    for path in ("/v1/status/alerts", "/v1/status/sla", "/v1/status/contracts"):
+        refused = _get(served, path, "mobile_app")
+        assert refused.status_code == 403 and "steward" in refused.json()["detail"]
