@@ -53,6 +53,11 @@ def _spec(table: str, group: str, kinds: set[str], deps: list[str], description:
     )
 
 
+def _expectation_specs(tables: list[str]) -> list[dg.AssetCheckSpec]:
+    """A non-blocking `expectations` check for each of `tables` (their suites warn)."""
+    return [dg.AssetCheckSpec("expectations", asset=key_of(t)) for t in tables]
+
+
 def _busy(exc: StageBusyError) -> dg.Failure:
     return dg.Failure(description=f"{exc}", metadata={"reason": "stage busy"})
 
@@ -65,7 +70,7 @@ def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
         _spec(t, "reference", {"delta", "python"}, [], f"Reference data: {t.split('.')[1]}.")
         for t in tables
     ]
-    checks = [dg.AssetCheckSpec("expectations", asset=key_of("ref.tariffs"))]
+    checks = _expectation_specs(tables)
 
     @dg.multi_asset(name="reference", specs=specs, check_specs=checks, can_subset=False)
     def reference(context: AssetExecutionContext) -> Iterator[Any]:
@@ -79,7 +84,9 @@ def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
             if t in loads:
                 meta["changed"] = loads[t].changed
             yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
-        yield check_result(rt.quality().validate("ref.tariffs"), "ref.tariffs")
+        quality = rt.quality()
+        for t in tables:
+            yield check_result(quality.validate(t), t)
 
     return reference
 
@@ -136,7 +143,7 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
             dg.AssetCheckSpec("expectations", asset=key_of(silver[s]), blocking=True)
             for s in sources
         ),
-        dg.AssetCheckSpec("expectations", asset=key_of(QUARANTINE)),
+        *_expectation_specs([QUARANTINE, DRIFT]),
         dg.AssetCheckSpec(SOURCE_HEALTH_CHECK, asset=key_of(QUARANTINE), blocking=True),
         *(
             dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(t))
@@ -181,7 +188,8 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
             yield check_result(quality.validate(f"bronze.{s}"), f"bronze.{s}")
         for s in sources:
             yield check_result(quality.validate(silver[s]), silver[s])
-        yield check_result(quality.validate(QUARANTINE), QUARANTINE)
+        for t in (QUARANTINE, DRIFT):
+            yield check_result(quality.validate(t), t)
         yield check_result(quality.validate(SOURCE_HEALTH), QUARANTINE, SOURCE_HEALTH_CHECK)
         for t in silver.values():
             if t in settings.sla.freshness_minutes:
@@ -203,7 +211,10 @@ def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
             for t in (LINKS, MAP, MERGES, ACCOUNTS)
         ),
     ]
-    checks = [dg.AssetCheckSpec("expectations", asset=key_of(MAP), blocking=True)]
+    checks = [
+        dg.AssetCheckSpec("expectations", asset=key_of(MAP), blocking=True),
+        *_expectation_specs([EVIDENCE, LINKS, MERGES, ACCOUNTS]),
+    ]
 
     @dg.multi_asset(name="identity", specs=specs, check_specs=checks, can_subset=False)
     def identity(context: AssetExecutionContext) -> Iterator[Any]:
@@ -226,7 +237,9 @@ def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
                     "refused_links": r.refused,
                 }
             yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
-        yield check_result(rt.quality().validate(MAP), MAP)
+        quality = rt.quality()
+        for t in (MAP, EVIDENCE, LINKS, MERGES, ACCOUNTS):
+            yield check_result(quality.validate(t), t)
 
     return identity
 
@@ -252,6 +265,7 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
     checks = [
         dg.AssetCheckSpec("expectations", asset=key_of(PROFILES), blocking=True),
         dg.AssetCheckSpec(MAP_PERSONS_CHECK, asset=key_of(PROFILES)),
+        *_expectation_specs([DAILY, FACTS, OUTBOX]),
         *(
             [dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(PROFILES))]
             if PROFILES in settings.sla.freshness_minutes
@@ -283,6 +297,8 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
         quality = rt.quality()
         yield check_result(quality.validate(PROFILES), PROFILES)
         yield check_result(quality.validate(MAP_PERSONS), PROFILES, MAP_PERSONS_CHECK)
+        for t in (DAILY, FACTS, OUTBOX):
+            yield check_result(quality.validate(t), t)
         if PROFILES in settings.sla.freshness_minutes:
             yield freshness_result(rt, PROFILES)
 

@@ -123,6 +123,17 @@ def frame_for(lake: Lake, settings: Settings, suite: Suite) -> pd.DataFrame | No
     since = datetime.now(UTC) - DAY
     if table == SOURCE_HEALTH:
         return _pandas(source_health(lake, settings), suite.columns)
+    if table == MAP_PERSONS:
+        if not lake.exists(MAP):
+            return None
+        current = lake.read_polars(MAP, ["person_id"], pl.col("valid_to").is_null()).unique()
+        persons = (
+            lake.read_polars(PROFILES, ["person_id"]).get_column("person_id")
+            if lake.exists(PROFILES)
+            else pl.Series("person_id", [], pl.String)
+        )
+        current = current.with_columns(has_profile=pl.col("person_id").is_in(persons.implode()))
+        return _pandas(current, suite.columns)
     by_silver = {silver_table(settings.contract(s)): s for s in settings.sources}
     if table in by_silver:
         frame = pending_silver(lake, settings, by_silver[table])
@@ -135,15 +146,4 @@ def frame_for(lake: Lake, settings: Settings, suite: Suite) -> pd.DataFrame | No
         return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
     if table == QUARANTINE:
         return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
-    if table == MAP_PERSONS:
-        if not lake.exists(MAP):
-            return None
-        current = lake.read_polars(MAP, ["person_id"], pl.col("valid_to").is_null()).unique()
-        persons = (
-            lake.read_polars(PROFILES, ["person_id"]).get_column("person_id")
-            if lake.exists(PROFILES)
-            else pl.Series("person_id", [], pl.String)
-        )
-        current = current.with_columns(has_profile=pl.col("person_id").is_in(persons.implode()))
-        return _pandas(current, suite.columns)
     return _pandas(lake.read_polars(table, suite.columns), suite.columns)

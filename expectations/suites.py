@@ -212,6 +212,117 @@ def tariffs_suite() -> Suite:
     )
 
 
+def catalogue_suite(table: str, key: str) -> Suite:
+    return Suite(
+        table,
+        [not_null(key, "the catalogue key", False), unique(key, "one row per key", False)],
+        f"Reference catalogue {table}",
+    )
+
+
+def drift_suite(settings: Settings) -> Suite:
+    return Suite(
+        "silver.schema_drift",
+        [
+            not_null("field", "a drift row names the unknown field", False),
+            between("events", 1, None, "a drift row counts the events that carried it", False),
+            in_set("source", settings.sources, "drift rows come from known sources", False),
+        ],
+        "Fields sources sent that their contract does not list",
+    )
+
+
+def evidence_suite() -> Suite:
+    types = list(IDENTIFIER_TYPES)
+    return Suite(
+        "silver.identity_edges",
+        [
+            in_set(
+                "kind", ["merge", "member", "opens", "closes"], "known kinds of evidence", False
+            ),
+            in_set("a_type", types, "evidence links known identifier types", False),
+            not_null("a_value", "evidence names its identifier", False),
+            not_null("event_id", "evidence points at the event that carried it", False),
+        ],
+        "Identity evidence: identifiers seen together in events",
+    )
+
+
+def links_suite() -> Suite:
+    return Suite(
+        "gold.identity_links",
+        [
+            in_set("status", ["accepted", "refused", "member"], "a link is decided", False),
+            not_null("rule", "every link names the rule that made it", False),
+            not_null("edge_key", "the link's key", False),
+        ],
+        "Identity links with the rule and the decision",
+    )
+
+
+def merges_suite() -> Suite:
+    return Suite(
+        "gold.person_merges",
+        [
+            in_set("change", ["merge", "split"], "merges and splits only", False),
+            not_null("from_person_id", "a change names the person it came from", False),
+            not_null("to_person_id", "a change names the person it went to", False),
+        ],
+        "Person merges and splits",
+    )
+
+
+def accounts_suite() -> Suite:
+    return Suite(
+        "gold.accounts",
+        [
+            not_null("account_id", "the account key", False),
+            unique("account_id", "one row per account", False),
+            in_set(
+                "account_type", ["individual", "family", "corporate"], "known account types", False
+            ),
+        ],
+        "Accounts with holder, members and lines",
+    )
+
+
+def daily_usage_suite() -> Suite:
+    return Suite(
+        "silver.daily_usage",
+        [
+            in_set("id_type", list(IDENTIFIER_TYPES), "usage is kept per known identifier", False),
+            not_null("day", "usage is per day", False),
+            between("data_bytes", 0, None, "byte counters never go below zero", False),
+            between("events", 0, None, "counts are not negative", False),
+        ],
+        "Usage per identifier and day",
+    )
+
+
+def facts_suite() -> Suite:
+    return Suite(
+        "silver.profile_facts",
+        [
+            not_null("fact_key", "the fact's key", False),
+            unique("fact_key", "one latest value per fact", False),
+            not_null("ts", "a fact has the time it became true", False),
+        ],
+        "Latest facts per identifier",
+    )
+
+
+def outbox_suite() -> Suite:
+    return Suite(
+        "ops.outbox",
+        [
+            not_null("event_id", "delivery is idempotent on the event id", False),
+            unique("event_id", "each change event once", False),
+            not_null("event_type", "subscribers filter on the event type", False),
+        ],
+        "Change and ops events waiting for delivery",
+    )
+
+
 def all_suites(settings: Settings, tariffs: list[str]) -> dict[str, Suite]:
     """Every suite by table name."""
     suites = [
@@ -219,9 +330,19 @@ def all_suites(settings: Settings, tariffs: list[str]) -> dict[str, Suite]:
         *(silver_suite(settings.contract(s), settings) for s in settings.sources),
         quarantine_suite(settings),
         source_health_suite(),
+        drift_suite(settings),
+        evidence_suite(),
+        daily_usage_suite(),
+        facts_suite(),
+        links_suite(),
+        merges_suite(),
+        accounts_suite(),
+        outbox_suite(),
         identity_map_suite(),
         map_persons_suite(),
         profiles_suite(settings, tariffs),
         tariffs_suite(),
+        catalogue_suite("ref.products", "product_id"),
+        catalogue_suite("ref.segments", "segment_id"),
     ]
     return {s.table: s for s in suites}

@@ -99,6 +99,11 @@ def test_whole_graph_materialises_on_a_fresh_lake_with_every_check_passing(
     assert "silver/network:expectations" in checks
     assert "silver/quarantine:quarantine_rate_within_sla" in checks
     assert "gold/profiles:expectations" in checks
+    every_table = {"/".join(e.asset_key.path) for e in result.get_asset_materialization_events()}
+    for table in every_table:
+        assert f"{table}:expectations" in checks, f"{table} has no expectation suite"
+    persons = checks["gold/profiles:identity_map_persons_have_profiles"]
+    assert persons.passed and persons.metadata["rows"].value > 0
     # freshness is judged against now, and the synthetic operator's events are weeks old: those
     # checks warn (with the lag); every other check passes
     freshness = {k: e for k, e in checks.items() if k.endswith(":freshness_within_sla")}
@@ -113,6 +118,22 @@ def test_whole_graph_materialises_on_a_fresh_lake_with_every_check_passing(
     assert 0 <= meta["delta_version"].value <= lake.version(PROFILES)  # type: ignore[operator]
     assert checks["gold/profiles:full_recompute_matches"].passed
     assert checks["gold/identity_map:full_recompute_matches"].passed
+
+
+def test_a_busy_stage_fails_the_run_with_a_clear_message(small: dict[str, Any]) -> None:
+    from pipelines.ingest import stage_lock
+
+    settings = small["settings"]
+    with stage_lock(settings.paths.checkpoint_root, "ingest.network"):  # e.g. `cdp stream`
+        result = (
+            small["defs"]
+            .resolve_job_def(INGEST)
+            .execute_in_process(instance=small["instance"], raise_on_error=False)
+        )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    message = str(failure.event_specific_data.error)  # type: ignore[union-attr]
+    assert "stage ingest.network is already running in another process" in message
 
 
 def test_a_blocking_failure_keeps_gold_and_the_snapshot_and_names_the_expectation(
