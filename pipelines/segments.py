@@ -1,0 +1,227 @@
+"""Segment rules: a JSON tree over the policy's attributes, validated against the gold schema and
+compiled to parameterised DuckDB SQL.
+
+A rule is a node:
+- `{"and": [node, ...]}`, `{"or": [node, ...]}`, `{"not": node}`;
+- `{"attr": name, "op": op, ...}` with op one of
+  `= != < <= > >=` (`value`), `in` / `not_in` (`values`), `between` (`low`, `high`, inclusive),
+  `is_null` / `is_not_null`, `contains` (`value`; list attributes), and for times
+  `older_than` / `within` (`days`: before / since that many days ago).
+
+Values never become SQL text: each is a `?` parameter, and an attribute becomes a quoted column
+name only after it is found among the policy's attributes. A bad node is refused with its path
+(`rule.and[1].value: ...`), so the API answers 422 naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.config import PolicyCfg
+
+COMPARISONS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+MAX_DEPTH = 12
+MAX_LIST = 1000
+
+
+class RuleError(ValueError):
+    """A rule node that cannot be compiled; `path` names it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A WHERE clause with `?` placeholders, its parameters, and the attributes it reads."""
+
+    sql: str
+    params: list[Any]
+    attributes: frozenset[str]
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "time"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "list" if pa.types.is_string(t.value_type) else "other"
+    return "other"
+
+
+class RuleCompiler:
+    """Compiles rules over the attributes the policy lists (and the gold schema has)."""
+
+    def __init__(self, policy: PolicyCfg, schema: pa.Schema) -> None:
+        self.kinds = {
+            name: _kind(schema.field(name).type)
+            for name in policy.attributes
+            if name in schema.names and _kind(schema.field(name).type) != "other"
+        }
+
+    def compile(self, rule: Any, now: datetime | None = None) -> Compiled:
+        params: list[Any] = []
+        used: set[str] = set()
+        sql = self._node(rule, "rule", params, used, now or datetime.now(UTC), 0)
+        return Compiled(sql, params, frozenset(used))
+
+    def _node(
+        self, node: Any, path: str, params: list[Any], used: set[str], now: datetime, depth: int
+    ) -> str:
+        if depth > MAX_DEPTH:
+            raise RuleError(path, f"rules nest at most {MAX_DEPTH} levels deep")
+        if not isinstance(node, dict):
+            raise RuleError(path, "a rule node is an object")
+        logic = [k for k in ("and", "or", "not") if k in node]
+        if logic:
+            if len(node) != 1:
+                raise RuleError(path, f"a {logic[0]!r} node has no other keys")
+            key = logic[0]
+            if key == "not":
+                inner = self._node(node["not"], f"{path}.not", params, used, now, depth + 1)
+                return f"(NOT {inner})"
+            children = node[key]
+            if not isinstance(children, list) or not children:
+                raise RuleError(f"{path}.{key}", "expected a non-empty list of rules")
+            parts = [
+                self._node(c, f"{path}.{key}[{i}]", params, used, now, depth + 1)
+                for i, c in enumerate(children)
+            ]
+            return "(" + f" {key.upper()} ".join(parts) + ")"
+        return self._condition(node, path, params, used, now)
+
+    def _condition(
+        self, node: dict[str, Any], path: str, params: list[Any], used: set[str], now: datetime
+    ) -> str:
+        attr, op = node.get("attr"), node.get("op")
+        if not isinstance(attr, str):
+            raise RuleError(f"{path}.attr", "expected an attribute name (or and/or/not)")
+        if attr not in self.kinds:
+            raise RuleError(
+                f"{path}.attr",
+                f"unknown attribute {attr!r}; segments can use: {', '.join(sorted(self.kinds))}",
+            )
+        kind = self.kinds[attr]
+        column = f'"{attr}"'  # safe: attr is one of the known column names
+        used.add(attr)
+
+        def allowed(*keys: str) -> None:
+            extra = set(node) - {"attr", "op", *keys}
+            if extra:
+                raise RuleError(path, f"unexpected keys {sorted(extra)} for op {op!r}")
+
+        if op in ("is_null", "is_not_null"):
+            allowed()
+            return f"({column} IS {'NOT ' if op == 'is_not_null' else ''}NULL)"
+        if op in COMPARISONS:
+            allowed("value")
+            if kind == "list":
+                raise RuleError(f"{path}.op", f"{attr} is a list: use contains or is_null")
+            params.append(self._value(node.get("value"), kind, f"{path}.value"))
+            return f"({column} {COMPARISONS[op]} ?)"
+        if op in ("in", "not_in"):
+            allowed("values")
+            values = node.get("values")
+            if not isinstance(values, list) or not values or len(values) > MAX_LIST:
+                raise RuleError(f"{path}.values", f"expected a list of 1 to {MAX_LIST} values")
+            if kind in ("list", "bool"):
+                raise RuleError(f"{path}.op", f"{op} does not apply to {attr} ({kind})")
+            for i, v in enumerate(values):
+                params.append(self._value(v, kind, f"{path}.values[{i}]"))
+            marks = ", ".join("?" * len(values))
+            return f"({column} {'NOT IN' if op == 'not_in' else 'IN'} ({marks}))"
+        if op == "between":
+            allowed("low", "high")
+            if kind not in ("number", "time", "string"):
+                raise RuleError(f"{path}.op", f"between does not apply to {attr} ({kind})")
+            params.append(self._value(node.get("low"), kind, f"{path}.low"))
+            params.append(self._value(node.get("high"), kind, f"{path}.high"))
+            return f"({column} BETWEEN ? AND ?)"
+        if op == "contains":
+            allowed("value")
+            if kind != "list":
+                raise RuleError(f"{path}.op", f"contains applies to list attributes, not {attr}")
+            params.append(self._value(node.get("value"), "string", f"{path}.value"))
+            return f"(list_contains({column}, ?))"
+        if op in ("older_than", "within"):
+            allowed("days")
+            if kind != "time":
+                raise RuleError(f"{path}.op", f"{op} applies to time attributes, not {attr}")
+            days = node.get("days")
+            if (
+                isinstance(days, bool)
+                or not isinstance(days, int | float)
+                or not 0 <= days <= 36500
+            ):
+                raise RuleError(f"{path}.days", "expected a number of days between 0 and 36500")
+            params.append(now - timedelta(days=days))
+            return f"({column} {'<' if op == 'older_than' else '>='} ?)"
+        raise RuleError(
+            f"{path}.op",
+            f"unknown op {op!r}; one of {', '.join([*COMPARISONS, 'in', 'not_in', 'between'])}, "
+            "is_null, is_not_null, contains, older_than, within",
+        )
+
+    @staticmethod
+    def _value(v: Any, kind: str, path: str) -> Any:
+        if kind == "number":
+            if isinstance(v, bool) or not isinstance(v, int | float | str):
+                raise RuleError(path, f"expected a number, got {v!r}")
+            try:
+                return Decimal(str(v))
+            except ArithmeticError:
+                raise RuleError(path, f"expected a number, got {v!r}") from None
+        if kind == "bool":
+            if not isinstance(v, bool):
+                raise RuleError(path, f"expected true or false, got {v!r}")
+            return v
+        if kind == "time":
+            if not isinstance(v, str):
+                raise RuleError(path, f"expected an ISO-8601 time, got {v!r}")
+            try:
+                t = datetime.fromisoformat(v)
+            except ValueError:
+                raise RuleError(path, f"expected an ISO-8601 time, got {v!r}") from None
+            return t if t.tzinfo else t.replace(tzinfo=UTC)
+        if not isinstance(v, str) or len(v) > 1000:
+            raise RuleError(path, f"expected a string (at most 1000 characters), got {v!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class Preview:
+    members: int  # profiles the rule matches
+    consented: int  # of those, with the purpose in force (what an export or push would reach)
+    sample: list[str]  # person ids of consented members
+
+
+def preview(
+    db: Any, compiled: Compiled, purpose: str, policy: PolicyCfg, sample: int = 10
+) -> Preview:
+    """Count the members of a compiled rule in a DuckDB `profiles` table, and how many of them
+    may be reached for `purpose` (its consent, or contract, in force)."""
+    if purpose not in policy.purposes:
+        raise RuleError("purpose", f"unknown purpose {purpose!r}; one of {sorted(policy.purposes)}")
+    in_force = f'coalesce("consent_{purpose}_granted", false)'  # purpose checked above
+    members, consented = db.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE {in_force}) FROM profiles WHERE {compiled.sql}",
+        compiled.params,
+    ).fetchone()
+    ids = db.execute(
+        f"SELECT person_id FROM profiles WHERE {compiled.sql} AND {in_force} "
+        "ORDER BY person_id LIMIT ?",
+        [*compiled.params, sample],
+    ).fetchall()
+    return Preview(int(members), int(consented), [i for (i,) in ids])
