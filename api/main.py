@@ -11,13 +11,16 @@ from fastapi import FastAPI
 
 from api import metrics
 from api.fastpath import LookupFastPath
-from api.routes import audit, collect, health, profiles, status
+from api.routes import audit, collect, health, profiles, segments, status
 from api.snapshot import SnapshotHolder
 from pipelines.audit import AuditLog
 from pipelines.config import Settings
 from pipelines.consent import compile_rules
+from pipelines.gold.profile import profile_schema
 from pipelines.keys import KeyStore
 from pipelines.lake import Lake
+from pipelines.segment_store import SegmentStore
+from pipelines.segments import RuleCompiler
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -54,12 +57,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = KeyStore(settings.database_url)
     app.state.audit = AuditLog(settings.database_url)
     app.state.rules = compile_rules(settings.policy)
+    app.state.segments = SegmentStore(settings.database_url)
+    app.state.rule_compiler = RuleCompiler(settings.policy, profile_schema(settings.policy))
     app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root), settings.policy)
     app.include_router(health.router)
     app.include_router(profiles.router)
     app.include_router(audit.router)
     app.include_router(collect.router)
     app.include_router(status.router)
+    app.include_router(segments.router)
     app.add_middleware(LookupFastPath, api=app)
     metrics.install(app, app.state.snapshots)  # outermost: times both lookup paths
     return app

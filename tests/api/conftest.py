@@ -39,6 +39,7 @@ def served(operator: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
     store = KeyStore(settings.database_url)
     keys = {c: store.create(f"test {c}", "channel", c) for c in settings.policy.channels}
     keys["steward"] = store.create("test steward", "steward")
+    keys["marketing"] = store.create("test marketing", "marketing")
     keys["source:app"] = store.create("test app feed", "source", "app")
     server = ServeProcess(root, {"CDP_API_SNAPSHOT_POLL_S": "0.2"})
     try:

@@ -1,0 +1,113 @@
+"""Segments over HTTP for marketing: preview counts match the snapshot, bad rules get a 422
+naming the node, saved segments keep every version, other roles are refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import pytest
+
+from pipelines.gold.profile import PROFILES
+
+pytestmark = pytest.mark.api
+RULE = {
+    "and": [
+        {"attr": "churn_risk", "op": ">=", "value": 0.3},
+        {"not": {"attr": "value_segment", "op": "is_null"}},
+    ]
+}
+
+
+def _call(served: dict[str, Any], method: str, path: str, key: str, body: Any = None) -> Any:
+    return served["client"].request(
+        method, path, json=body, headers={"X-API-Key": served["keys"][key]}
+    )
+
+
+def test_preview_counts_members_and_reachable_ones_on_the_snapshot(served: dict[str, Any]) -> None:
+    profiles = served["lake"].read_polars(PROFILES)
+    match = profiles.filter((pl.col("churn_risk") >= 0.3) & pl.col("value_segment").is_not_null())
+    reachable = match.filter(pl.col("consent_marketing_granted").fill_null(False))
+    r = _call(
+        served, "POST", "/v1/segments/preview", "marketing", {"purpose": "marketing", "rule": RULE}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["members"] == match.height > 0
+    assert body["reachable"] == reachable.height
+    assert set(body["sample"]) <= set(reachable["person_id"])
+
+
+@pytest.mark.parametrize(
+    ("body", "node"),
+    [
+        (
+            {"purpose": "marketing", "rule": {"and": [{"attr": "iban", "op": "is_null"}]}},
+            "rule.and[0].attr",
+        ),
+        (
+            {
+                "purpose": "marketing",
+                "rule": {"attr": "churn_risk", "op": ">", "value": "1 OR 1=1"},
+            },
+            "rule.value",
+        ),
+        (
+            {
+                "purpose": "marketing",
+                "rule": {"attr": "value_segment; DROP TABLE profiles", "op": "is_null"},
+            },
+            "rule.attr",
+        ),
+        ({"purpose": "spam", "rule": RULE}, "purpose"),
+    ],
+)
+def test_bad_rules_get_a_422_naming_the_node(
+    served: dict[str, Any], body: dict[str, Any], node: str
+) -> None:
+    r = _call(served, "POST", "/v1/segments/preview", "marketing", body)
+    assert r.status_code == 422 and r.json()["detail"]["node"] == node, r.text
+
+
+def test_saved_segments_keep_every_version(served: dict[str, Any]) -> None:
+    created = _call(
+        served,
+        "POST",
+        "/v1/segments",
+        "marketing",
+        {"name": "At risk", "purpose": "marketing", "rule": RULE},
+    )
+    assert created.status_code == 201, created.text
+    sid = created.json()["segment_id"]
+    assert created.json()["version"] == 1
+    narrower = {"and": [*RULE["and"], {"attr": "churn_risk", "op": ">=", "value": 0.6}]}
+    updated = _call(served, "PUT", f"/v1/segments/{sid}", "marketing", {"rule": narrower})
+    assert updated.status_code == 200 and updated.json()["version"] == 2
+    got = _call(served, "GET", f"/v1/segments/{sid}", "marketing").json()
+    assert [v["version"] for v in got["versions"]] == [1, 2]
+    assert got["versions"][0]["rule"] == RULE and got["rule"] == narrower
+    listed = _call(served, "GET", "/v1/segments", "marketing").json()
+    assert sid in {s["segment_id"] for s in listed}
+    first = _call(
+        served, "POST", "/v1/segments/preview", "marketing", {"purpose": "marketing", "rule": RULE}
+    ).json()
+    now = _call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
+    assert now["version"] == 2 and now["members"] <= first["members"]
+    bad = _call(
+        served,
+        "PUT",
+        f"/v1/segments/{sid}",
+        "marketing",
+        {"rule": {"attr": "churn_risk", "op": "~", "value": 1}},
+    )
+    assert bad.status_code == 422 and bad.json()["detail"]["node"] == "rule.op"
+    assert _call(served, "GET", "/v1/segments/seg_nope", "marketing").status_code == 404
+
+
+def test_segments_are_for_marketing_keys(served: dict[str, Any]) -> None:
+    for key in ("mobile_app", "steward"):
+        r = _call(
+            served, "POST", "/v1/segments/preview", key, {"purpose": "marketing", "rule": RULE}
+        )
+        assert r.status_code == 403 and "marketing" in r.json()["detail"]
