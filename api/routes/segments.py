@@ -4,13 +4,20 @@ version each time)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SnapshotDep
+from api.routes.profiles import projected
 from pipelines.keys import Caller
 from pipelines.segment_store import SegmentStore
 from pipelines.segments import RuleCompiler, RuleError, preview
@@ -146,3 +153,90 @@ async def preview_segment(
     if seg is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {segment_id!r}")
     return {**await _preview(request, snap, seg.purpose, seg.rule), "version": seg.version}
+
+
+EXPORT_CHUNK = 500  # members rendered per chunk of the streamed body
+
+
+@router.get(
+    "/{segment_id}/export",
+    summary="The segment's reachable members as a channel may see them (JSON lines or CSV)",
+    responses={**ERRORS, 200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+)
+async def export(
+    request: Request,
+    segment_id: str,
+    who: MarketerDep,
+    snap: SnapshotDep,
+    channel: Annotated[str, Query(description="The channel the export is for")],
+    fmt: Annotated[Literal["jsonl", "csv"], Query(alias="format")] = "jsonl",
+) -> StreamingResponse:
+    """Only members whose consent (or contract) for the segment's purpose is in force, and of
+    each only the attributes `channel` may see for that person; every member exported is
+    audited like a lookup by that channel."""
+    settings = request.app.state.settings
+    seg = await run_in_threadpool(_store(request).get, segment_id)
+    if seg is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {segment_id!r}")
+    held = settings.policy.channels.get(channel)
+    if held is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {
+                "node": "channel",
+                "error": f"unknown channel {channel!r}; one of {sorted(settings.policy.channels)}",
+            },
+        )
+    if seg.purpose not in held.purposes:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {
+                "node": "channel",
+                "error": f"channel {channel} does not hold purpose "
+                f"{seg.purpose!r} (it holds {held.purposes})",
+            },
+        )
+    compiled = request.app.state.rule_compiler.compile(seg.rule)
+    in_force = f'coalesce("consent_{seg.purpose}_granted", false)'  # purpose from the policy
+    sql = f"SELECT person_id FROM profiles WHERE {compiled.sql} AND {in_force} ORDER BY person_id"
+    ids = await run_in_threadpool(
+        lambda: [p for (p,) in snap.db.cursor().execute(sql, compiled.params).fetchall()]
+    )
+    state = request.app.state
+    as_channel = dataclasses.replace(who, channel=channel)
+    columns = [a for a, ps in settings.policy.attributes.items() if set(ps) & set(held.purposes)]
+
+    def bodies() -> Iterator[bytes]:
+        for i in range(0, len(ids), EXPORT_CHUNK):
+            yield b"".join(
+                projected(state, as_channel, snap.rendered, snap.row_of[p], "segment_export")
+                + b"\n"
+                for p in ids[i : i + EXPORT_CHUNK]
+            )
+
+    def as_csv() -> Iterator[bytes]:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["person_id", *columns])
+        for chunk in bodies():
+            for line in chunk.splitlines():
+                doc = json.loads(line)
+                attrs = doc["attributes"]
+                writer.writerow(
+                    [doc["person_id"]]
+                    + [
+                        json.dumps(attrs[c])
+                        if isinstance(attrs.get(c), list | dict)
+                        else attrs.get(c, "")
+                        for c in columns
+                    ]
+                )
+            yield out.getvalue().encode()
+            out.seek(0)
+            out.truncate()
+
+    name = f"{segment_id}-v{seg.version}-{channel}.{fmt}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Members": str(len(ids))}
+    if fmt == "csv":
+        return StreamingResponse(as_csv(), media_type="text/csv", headers=headers)
+    return StreamingResponse(bodies(), media_type="application/x-ndjson", headers=headers)

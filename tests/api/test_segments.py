@@ -3,6 +3,7 @@ naming the node, saved segments keep every version, other roles are refused."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import polars as pl
@@ -111,3 +112,46 @@ def test_segments_are_for_marketing_keys(served: dict[str, Any]) -> None:
             served, "POST", "/v1/segments/preview", key, {"purpose": "marketing", "rule": RULE}
         )
         assert r.status_code == 403 and "marketing" in r.json()["detail"]
+
+
+def test_export_reaches_only_consented_members_with_only_allowed_attributes(
+    served: dict[str, Any],
+) -> None:
+    settings = served["settings"]
+    created = _call(
+        served,
+        "POST",
+        "/v1/segments",
+        "marketing",
+        {"name": "Export", "purpose": "marketing", "rule": RULE},
+    ).json()
+    sid = created["segment_id"]
+    r = _call(served, "GET", f"/v1/segments/{sid}/export?channel=sms_campaigns", "marketing")
+    assert r.status_code == 200, r.text
+    docs = [json.loads(line) for line in r.text.splitlines()]
+    preview = _call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
+    assert len(docs) == preview["reachable"] == int(r.headers["X-Members"]) > 0
+
+    profiles = served["lake"].read_polars(PROFILES)
+    consented = set(
+        profiles.filter(pl.col("consent_marketing_granted").fill_null(False))["person_id"]
+    )
+    allowed = {a for a, ps in settings.policy.attributes.items() if "marketing" in ps}
+    for doc in docs:
+        assert doc["person_id"] in consented, "exported without marketing consent"
+        assert doc["channel"] == "sms_campaigns"
+        served_attrs = set(doc["attributes"]) - {"person_id"}  # the key is always returned
+        assert served_attrs <= allowed, served_attrs - allowed
+
+    csv_body = _call(
+        served, "GET", f"/v1/segments/{sid}/export?channel=sms_campaigns&format=csv", "marketing"
+    )
+    lines = csv_body.text.strip().splitlines()
+    assert lines[0].split(",")[0] == "person_id" and len(lines) == len(docs) + 1
+    assert set(lines[0].split(",")[1:]) == allowed
+
+    audit = _call(served, "GET", f"/v1/audit?person={docs[0]['person_id']}", "steward").json()
+    assert any(a["kind"] == "segment_export" and a["channel"] == "sms_campaigns" for a in audit)
+
+    refused = _call(served, "GET", f"/v1/segments/{sid}/export?channel=contact_centre", "marketing")
+    assert refused.status_code == 422 and "does not hold purpose" in refused.text
