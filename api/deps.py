@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
@@ -41,6 +41,20 @@ async def channel_caller(who: Annotated[Caller, Depends(caller)]) -> Caller:
     return who
 
 
+def role(*roles: str, what: str) -> Any:
+    """A dependency admitting keys of `roles` only: 403 naming them otherwise."""
+
+    async def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if who.role not in roles:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"{what} {' or '.join(roles)} keys, not {who.role!r}",
+            )
+        return who
+
+    return Depends(check)
+
+
 async def snapshot(request: Request) -> Snapshot:
     """The snapshot this request runs on (taken once: a reload mid-request does not affect it)."""
     current = request.app.state.snapshots.current
@@ -52,3 +66,5 @@ async def snapshot(request: Request) -> Snapshot:
 CallerDep = Annotated[Caller, Depends(caller)]
 ChannelDep = Annotated[Caller, Depends(channel_caller)]
 SnapshotDep = Annotated[Snapshot, Depends(snapshot)]
+StewardDep = Annotated[Caller, role("steward", "admin", what="this is for")]
+MarketerDep = Annotated[Caller, role("marketing", "admin", what="segments are for")]

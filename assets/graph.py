@@ -8,8 +8,8 @@ identity and profiles are not materialised in that run, so gold and the serving 
 the last good version.
 """
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import dagster as dg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext  # not strings: Dagster checks
@@ -24,6 +24,7 @@ from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
 from pipelines.ingest import StageBusyError
 from pipelines.silver import DRIFT, QUARANTINE, silver_table
 
+T = TypeVar("T")
 SOURCE_HEALTH_CHECK = "quarantine_rate_within_sla"
 MAP_PERSONS_CHECK = "identity_map_persons_have_profiles"
 RECOMPUTE_CHECK = "full_recompute_matches"
@@ -60,6 +61,18 @@ def _expectation_specs(tables: list[str]) -> list[dg.AssetCheckSpec]:
 
 def _busy(exc: StageBusyError) -> dg.Failure:
     return dg.Failure(description=f"{exc}", metadata={"reason": "stage busy"})
+
+
+def _under_identity_lock(rt: Runtime, work: Callable[[], T]) -> T:
+    """Run `work` holding the lock `cdp run` and `cdp stream` hold over identity and gold; a
+    held lock fails the step with the holder named."""
+    from pipelines.ingest import stage_lock
+
+    try:
+        with stage_lock(rt.settings.paths.checkpoint_root, "identity"):
+            return work()
+    except StageBusyError as exc:
+        raise _busy(exc) from exc
 
 
 def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
@@ -200,7 +213,6 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
 
 def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
     from pipelines.identity.stage import refresh_identity
-    from pipelines.ingest import stage_lock
 
     settings = rt.settings
     silver = [silver_table(settings.contract(s)) for s in settings.sources]
@@ -218,11 +230,7 @@ def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="identity", specs=specs, check_specs=checks, can_subset=False)
     def identity(context: AssetExecutionContext) -> Iterator[Any]:
-        try:
-            with stage_lock(settings.paths.checkpoint_root, "identity"):
-                r = refresh_identity(rt.spark(), rt.lake, settings)
-        except StageBusyError as exc:
-            raise _busy(exc) from exc
+        r = _under_identity_lock(rt, lambda: refresh_identity(rt.spark(), rt.lake, settings))
         context.log.info(
             f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.persons:,} persons, "
             f"{r.merges} merges, {r.splits} splits"
@@ -246,7 +254,6 @@ def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
 
 def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
     from pipelines.gold.stage import refresh_gold
-    from pipelines.ingest import stage_lock
 
     settings = rt.settings
     silver = [silver_table(settings.contract(s)) for s in settings.sources]
@@ -275,11 +282,7 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="gold", specs=specs, check_specs=checks, can_subset=False)
     def gold(context: AssetExecutionContext) -> Iterator[Any]:
-        try:  # the lock `cdp run` and `cdp stream` hold over identity and gold
-            with stage_lock(settings.paths.checkpoint_root, "identity"):
-                g = refresh_gold(rt.lake, settings)
-        except StageBusyError as exc:
-            raise _busy(exc) from exc
+        g = _under_identity_lock(rt, lambda: refresh_gold(rt.lake, settings))
         context.log.info(
             f"profiles ({g.mode}): {g.events:,} events, {g.created:,} created, "
             f"{g.updated:,} updated, {g.removed:,} removed; outbox {g.outbox:,}"
@@ -311,7 +314,6 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
     recompute has corrected it)."""
     from pipelines.gold.stage import recompute_profiles
     from pipelines.identity.stage import rebuild_identity
-    from pipelines.ingest import stage_lock
 
     settings = rt.settings
 
@@ -322,11 +324,9 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
         "incremental refreshes missed.",
     )
     def identity_recompute(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        try:
-            with stage_lock(settings.paths.checkpoint_root, "identity"):
-                r = rebuild_identity(rt.spark(), rt.lake, settings, progress=context.log.info)
-        except StageBusyError as exc:
-            raise _busy(exc) from exc
+        r = _under_identity_lock(
+            rt, lambda: rebuild_identity(rt.spark(), rt.lake, settings, progress=context.log.info)
+        )
         differences = r.merges + r.splits
         return dg.AssetCheckResult(
             passed=differences == 0,
@@ -348,11 +348,7 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
         "the incrementally maintained one.",
     )
     def profiles_recompute(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        try:
-            with stage_lock(settings.paths.checkpoint_root, "identity"):
-                g = recompute_profiles(rt.lake, settings)
-        except StageBusyError as exc:
-            raise _busy(exc) from exc
+        g = _under_identity_lock(rt, lambda: recompute_profiles(rt.lake, settings))
         differences = g.created + g.updated + g.removed
         return dg.AssetCheckResult(
             passed=differences == 0,

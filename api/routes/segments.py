@@ -11,14 +11,13 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SnapshotDep
+from api.deps import MarketerDep, SnapshotDep
 from api.routes.profiles import projected
-from pipelines.keys import Caller
 from pipelines.segment_store import SegmentStore
 from pipelines.segments import RuleCompiler, RuleError, preview
 
@@ -27,17 +26,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The key is not a marketing or admin key"},
     422: {"description": "The rule or purpose is invalid; `detail.node` names the rule node"},
 }
-
-
-async def marketer(who: CallerDep) -> Caller:
-    if who.role not in ("marketing", "admin"):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"segments are for marketing or admin keys, not {who.role!r}"
-        )
-    return who
-
-
-MarketerDep = Annotated[Caller, Depends(marketer)]
 
 
 class RuleIn(BaseModel):

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep
-from pipelines.keys import Caller
+from api.deps import StewardDep
 from pipelines.lake import Lake
 from pipelines.status import Alerts, contract_status, sla_status
 
@@ -18,17 +17,6 @@ router = APIRouter(prefix="/v1/status", tags=["status"])
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {"description": "The key is not a steward or admin key"}
 }
-
-
-async def steward(who: CallerDep) -> Caller:
-    if who.role not in ("steward", "admin"):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"status is for steward or admin keys, not {who.role!r}"
-        )
-    return who
-
-
-StewardDep = Annotated[Caller, Depends(steward)]
 
 
 def _lake(request: Request) -> Lake:
