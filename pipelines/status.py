@@ -15,6 +15,8 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, select
 
 from pipelines.config import Settings
@@ -224,13 +226,11 @@ def sla_status(
 
 
 def _oldest_added(lake: Lake, table: str, done: int, target: int) -> datetime | None:
-    import pyarrow.parquet as pq
-
     files = lake.added_files(table, done, target)
     if not files:
         return None
     value = pq.read_table(files, columns=["_ingest_ts"]).column("_ingest_ts")
-    oldest = pa.compute.min(value).as_py()
+    oldest = pc.min(value).as_py()
     return oldest if isinstance(oldest, datetime) else None
 
 
