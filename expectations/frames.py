@@ -63,8 +63,11 @@ def release(lake: Lake, settings: Settings, table: str) -> int:
     return version
 
 
-def pending_silver(lake: Lake, settings: Settings, source: str) -> pl.DataFrame:
-    """The silver rows of `source` that gold has not taken in yet (and no steward released)."""
+def pending_silver(
+    lake: Lake, settings: Settings, source: str, until: dict[str, int] | None = None
+) -> pl.DataFrame:
+    """The silver rows of `source` that gold has not taken in yet (and no steward released),
+    up to `until`'s version of its table."""
     table = silver_table(settings.contract(source))
     if not lake.exists(table):
         return pl.DataFrame()
@@ -72,6 +75,8 @@ def pending_silver(lake: Lake, settings: Settings, source: str) -> pl.DataFrame:
     files: list[str] = []
     if span:
         done, target = span
+        if until and table in until:
+            target = min(target, until[table])
         released = releases(settings).get(table, {}).get("version")
         if isinstance(released, int) and (done is None or released > done):
             done = min(released, target)
@@ -117,8 +122,11 @@ def source_health(lake: Lake, settings: Settings, now: datetime | None = None) -
     return pl.DataFrame(rows)
 
 
-def frame_for(lake: Lake, settings: Settings, suite: Suite) -> pd.DataFrame | None:
-    """The rows `suite` validates now, or None when its table does not exist yet."""
+def frame_for(
+    lake: Lake, settings: Settings, suite: Suite, until: dict[str, int] | None = None
+) -> pd.DataFrame | None:
+    """The rows `suite` validates now (silver: up to `until`), or None when its table does not
+    exist yet."""
     table = suite.table
     since = datetime.now(UTC) - DAY
     if table == SOURCE_HEALTH:
@@ -136,7 +144,7 @@ def frame_for(lake: Lake, settings: Settings, suite: Suite) -> pd.DataFrame | No
         return _pandas(current, suite.columns)
     by_silver = {silver_table(settings.contract(s)): s for s in settings.sources}
     if table in by_silver:
-        frame = pending_silver(lake, settings, by_silver[table])
+        frame = pending_silver(lake, settings, by_silver[table], until)
         return None if frame.width == 0 else _pandas(frame, suite.columns)
     if not lake.exists(table):
         return None

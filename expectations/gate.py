@@ -16,6 +16,9 @@ from pipelines.silver import silver_table
 @dataclass(frozen=True)
 class GateResult:
     outcomes: list[Outcome]
+    # the silver versions judged: identity and gold read no further, so a batch committed
+    # while the gate ran waits for the next gate instead of slipping through unjudged
+    until: dict[str, int]
 
     @property
     def blocking(self) -> list[Failure]:
@@ -25,10 +28,14 @@ class GateResult:
     def passed(self) -> bool:
         return not self.blocking
 
+    @property
+    def silver_rows(self) -> int:
+        """Silver rows judged (those waiting for promotion)."""
+        return sum(o.rows for o in self.outcomes if o.table != SOURCE_HEALTH)
+
     def summary(self) -> str:
         if self.passed:
-            checked = sum(o.rows for o in self.outcomes if o.table != SOURCE_HEALTH)
-            return f"quality gate passed ({checked:,} silver rows checked)"
+            return f"quality gate passed ({self.silver_rows:,} silver rows checked)"
         lines = "\n".join(f"  - {f}" for f in self.blocking)
         return f"quality gate FAILED; gold not updated:\n{lines}"
 
@@ -40,5 +47,11 @@ def gated_tables(quality: Quality) -> list[str]:
 
 
 def promotion_gate(quality: Quality) -> GateResult:
-    """Validate what would be promoted now."""
-    return GateResult([quality.validate(t) for t in gated_tables(quality)])
+    """Validate what would be promoted now, pinned to the silver versions of this moment."""
+    lake, settings = quality.lake, quality.settings
+    until = {
+        t: v
+        for t in (silver_table(settings.contract(s)) for s in settings.sources)
+        if (v := lake.version(t)) is not None
+    }
+    return GateResult([quality.validate(t, until) for t in gated_tables(quality)], until)

@@ -169,10 +169,11 @@ class Quality:
         (result,) = run.run_results.values()
         return outcome_of(suite.table, len(frame), result)
 
-    def validate(self, table: str) -> Outcome:
-        """Run `table`'s suite on the rows it covers now (see `expectations.frames`)."""
+    def validate(self, table: str, until: dict[str, int] | None = None) -> Outcome:
+        """Run `table`'s suite on the rows it covers now (see `expectations.frames`; silver
+        tables up to `until`'s version)."""
         suite = self.suites[table]
-        frame = frame_for(self.lake, self.settings, suite)
+        frame = frame_for(self.lake, self.settings, suite, until)
         if frame is None:
             return Outcome(table, 0, skipped="table does not exist yet")
         return self.validate_frame(suite, frame)

@@ -198,13 +198,15 @@ def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession],
         if not quality:
             quality.append(Quality(settings, lake))
         gate = promotion_gate(quality[0])
+        if gate.passed and gate.silver_rows:
+            console.print(gate.summary())
         if not gate.passed:
             console.print(f"[red]{gate.summary()}[/red]")
             console.print(
                 "fix the source, or review the rows and release them: cdp quality release <table>"
             )
             return
-        r = refresh_identity(spark, lake, settings)
+        r = refresh_identity(spark, lake, settings, gate.until)
         if r.evidence_rows:
             refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
             console.print(
@@ -213,7 +215,7 @@ def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession],
                 f"{r.splits} splits, {r.refused} refused links"
                 f"{f' ({refused})' if refused else ''} in {r.seconds:.1f} s"
             )
-        g = refresh_gold(lake, settings)
+        g = refresh_gold(lake, settings, until=gate.until)
         if g.mode != "none":
             events = ", ".join(f"{k} {v}" for k, v in g.by_type.items())
             console.print(

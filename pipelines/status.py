@@ -261,8 +261,9 @@ class Alerts:
                             "events": f.events,
                             "example_event_id": f.example_event_id,
                             "event_types": f.event_types,
-                            "message": f"{c.source} sends field {f.field!r}, which contract "
-                            f"v{max(v['version'] for v in c.versions)} does not list",
+                            "message": f"{c.source} sends field {f.field!r} in "
+                            f"{', '.join(f.event_types)} events; contract "
+                            f"v{max(v['version'] for v in c.versions)} does not list it there",
                         },
                     )
                 )

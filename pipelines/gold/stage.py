@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -123,13 +123,19 @@ def _in(column: str, values: list[str] | pl.Series) -> pl.Expr:
 # ---------------------------------------------------------------- refresh
 
 
-def refresh_gold(lake: Lake, settings: Settings, today: date | None = None) -> GoldResult:
-    """Bring daily usage, facts, profiles and the outbox up to silver and identity."""
+def refresh_gold(
+    lake: Lake,
+    settings: Settings,
+    today: date | None = None,
+    until: Mapping[str, int] | None = None,
+) -> GoldResult:
+    """Bring daily usage, facts, profiles and the outbox up to silver (up to `until`'s version
+    of a table: the rows the quality gate judged) and identity."""
     started = time.perf_counter()
     if not lake.exists(MAP):
         return GoldResult()
     silver = _silver_tables(settings, lake)
-    ranges = _ranges(lake, silver)
+    ranges = _ranges(lake, silver, until)
     moved = {s: r for s, r in ranges.items() if r[0] is None or r[1] > r[0]}
     ev_target = lake.committed(LINKS, RESOLVED)
     ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
@@ -178,7 +184,9 @@ def silver_ranges(lake: Lake, settings: Settings) -> dict[str, tuple[int | None,
     return _ranges(lake, _silver_tables(settings, lake))
 
 
-def _ranges(lake: Lake, silver: dict[str, str]) -> dict[str, tuple[int | None, int]]:
+def _ranges(
+    lake: Lake, silver: dict[str, str], until: Mapping[str, int] | None = None
+) -> dict[str, tuple[int | None, int]]:
     """Per source: (version the profiles reflect, version to read up to). When an interrupted
     run committed some gold tables past the profiles, the target is exactly that range, so the
     rerun's appends are recognised as done rather than added twice."""
@@ -193,6 +201,8 @@ def _ranges(lake: Lake, silver: dict[str, str]) -> dict[str, tuple[int | None, i
         ]
         current = lake.version(t)
         assert current is not None
+        if until and t in until:
+            current = min(current, until[t])
         ranges[s] = (done, max(ahead) if ahead else current)
     return ranges
 

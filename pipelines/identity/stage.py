@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -99,20 +99,25 @@ def _rule_sources(cfg: IdentityCfg) -> list[str]:
     return sorted(sources)
 
 
-def collect_evidence(spark: SparkSession, lake: Lake, settings: Settings) -> int:
-    """Append the evidence of silver rows not yet read, in one commit that records, per silver
-    table, the version read (so a rerun after a crash adds nothing twice)."""
+def collect_evidence(
+    spark: SparkSession, lake: Lake, settings: Settings, until: Mapping[str, int] | None = None
+) -> int:
+    """Append the evidence of silver rows not yet read (up to `until`'s version of a table, the
+    rows the quality gate judged), in one commit that records, per silver table, the version
+    read (so a rerun after a crash adds nothing twice)."""
     frames: dict[str, DataFrame] = {}
     txns: dict[str, int] = {}
     for source in _rule_sources(settings.identity):
         silver = f"silver.{settings.contract(source).domain}"
         version = lake.version(silver)
+        if version is not None and until and silver in until:
+            version = min(version, until[silver])
         app = f"{EVIDENCE}<-{silver}"
         since = lake.committed(EVIDENCE, app)
         # Most refreshes follow a batch of another source: skip unchanged tables before Spark.
         if version is None or (since is not None and version <= since):
             continue
-        changes = lake.changes(spark, silver, since)
+        changes = lake.changes(spark, silver, since, version)
         frames[source] = changes.frame
         txns[app] = changes.to_version
     derived = derive_evidence(frames, settings.identity) if frames else None
@@ -123,11 +128,13 @@ def collect_evidence(spark: SparkSession, lake: Lake, settings: Settings) -> int
     return rows.num_rows
 
 
-def refresh_identity(spark: SparkSession, lake: Lake, settings: Settings) -> IdentityResult:
-    """Bring every identity table up to the evidence in silver: incrementally when the tables
-    exist, otherwise by a full build."""
+def refresh_identity(
+    spark: SparkSession, lake: Lake, settings: Settings, until: Mapping[str, int] | None = None
+) -> IdentityResult:
+    """Bring every identity table up to the evidence in silver (up to `until`, see
+    `collect_evidence`): incrementally when the tables exist, otherwise by a full build."""
     started = time.perf_counter()
-    collect_evidence(spark, lake, settings)
+    collect_evidence(spark, lake, settings, until)
     target = lake.version(EVIDENCE)
     done = lake.committed(LINKS, RESOLVED) if lake.exists(LINKS) else None
     if target is None or (done is not None and done >= target):

@@ -177,3 +177,27 @@ def test_a_blocking_failure_keeps_gold_and_the_snapshot_and_names_the_expectatio
     assert "gold/identity_map" not in done and "gold/profiles" not in done
     assert {t: lake.version(t) for t in (PROFILES, MAP)} == before
     assert load_snapshot(lake, settings.policy).version == snapshot_before
+
+
+def test_rows_committed_while_the_gate_runs_wait_for_the_next_gate(small: dict[str, Any]) -> None:
+    """The gate pins the silver versions it judged; identity and gold read no further, so a batch
+    committed in between is judged by the next gate instead of slipping through."""
+    import polars as pl
+
+    from expectations.gate import promotion_gate
+    from expectations.runner import Quality
+    from pipelines.gold.stage import refresh_gold, silver_ranges
+
+    settings = small["settings"]
+    lake = Lake(settings.paths.lake_root)
+    gate = promotion_gate(Quality(settings, lake))
+    late = lake.read_arrow("silver.network").slice(0, 1)
+    late = late.set_column(
+        late.schema.get_field_index("event_id"), "event_id", pl.Series(["net-late-1"]).to_arrow()
+    )
+    lake.append_once("silver.network", late, {}, stage="test")  # a batch lands meanwhile
+    refresh_gold(lake, settings, until=gate.until)
+    done, current = silver_ranges(lake, settings)["network"]
+    assert done == gate.until["silver.network"] < current
+    again = promotion_gate(Quality(settings, lake))
+    assert next(o for o in again.outcomes if o.table == "silver.network").rows >= 1
