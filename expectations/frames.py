@@ -128,7 +128,6 @@ def frame_for(
     """The rows `suite` validates now (silver: up to `until`), or None when its table does not
     exist yet."""
     table = suite.table
-    since = datetime.now(UTC) - DAY
     if table == SOURCE_HEALTH:
         return _pandas(source_health(lake, settings), suite.columns)
     if table == MAP_PERSONS:
@@ -148,10 +147,10 @@ def frame_for(
         return None if frame.width == 0 else _pandas(frame, suite.columns)
     if not lake.exists(table):
         return None
+    since = datetime.now(UTC) - DAY
     if table == MAP:
         return _pandas(lake.read_polars(table, where=pl.col("valid_to").is_null()), suite.columns)
-    if table.startswith("bronze."):
-        return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
-    if table == QUARANTINE:
-        return _pandas(lake.read_polars(table, where=pl.col("ingest_ts") >= since), suite.columns)
+    if table.startswith("bronze.") or table == QUARANTINE:  # the last day of ingestion
+        recent = lake.read_polars(table, suite.columns, pl.col("ingest_ts") >= since)
+        return _pandas(recent, suite.columns)
     return _pandas(lake.read_polars(table, suite.columns), suite.columns)
