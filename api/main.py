@@ -10,15 +10,18 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from api import metrics
+from api.delivery import Deliverer
 from api.fastpath import LookupFastPath
-from api.routes import audit, collect, health, profiles, segments, status
+from api.routes import audit, collect, events, health, profiles, segments, status, ui
 from api.snapshot import SnapshotHolder
 from pipelines.audit import AuditLog
 from pipelines.config import Settings
 from pipelines.consent import compile_rules
+from pipelines.events import EventStore
 from pipelines.gold.profile import profile_schema
 from pipelines.keys import KeyStore
 from pipelines.lake import Lake
+from pipelines.push import PushStore
 from pipelines.segment_store import SegmentStore
 from pipelines.segments import RuleCompiler
 
@@ -38,12 +41,24 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.sleep(settings.api.snapshot_poll_s)
 
         task = asyncio.create_task(poll())
+        deliverer = Deliverer(
+            settings,
+            app.state.events,
+            app.state.pushes,
+            app.state.segments,
+            app.state.rule_compiler,
+            lambda: holder.current,
+            app.state.delivery_observed,
+        )
+        app.state.deliverer = deliverer
+        deliverer.start()
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await asyncio.to_thread(deliverer.stop)
             app.state.audit.close()  # a clean shutdown writes every queued audit record
 
     app = FastAPI(
@@ -58,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.audit = AuditLog(settings.database_url)
     app.state.rules = compile_rules(settings.policy)
     app.state.segments = SegmentStore(settings.database_url)
+    app.state.events = EventStore(settings.database_url)
+    app.state.pushes = PushStore(app.state.events)
     app.state.rule_compiler = RuleCompiler(settings.policy, profile_schema(settings.policy))
     app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root), settings.policy)
     app.include_router(health.router)
@@ -66,6 +83,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(collect.router)
     app.include_router(status.router)
     app.include_router(segments.router)
+    app.include_router(events.router)
+    ui.install(app)
     app.add_middleware(LookupFastPath, api=app)
-    metrics.install(app, app.state.snapshots)  # outermost: times both lookup paths
+    # outermost: times both lookup paths
+    app.state.delivery_observed = metrics.install(app, app.state.snapshots, app.state.events)
     return app

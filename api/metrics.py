@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Response
 from prometheus_client import (
@@ -15,7 +16,9 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.delivery import Observed
 from api.snapshot import SnapshotHolder
+from pipelines.events import EventStore
 from pipelines.status import SlaResult
 
 LOOKUP_ROUTE = "/v1/profiles/{id_type}/{id_value}"
@@ -53,8 +56,9 @@ class Measure:
             self.requests.labels(name, str(status)).inc()
 
 
-def install(app: FastAPI, holder: SnapshotHolder) -> None:
-    """Count and time every request by route template and status; expose /metrics."""
+def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> Observed:
+    """Count and time every request by route template and status; expose /metrics. Returns
+    the hooks the deliverer reports deliveries to."""
     registry = CollectorRegistry()
     requests = Counter(
         "cdp_http_requests_total",
@@ -102,6 +106,36 @@ def install(app: FastAPI, holder: SnapshotHolder) -> None:
         bound = next(le for le in sorted(counts) if counts[le] >= 0.99 * total)
         return None if bound == float("inf") else bound * 1000
 
+    delivered = Counter(
+        "cdp_event_messages_total",
+        "Delivery outcomes of event and push messages (events, push, failed, dead)",
+        ["outcome"],
+        registry=registry,
+    )
+    lag = Histogram(
+        "cdp_event_delivery_lag_seconds",
+        "From the change (event time) to its delivery being acknowledged",
+        buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+        registry=registry,
+    )
+    backlog = Gauge(
+        "cdp_event_queue_messages",
+        "Messages per delivery queue and status",
+        ["queue", "status"],
+        registry=registry,
+    )
+    oldest = Gauge(
+        "cdp_event_queue_oldest_pending_seconds",
+        "Age of the oldest undelivered change per queue (the delivery lag right now)",
+        ["queue"],
+        registry=registry,
+    )
+
+    def observed(outcome: str, n: int, lags: list[float]) -> None:
+        delivered.labels(outcome).inc(n)
+        for s in lags:
+            lag.observe(s)
+
     app.state.sla_gauges = sla_gauges
     app.state.lookup_p99_ms = lookup_p99_ms
     app.add_middleware(Measure, requests=requests, latency=latency)
@@ -114,4 +148,12 @@ def install(app: FastAPI, holder: SnapshotHolder) -> None:
             age.set(time.time() - current.loaded_at)
         reload_s.set(holder.last_reload_s)
         reloads.set(holder.reloads)
+        now = datetime.now(UTC)
+        for queue, counts in events.queue_stats().items():
+            for state in ("pending", "delivered", "dead"):
+                backlog.labels(queue, state).set(counts[state])
+            since = counts.get("oldest_pending_at")
+            oldest.labels(queue).set((now - since).total_seconds() if since else 0)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Observed(observed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -447,6 +448,28 @@ class PolicyCfg(Model):
         return self
 
 
+class EndpointCfg(Model):
+    """Where segment pushes for a channel go: an HTTP endpoint (signed with the secret in the
+    environment variable `secret_env`) or a folder that receives one file per push part."""
+
+    kind: Literal["http", "file"] = "file"
+    url: str | None = None  # http: the endpoint; CDP_ENDPOINT_<CHANNEL> overrides it
+    path: Path | None = None  # file: the folder (default <data root>/pushes/<channel>)
+    secret_env: str | None = None  # http: default CDP_ENDPOINT_SECRET_<CHANNEL>
+
+
+class EventsCfg(Model):
+    """Event delivery to subscribers and channel endpoints (one worker delivers at a time)."""
+
+    poll_s: float = Field(0.2, gt=0)  # how often the deliverer looks for new work
+    batch: int = Field(100, ge=1, le=10_000)  # events per webhook request
+    max_attempts: int = Field(8, ge=1)  # then the message is parked in the dead-letter list
+    backoff_s: float = Field(0.5, gt=0)  # first retry delay, doubled per attempt
+    backoff_max_s: float = Field(300, gt=0)
+    timeout_s: float = Field(10, gt=0)  # per HTTP request
+    push_part_members: int = Field(1000, ge=1)  # entered profiles per push request
+
+
 class ApiCfg(Model):
     """The serving API: where it listens, how often it looks for a new gold version, and where
     operational state (keys, audit) lives."""
@@ -457,6 +480,8 @@ class ApiCfg(Model):
     snapshot_poll_s: float = Field(2.0, gt=0)
     database_url: str | None = None
     max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
+    endpoints: dict[str, EndpointCfg] = Field(default_factory=dict)  # per channel
+    events: EventsCfg = Field(default_factory=EventsCfg)
 
 
 class SlaCfg(Model):
@@ -505,6 +530,36 @@ class Settings(Model):
     def database_url(self) -> str:
         """Operational state (keys, audit): the configured URL, else SQLite by the lake."""
         return self.api.database_url or f"sqlite:///{self.paths.lake_root.parent / 'ops.sqlite'}"
+
+    @property
+    def data_root(self) -> Path:
+        """The folder the lake, the ops database and the delivery state live in."""
+        return self.paths.lake_root.parent
+
+    def endpoint(self, channel: str, env: Mapping[str, str] | None = None) -> ResolvedEndpoint:
+        """Where pushes for `channel` go: `CDP_ENDPOINT_<CHANNEL>` (an http URL) wins over
+        conf/api.yaml, which wins over a folder under the data root."""
+        env = os.environ if env is None else env
+        name = channel.upper()
+        cfg = self.api.endpoints.get(channel, EndpointCfg())
+        url = env.get(f"CDP_ENDPOINT_{name}") or cfg.url
+        secret_env = cfg.secret_env or f"CDP_ENDPOINT_SECRET_{name}"
+        if url:
+            return ResolvedEndpoint(channel, "http", url, None, env.get(secret_env), secret_env)
+        folder = cfg.path or self.data_root / "pushes" / channel
+        return ResolvedEndpoint(channel, "file", None, folder, None, secret_env)
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    """A channel's push endpoint as it is now (the secret read from the environment)."""
+
+    channel: str
+    kind: str  # http | file
+    url: str | None
+    path: Path | None
+    secret: str | None
+    secret_env: str
 
 
 _ENV_PATHS = {
@@ -612,7 +667,17 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     for var, key in _ENV_API.items():
         if env.get(var):
             api_raw[key] = env[var]
+    events_raw = dict(api_raw.get("events") or {})
+    for key in EventsCfg.model_fields:  # CDP_EVENTS_POLL_S, CDP_EVENTS_MAX_ATTEMPTS, ...
+        if env.get(var := f"CDP_EVENTS_{key.upper()}"):
+            events_raw[key] = env[var]
+    api_raw["events"] = events_raw
     api = _parse(ApiCfg, api_raw, api_path)
+    if unknown_channels := sorted(set(api.endpoints) - set(policy.channels)):
+        raise ConfigError(
+            f"{api_path}: endpoints names unknown channels {unknown_channels}; "
+            f"the policy has {sorted(policy.channels)}"
+        )
     sla_path = conf_dir / "sla.yaml"
     sla = _parse(SlaCfg, _read_yaml(sla_path), sla_path) if sla_path.exists() else SlaCfg()
     if unknown_sources := sorted(set(sla.quarantine_rate) - set(contracts)):

@@ -18,7 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import MarketerDep, SnapshotDep
 from api.routes.profiles import projected
-from pipelines.segment_store import SegmentStore
+from pipelines.push import PushStore, current_members
+from pipelines.segment_store import Segment, SegmentStore
 from pipelines.segments import RuleCompiler, RuleError, preview
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"])
@@ -66,6 +67,34 @@ def _checked(request: Request, purpose: str, rule: Any) -> None:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY, {"node": err.path, "error": err.message}
         ) from None
+
+
+async def _segment_for(request: Request, segment_id: str, channel: str) -> Segment:
+    """The segment, checked for `channel`: 404 when unknown, 422 when the channel is unknown
+    or does not hold the segment's purpose."""
+    policy = request.app.state.settings.policy
+    seg: Segment | None = await run_in_threadpool(_store(request).get, segment_id)
+    if seg is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {segment_id!r}")
+    held = policy.channels.get(channel)
+    if held is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {
+                "node": "channel",
+                "error": f"unknown channel {channel!r}; one of {sorted(policy.channels)}",
+            },
+        )
+    if seg.purpose not in held.purposes:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {
+                "node": "channel",
+                "error": f"channel {channel} does not hold purpose "
+                f"{seg.purpose!r} (it holds {held.purposes})",
+            },
+        )
+    return seg
 
 
 async def _preview(request: Request, snap: Any, purpose: str, rule: Any) -> dict[str, Any]:
@@ -163,33 +192,11 @@ async def export(
     each only the attributes `channel` may see for that person; every member exported is
     audited like a lookup by that channel."""
     settings = request.app.state.settings
-    seg = await run_in_threadpool(_store(request).get, segment_id)
-    if seg is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {segment_id!r}")
-    held = settings.policy.channels.get(channel)
-    if held is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            {
-                "node": "channel",
-                "error": f"unknown channel {channel!r}; one of {sorted(settings.policy.channels)}",
-            },
-        )
-    if seg.purpose not in held.purposes:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            {
-                "node": "channel",
-                "error": f"channel {channel} does not hold purpose "
-                f"{seg.purpose!r} (it holds {held.purposes})",
-            },
-        )
+    seg = await _segment_for(request, segment_id, channel)
+    held = settings.policy.channels[channel]
     compiled = request.app.state.rule_compiler.compile(seg.rule)
-    in_force = f'coalesce("consent_{seg.purpose}_granted", false)'  # purpose from the policy
-    sql = f"SELECT person_id FROM profiles WHERE {compiled.sql} AND {in_force} ORDER BY person_id"
-    ids = await run_in_threadpool(
-        lambda: [p for (p,) in snap.db.cursor().execute(sql, compiled.params).fetchall()]
-    )
+    members = await run_in_threadpool(current_members, snap.db.cursor(), compiled, seg.purpose)
+    ids = list(members)
     state = request.app.state
     as_channel = dataclasses.replace(who, channel=channel)
     columns = [a for a, ps in settings.policy.attributes.items() if set(ps) & set(held.purposes)]
@@ -228,3 +235,89 @@ async def export(
     if fmt == "csv":
         return StreamingResponse(as_csv(), media_type="text/csv", headers=headers)
     return StreamingResponse(bodies(), media_type="application/x-ndjson", headers=headers)
+
+
+class PushIn(BaseModel):
+    channel: str = Field(description="The channel to push to (its endpoint is in conf/api.yaml)")
+
+
+@router.post(
+    "/{segment_id}/push",
+    status_code=202,
+    summary="Send a channel who entered and exited the segment since its last push",
+    responses={
+        **ERRORS,
+        202: {"description": "Audited and queued; `GET .../pushes` shows its delivery"},
+    },
+)
+async def push(
+    request: Request, segment_id: str, body: PushIn, who: MarketerDep, snap: SnapshotDep
+) -> dict[str, Any]:
+    """The difference between the segment's reachable members now and what the channel was last
+    sent: entered members as that channel may see them, exited members by id. The push is
+    audited (segment version, purpose, legal basis, and per member the consent state used) and
+    delivered by the deliverer: signed, retried with backoff, in order per channel."""
+    state = request.app.state
+    seg = await _segment_for(request, segment_id, body.channel)
+    store: PushStore = state.pushes
+    compiled = state.rule_compiler.compile(seg.rule)
+    plan = await run_in_threadpool(
+        store.plan,
+        snap.db.cursor(),
+        compiled,
+        seg,
+        body.channel,
+        state.settings.policy,
+        snap.version,
+    )
+    as_channel = dataclasses.replace(who, channel=body.channel)
+    size = state.settings.api.events.push_part_members
+    chunks = [plan.entered[i : i + size] for i in range(0, len(plan.entered), size)] or [[]]
+    head = {
+        "push_id": plan.push_id,
+        "segment": {
+            "segment_id": seg.segment_id,
+            "name": seg.name,
+            "version": seg.version,
+            "purpose": seg.purpose,
+            "legal_basis": plan.legal_basis,
+        },
+        "channel": body.channel,
+        "snapshot_version": snap.version,
+        "parts": len(chunks),
+    }
+
+    def render() -> list[bytes]:
+        parts = []
+        for n, chunk in enumerate(chunks, start=1):
+            entered = b",".join(
+                projected(state, as_channel, snap.rendered, snap.row_of[p], "segment_push")
+                for p in chunk
+            )
+            exited = plan.exited if n == len(chunks) else []
+            doc = json.dumps({**head, "part": n, "exited": exited})
+            parts.append(doc[:-1].encode() + b',"entered":[' + entered + b"]}")
+        store.record(plan, parts, who.key_id)
+        return parts
+
+    parts = await run_in_threadpool(render)
+    return {
+        **head,
+        "parts": len(parts),
+        "members": len(plan.members),
+        "entered": len(plan.entered),
+        "exited": len(plan.exited),
+        "delivery": "pending",
+    }
+
+
+@router.get(
+    "/{segment_id}/pushes", summary="A segment's pushes and their delivery", responses=ERRORS
+)
+async def pushes(request: Request, segment_id: str, _who: MarketerDep) -> list[dict[str, Any]]:
+    if await run_in_threadpool(_store(request).get, segment_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {segment_id!r}")
+    found: list[dict[str, Any]] = await run_in_threadpool(
+        request.app.state.pushes.pushes, segment_id
+    )
+    return found

@@ -11,6 +11,7 @@ import httpx
 import pyarrow as pa
 import pytest
 
+from bench.receiver import Receiver
 from bench.server import ServeProcess
 from pipelines.gold.profile import PROFILES
 from pipelines.keys import KeyStore
@@ -29,10 +30,24 @@ def new_version(lake: Lake, row: dict[str, Any]) -> None:
     )
 
 
+SECRET = "test-endpoint-secret-0123456789"
+
+
 @pytest.fixture(scope="package")
-def served(operator: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def receiver() -> Iterator[Receiver]:
+    """The channels' and subscribers' webhook endpoint (checks signatures with SECRET)."""
+    r = Receiver(SECRET)
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="package")
+def served(
+    operator: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, receiver: Receiver
+) -> Iterator[Any]:
     """A live server on a copy of the streamed operator's lake (tests here change it), with
-    keys, and an HTTP client for it."""
+    keys, and an HTTP client for it. Pushes to sms_campaigns go to the receiver's /push;
+    deliveries retry fast (50 ms doubling) and park after 4 attempts."""
     root = tmp_path_factory.mktemp("api")
     shutil.copytree(operator["settings"].paths.lake_root, root / "lake")
     settings = settings_for(root)
@@ -41,7 +56,18 @@ def served(operator: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
     keys["steward"] = store.create("test steward", "steward")
     keys["marketing"] = store.create("test marketing", "marketing")
     keys["source:app"] = store.create("test app feed", "source", "app")
-    server = ServeProcess(root, {"CDP_API_SNAPSHOT_POLL_S": "0.2"})
+    server = ServeProcess(
+        root,
+        {
+            "CDP_API_SNAPSHOT_POLL_S": "0.2",
+            "CDP_ENDPOINT_SMS_CAMPAIGNS": f"{receiver.url}/push",
+            "CDP_ENDPOINT_SECRET_SMS_CAMPAIGNS": SECRET,
+            "CDP_EVENTS_BACKOFF_S": "0.05",
+            "CDP_EVENTS_MAX_ATTEMPTS": "4",
+            "CDP_EVENTS_BATCH": "5",
+            "CDP_EVENTS_POLL_S": "0.05",
+        },
+    )
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             yield {

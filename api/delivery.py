@@ -1,0 +1,315 @@
+"""The deliverer: one background thread per data root (the API worker holding the delivery lock)
+that moves events from the lake to subscribers and pushes to channels.
+
+Each step, in order:
+1. **Log** the outbox's new subscribable events (`ops.outbox` Delta versions after the cursor).
+2. **Evaluate** every saved segment when the snapshot changed: members entering or leaving
+   become `segment.entered` / `segment.exited` events.
+3. **Fan out** new log events to the subscriptions whose types and filter match and that may
+   see them: a channel receives an event only when it holds the event's purpose and the
+   person's consent for it is in force in the current snapshot (identity and consent facts go
+   to every channel; ops alerts to steward and admin subscriptions only).
+4. **Send** every queue whose head is due: a subscription's events in batches, a push's parts
+   one by one, each signed; a failure backs off, `max_attempts` failures park the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+
+from api.snapshot import Snapshot
+from pipelines.config import Settings
+from pipelines.events import EVENT_TYPES, Event, EventStore, Subscription, set_cursor, utc
+from pipelines.gold.stage import OUTBOX
+from pipelines.lake import Lake
+from pipelines.push import PushStore, current_members
+from pipelines.segment_store import SegmentStore
+from pipelines.segments import RuleCompiler, RuleError
+from pipelines.webhooks import DeliveryError, Sender, Target
+
+log = logging.getLogger(__name__)
+
+FANOUT_BATCH = 5000  # log events fanned out per step
+LOG_BATCH = 50_000  # outbox rows logged per transaction
+
+
+@dataclass
+class Observed:
+    """Hooks for metrics: called with (outcome, messages, lag seconds of each delivered)."""
+
+    delivered: Callable[[str, int, list[float]], None] = lambda outcome, n, lags: None
+
+
+class Visibility:
+    """Which events a channel (or a steward / admin: `channel` None) may receive, decided on one
+    snapshot: the event's purpose must be held by the channel and in force for the person."""
+
+    def __init__(self, settings: Settings, snapshot: Snapshot | None) -> None:
+        self.policy = settings.policy
+        self.snapshot = snapshot
+        self._in_force: dict[str, dict[str, bool]] = {}
+
+    def purpose(self, event: Event) -> str | None:
+        kind = EVENT_TYPES[event.event_type][0]
+        return str(event.payload.get("purpose")) if kind == "segment" else kind
+
+    def prepare(self, events: list[Event]) -> None:
+        """Look up, once per purpose, the consent of every person these events are about."""
+        wanted: dict[str, set[str]] = {}
+        for e in events:
+            p = self.purpose(e)
+            if p not in (None, "ops") and e.person_id:
+                wanted.setdefault(p, set()).add(e.person_id)
+        if self.snapshot is None:
+            return
+        for purpose, persons in wanted.items():
+            if purpose not in self.policy.purposes:
+                continue
+            rows = (
+                self.snapshot.db.cursor()
+                .execute(
+                    f'SELECT person_id, coalesce("consent_{purpose}_granted", false) '
+                    "FROM profiles WHERE person_id IN (SELECT unnest(?))",
+                    [sorted(persons)],
+                )
+                .fetchall()
+            )
+            self._in_force.setdefault(purpose, {}).update(dict(rows))
+
+    def allows(self, channel: str | None, event: Event) -> bool:
+        purpose = self.purpose(event)
+        if purpose == "ops":
+            return channel is None
+        if channel is None:
+            return False
+        if purpose is None:
+            return True
+        held = self.policy.channels.get(channel)
+        if held is None or purpose not in held.purposes:
+            return False
+        return self._in_force.get(purpose, {}).get(event.person_id or "", False)
+
+
+class Deliverer:
+    """Runs the delivery steps in a thread while this process holds the delivery lock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        pushes: PushStore,
+        segments: SegmentStore,
+        compiler: RuleCompiler,
+        snapshot: Callable[[], Snapshot | None],
+        observed: Observed | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.api.events
+        self.store, self.pushes, self.segments = store, pushes, segments
+        self.compiler = compiler
+        self.snapshot = snapshot
+        self.observed = observed or Observed()
+        self.lake = Lake(settings.paths.lake_root)
+        self.sender = Sender(self.cfg.timeout_s)
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deliver")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.leader = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.pool.shutdown(wait=True)
+        self.sender.close()
+
+    def _run(self) -> None:
+        lock_path = self.settings.data_root / "delivery.lock"
+        with _leadership(lock_path, self._stop) as held:
+            if not held:
+                return
+            self.leader = True
+            while not self._stop.is_set():
+                busy = False
+                try:
+                    busy = self.step()
+                except Exception:  # one bad step must not end delivery: log it and go on
+                    log.exception("delivery step failed; retrying")
+                self._stop.wait(0 if busy else self.cfg.poll_s)
+
+    def step(self) -> bool:
+        """One round of every delivery step; True when more work is waiting."""
+        more = self.log_outbox()
+        self.evaluate_segments()
+        more |= self.fan_out()
+        more |= self.send_due()
+        return more
+
+    # ------------------------------------------------------------ 1. log
+
+    def log_outbox(self) -> bool:
+        if not self.lake.exists(OUTBOX):
+            return False
+        current = self.lake.version(OUTBOX)
+        assert current is not None
+        done = self.store.cursor("outbox")
+        if done is not None and done >= current:
+            return False
+        files = self.lake.added_files(OUTBOX, done, current)
+        types = [t for t in EVENT_TYPES if not t.startswith("segment.")]
+        frame = (
+            pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+            .filter(pl.col("event_type").is_in(types))
+            .sort("occurred_at", maintain_order=True)
+            if files
+            else pl.DataFrame()
+        )
+        rows = frame.to_dicts() if frame.height else []
+        with self.store.engine.begin() as conn:
+            for i in range(0, max(len(rows), 1), LOG_BATCH):
+                self.store.log(conn, rows[i : i + LOG_BATCH])
+            set_cursor(conn, "outbox", current)
+        return False
+
+    # ------------------------------------------------------------ 2. segments
+
+    def evaluate_segments(self) -> None:
+        snap = self.snapshot()
+        if snap is None or self.store.cursor("segments@snapshot") == snap.version:
+            return
+        for seg in self.segments.list():
+            try:
+                compiled = self.compiler.compile(seg.rule)
+            except RuleError as err:  # a policy change retired an attribute the rule uses
+                log.warning("segment %s no longer compiles: %s", seg.segment_id, err)
+                continue
+            members = current_members(snap.db.cursor(), compiled, seg.purpose)
+            self.pushes.evaluate(seg, members, snap.version)
+        with self.store.engine.begin() as conn:
+            set_cursor(conn, "segments@snapshot", snap.version)
+
+    # ------------------------------------------------------------ 3. fan out
+
+    def fan_out(self) -> bool:
+        after = self.store.cursor("fanout") or 0
+        events = self.store.events_after(after, FANOUT_BATCH)
+        if not events:
+            return False
+        subs = self.store.subscriptions()
+        seen = Visibility(self.settings, self.snapshot())
+        seen.prepare(events)
+        with self.store.engine.begin() as conn:
+            for sub in subs:
+                mine = [e for e in events if sub.matches(e) and seen.allows(sub.channel, e)]
+                self.store.enqueue(
+                    conn,
+                    sub.queue,
+                    [
+                        (e.event_id, e.person_id, json.dumps(e.as_json()), e.occurred_at)
+                        for e in mine
+                    ],
+                )
+            set_cursor(conn, "fanout", events[-1].seq)
+        return len(events) == FANOUT_BATCH
+
+    # ------------------------------------------------------------ 4. send
+
+    def send_due(self) -> bool:
+        queues = self.store.due_queues(datetime.now(UTC))
+        if not queues:
+            return False
+        subs = {s.queue: s for s in self.store.subscriptions(active=False)}
+        results = list(self.pool.map(lambda q: self._send(q, subs.get(q)), queues))
+        return any(results)
+
+    def _send(self, queue: str, sub: Subscription | None) -> bool:
+        """Send the head of one queue; True when it was taken (more may wait behind it)."""
+        push = queue.startswith("push:")
+        batch = self.store.batch(queue, 1 if push else self.cfg.batch)
+        if not batch:
+            return False
+        ids = [m["id"] for m in batch]
+        try:
+            target = self._target(queue, sub)
+            if push:
+                key, body, kind = batch[0]["message_key"], batch[0]["body"].encode(), "push"
+            else:
+                assert sub is not None
+                key = f"{sub.subscription_id}:{batch[0]['message_key']}"
+                events = ",".join(m["body"] for m in batch)
+                body = f'{{"subscription_id":"{sub.subscription_id}","events":[{events}]}}'.encode()
+                kind = "events"
+            self.sender.send(target, key, body, "application/json")
+        except DeliveryError as err:
+            parked = self.store.failed(
+                ids,
+                str(err),
+                datetime.now(UTC),
+                self.cfg.max_attempts,
+                self.cfg.backoff_s,
+                self.cfg.backoff_max_s,
+            )
+            log.warning("%s: delivery failed (%s), %d parked", queue, err, parked)
+            self.observed.delivered("failed", len(ids), [])
+            if parked:
+                self.observed.delivered("dead", parked, [])
+            return False
+        now = datetime.now(UTC)
+        self.store.delivered(ids, now)
+        lags = [(now - utc(m["event_at"])).total_seconds() for m in batch]
+        self.observed.delivered(kind, len(ids), lags)
+        return True
+
+    def _target(self, queue: str, sub: Subscription | None) -> Target:
+        if queue.startswith("push:"):
+            end = self.settings.endpoint(queue.removeprefix("push:"))
+            if end.kind == "file":
+                return Target("file", folder=end.path)
+            if not end.secret:
+                raise DeliveryError(
+                    f"the {end.channel} endpoint has no signing secret: set {end.secret_env}"
+                )
+            return Target("http", url=end.url, secret=end.secret)
+        if sub is None:
+            raise DeliveryError(f"{queue}: the subscription no longer exists")
+        return Target("http", url=sub.url, secret=sub.secret)
+
+
+@contextlib.contextmanager
+def _leadership(path: Path, stop: threading.Event) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (waiting for it while another worker holds it), so
+    exactly one process per data root delivers; released when the process ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle: IO[Any] = path.open("a")
+    try:
+        while not stop.is_set():
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                stop.wait(1.0)
+        if stop.is_set():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

@@ -1,0 +1,222 @@
+"""The event API: webhook subscriptions (with their dead letters) and a resumable server-sent
+event stream. Channel keys receive their channel's events, consent-filtered; steward and admin
+keys receive the ops alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, HttpUrl
+from starlette.concurrency import run_in_threadpool
+
+from api.delivery import Visibility
+from api.deps import CallerDep
+from pipelines.events import EVENT_TYPES, EventStore, FilterError, Subscription, check_subscription
+from pipelines.keys import Caller
+
+router = APIRouter(tags=["events"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The key may not receive these events"},
+    404: {"description": "No such subscription of this key"},
+    422: {"description": "An unknown event type or filter field; `detail.field` names it"},
+}
+HEARTBEAT_S = 15.0
+
+
+class SubscriptionIn(BaseModel):
+    event_types: list[str] = Field(description=f"Any of {sorted(EVENT_TYPES)}")
+    filter: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Field -> value or list of values, e.g. {"segment_id": "seg_..."} or '
+        '{"direction": "up"}; `person_id` and the event types\' payload fields',
+    )
+    url: HttpUrl = Field(description="Where signed deliveries are POSTed")
+    secret: str = Field(min_length=16, max_length=200, description="Signs each delivery (HMAC)")
+
+
+class RedeliverIn(BaseModel):
+    ids: list[int] | None = Field(None, description="Dead messages to resend (default: all)")
+
+
+def _store(request: Request) -> EventStore:
+    store: EventStore = request.app.state.events
+    return store
+
+
+def _audience(who: Caller) -> bool:
+    """True for keys that receive ops events (steward, admin); channels receive the rest."""
+    if who.role in ("steward", "admin"):
+        return True
+    if who.role == "channel" and who.channel:
+        return False
+    raise HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        f"events go to channel keys and to steward or admin keys, not {who.role!r}",
+    )
+
+
+async def _own(request: Request, subscription_id: str, who: Caller) -> Subscription:
+    sub = await run_in_threadpool(_store(request).subscription, subscription_id)
+    if sub is None or not sub.active or (sub.owner != who.key_id and who.role != "admin"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no subscription {subscription_id!r}")
+    return sub
+
+
+@router.post(
+    "/v1/subscriptions", status_code=201, summary="Subscribe a webhook to events", responses=ERRORS
+)
+async def subscribe(request: Request, body: SubscriptionIn, who: CallerDep) -> dict[str, Any]:
+    """Events of `event_types` that pass `filter` are POSTed to `url` in order per person, in
+    batches (`{"subscription_id", "events": [...]}`), signed with `secret`
+    (`X-CDP-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`), retried with
+    exponential backoff and parked as dead letters after the configured attempts. Delivery
+    is at least once: de-duplicate by `event_id`."""
+    ops = _audience(who)
+    try:
+        check_subscription(body.event_types, body.filter, ops)
+    except FilterError as err:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, {"field": err.field, "error": err.message}
+        ) from None
+    sub = await run_in_threadpool(
+        _store(request).subscribe,
+        who.key_id,
+        None if ops else who.channel,
+        body.event_types,
+        body.filter,
+        str(body.url),
+        body.secret,
+    )
+    return sub.as_json()
+
+
+@router.get("/v1/subscriptions", summary="This key's subscriptions", responses=ERRORS)
+async def list_subscriptions(request: Request, who: CallerDep) -> list[dict[str, Any]]:
+    _audience(who)
+    owner = None if who.role == "admin" else who.key_id
+    subs = await run_in_threadpool(_store(request).subscriptions, owner)
+    stats = await run_in_threadpool(_store(request).queue_stats)
+    return [{**s.as_json(), "queue": _public(stats.get(s.queue))} for s in subs]
+
+
+def _public(stats: dict[str, Any] | None) -> dict[str, Any]:
+    out = dict(stats or {"pending": 0, "delivered": 0, "dead": 0})
+    if "oldest_pending_at" in out:
+        out["oldest_pending_at"] = out["oldest_pending_at"].isoformat()
+    return out
+
+
+@router.delete(
+    "/v1/subscriptions/{subscription_id}",
+    status_code=204,
+    summary="Stop a subscription (its pending deliveries are dropped)",
+    responses=ERRORS,
+)
+async def unsubscribe(request: Request, subscription_id: str, who: CallerDep) -> None:
+    await _own(request, subscription_id, who)
+    await run_in_threadpool(_store(request).deactivate, subscription_id)
+
+
+@router.get(
+    "/v1/subscriptions/{subscription_id}/deliveries",
+    summary="A subscription's deliveries, newest first (status=dead: its dead letters)",
+    responses=ERRORS,
+)
+async def deliveries(
+    request: Request,
+    subscription_id: str,
+    who: CallerDep,
+    state: Annotated[
+        str | None, Query(alias="status", pattern="^(pending|delivered|dead)$")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    sub = await _own(request, subscription_id, who)
+    found: list[dict[str, Any]] = await run_in_threadpool(
+        _store(request).messages, sub.queue, state, limit
+    )
+    return found
+
+
+@router.post(
+    "/v1/subscriptions/{subscription_id}/redeliver",
+    summary="Send dead letters again",
+    responses=ERRORS,
+)
+async def redeliver(
+    request: Request, subscription_id: str, body: RedeliverIn, who: CallerDep
+) -> dict[str, int]:
+    sub = await _own(request, subscription_id, who)
+    n = await run_in_threadpool(_store(request).redeliver, sub.queue, body.ids)
+    return {"redelivered": n}
+
+
+@router.get(
+    "/v1/events/stream",
+    summary="Server-sent events, resumable with Last-Event-ID",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def stream(
+    request: Request,
+    who: CallerDep,
+    types: Annotated[list[str] | None, Query(description="Only these event types")] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="The `id` of the last event received")
+    ] = None,
+    since: Annotated[int | None, Query(ge=0, description="Start after this seq")] = None,
+) -> StreamingResponse:
+    """Every event this key may receive, in log order, each with `id: <seq>`; a reconnect with
+    `Last-Event-ID` (or `?since=`) continues right after it, without gaps. New events arrive
+    within the delivery poll interval; a comment line every 15 s keeps idle proxies open."""
+    ops = _audience(who)
+    wanted = types or [t for t, (p, _) in EVENT_TYPES.items() if (p == "ops") == ops]
+    for t in wanted:
+        if t not in EVENT_TYPES:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                {"field": "types", "error": f"unknown event type {t!r}"},
+            )
+    try:
+        start = int(last_event_id) if last_event_id else (since or 0)
+    except ValueError:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            {"field": "Last-Event-ID", "error": f"expected an event seq, got {last_event_id!r}"},
+        ) from None
+    store, settings = _store(request), request.app.state.settings
+    poll = settings.api.events.poll_s
+    channel = None if ops else who.channel
+
+    async def frames() -> AsyncIterator[bytes]:
+        after, quiet_since = start, time.monotonic()
+        yield b"retry: 1000\n\n"
+        while not await request.is_disconnected():
+            events = await run_in_threadpool(store.events_after, after, 500, wanted)
+            if not events:
+                if time.monotonic() - quiet_since > HEARTBEAT_S:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
+                await asyncio.sleep(poll)
+                continue
+            seen = Visibility(settings, request.app.state.snapshots.current)
+            await run_in_threadpool(seen.prepare, events)
+            out = [
+                f"id: {e.seq}\nevent: {e.event_type}\ndata: {json.dumps(e.as_json())}\n\n"
+                for e in events
+                if seen.allows(channel, e)
+            ]
+            after, quiet_since = events[-1].seq, time.monotonic()
+            if out:
+                yield "".join(out).encode()
+
+    return StreamingResponse(
+        frames(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
