@@ -99,6 +99,8 @@ class Visibility:
         held = self.policy.channels.get(channel)
         if held is None or purpose not in held.purposes:
             return False
+        if event.event_type == "segment.exited":  # often *because* consent ended: always told
+            return True
         return self._in_force.get(purpose, {}).get(event.person_id or "", False)
 
 
@@ -190,19 +192,21 @@ class Deliverer:
     # ------------------------------------------------------------ 2. segments
 
     def evaluate_segments(self) -> None:
+        """Each saved segment's membership once per snapshot and rule version."""
         snap = self.snapshot()
-        if snap is None or self.store.cursor("segments@snapshot") == snap.version:
+        if snap is None:
             return
         for seg in self.segments.list():
+            done = f"segment:{seg.segment_id}:v{seg.version}"
+            if self.store.cursor(done) == snap.version:
+                continue
             try:
                 compiled = self.compiler.compile(seg.rule)
             except RuleError as err:  # a policy change retired an attribute the rule uses
                 log.warning("segment %s no longer compiles: %s", seg.segment_id, err)
                 continue
             members = current_members(snap.db.cursor(), compiled, seg.purpose)
-            self.pushes.evaluate(seg, members, snap.version)
-        with self.store.engine.begin() as conn:
-            set_cursor(conn, "segments@snapshot", snap.version)
+            self.pushes.evaluate(seg, members, snap.version, (done, snap.version))
 
     # ------------------------------------------------------------ 3. fan out
 

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from pipelines.config import PolicyCfg
-from pipelines.events import EventStore, insert_ignoring_duplicates, utc
+from pipelines.events import EventStore, insert_ignoring_duplicates, set_cursor, utc
 from pipelines.segment_store import Segment
 from pipelines.segments import Compiled
 
@@ -302,10 +302,11 @@ class PushStore:
         segment: Segment,
         members: dict[str, ConsentState],
         snapshot_version: int,
+        cursor: tuple[str, int] | None = None,
     ) -> tuple[int, int]:
         """Log `segment.entered` / `segment.exited` for the change since the segment's last
-        evaluation and store the new membership (one transaction: evaluating the same snapshot
-        again logs nothing). Returns (entered, exited)."""
+        evaluation and store the new membership, moving `cursor` (one transaction: evaluating
+        the same snapshot again logs nothing). Returns (entered, exited)."""
         at = datetime.now(UTC)
         with self.engine.begin() as conn:
             before = set(
@@ -349,6 +350,8 @@ class PushStore:
                 segment_members,
                 [{"segment_id": segment.segment_id, "person_id": p} for p in entered],
             )
+            if cursor is not None:
+                set_cursor(conn, *cursor)
         return len(entered), len(exited)
 
 

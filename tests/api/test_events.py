@@ -87,8 +87,7 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     ).json()["segment_id"]
     profiles = served["lake"].read_polars(PROFILES)
     reachable = profiles.filter(
-        pl.col("value_segment").is_not_null()
-        & pl.col("consent_marketing_granted").fill_null(False)
+        pl.col("value_segment").is_not_null() & pl.col("consent_marketing_granted").fill_null(False)
     )
     assert reachable.height > 1
 
@@ -298,3 +297,63 @@ def test_the_stream_resumes_from_last_event_id_without_gaps(served: dict[str, An
     assert all(e["event_type"] != "ops.schema_drift" for _, e in full)
     bad = served["client"].get(url, headers={**key, "Last-Event-ID": "yesterday"})
     assert bad.status_code == 422
+
+
+def test_segment_members_entering_and_exiting_are_events(
+    served: dict[str, Any], receiver: Receiver
+) -> None:
+    path = "/segments"
+    subscribed = _call(
+        served,
+        "POST",
+        "/v1/subscriptions",
+        "nba_engine",
+        {
+            "event_types": ["segment.entered", "segment.exited"],
+            "url": f"{receiver.url}{path}",
+            "secret": SECRET,
+        },
+    )
+    assert subscribed.status_code == 201, subscribed.text
+    rule = {
+        "and": [
+            {"attr": "value_segment", "op": "is_not_null"},
+            {"attr": "churn_risk", "op": ">=", "value": 0.1},
+        ]
+    }
+    sid = _call(
+        served,
+        "POST",
+        "/v1/segments",
+        "marketing",
+        {"name": "Retention", "purpose": "marketing", "rule": rule},
+    ).json()["segment_id"]
+    profiles = served["lake"].read_polars(PROFILES)
+    reachable = profiles.filter(
+        pl.col("value_segment").is_not_null()
+        & (pl.col("churn_risk") >= 0.1)
+        & pl.col("consent_marketing_granted").fill_null(False)
+    )
+    assert reachable.height > 1
+
+    def of_segment(kind: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in _events_at(receiver, path)
+            if e["event_type"] == kind and e["payload"]["segment_id"] == sid
+        ]
+
+    entered = _wait(
+        "the entered events",
+        lambda: (e := of_segment("segment.entered")) and len(e) >= reachable.height and e,
+    )
+    assert {e["person_id"] for e in entered} == set(reachable["person_id"])
+    assert entered[0]["payload"]["purpose"] == "marketing"
+
+    leaver = str(reachable["person_id"][-1])
+    row = profiles.filter(pl.col("person_id") == leaver).to_dicts()[0]
+    row.update(consent_marketing_granted=False)
+    row["profile_version"] += 1
+    new_version(served["lake"], row)
+    exited = _wait("the exit", lambda: of_segment("segment.exited"))
+    assert [e["person_id"] for e in exited] == [leaver]  # told, although consent ended
