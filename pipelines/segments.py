@@ -25,6 +25,14 @@ import pyarrow as pa
 from pipelines.config import PolicyCfg
 
 COMPARISONS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+ORDERED = [*COMPARISONS, "in", "not_in", "between", "is_null", "is_not_null"]
+OPS_BY_KIND = {  # what the page offers per attribute kind (the compiler is the authority)
+    "number": ORDERED,
+    "string": ORDERED,
+    "time": ["older_than", "within", "<", "<=", ">", ">=", "between", "is_null", "is_not_null"],
+    "bool": ["=", "!=", "is_null", "is_not_null"],
+    "list": ["contains", "is_null", "is_not_null"],
+}
 MAX_DEPTH = 12
 MAX_LIST = 1000
 
@@ -70,6 +78,12 @@ class RuleCompiler:
             for name in policy.attributes
             if name in schema.names and _kind(schema.field(name).type) != "other"
         }
+
+    def catalogue(self) -> list[dict[str, Any]]:
+        """Every attribute a rule may use, with its kind and the operators that apply."""
+        return [
+            {"name": a, "kind": k, "ops": OPS_BY_KIND[k]} for a, k in sorted(self.kinds.items())
+        ]
 
     def compile(self, rule: Any, now: datetime | None = None) -> Compiled:
         params: list[Any] = []
@@ -205,13 +219,16 @@ class Preview:
     members: int  # profiles the rule matches
     consented: int  # of those, with the purpose in force (what an export or push would reach)
     sample: list[str]  # person ids of consented members
+    churn_risk: list[int]  # reachable members per churn-risk tenth (0-0.1, ..., 0.9-1)
+    value_segment: dict[str, int]  # reachable members per value segment (largest first)
 
 
 def preview(
     db: Any, compiled: Compiled, purpose: str, policy: PolicyCfg, sample: int = 10
 ) -> Preview:
-    """Count the members of a compiled rule in a DuckDB `profiles` table, and how many of them
-    may be reached for `purpose` (its consent, or contract, in force)."""
+    """Count the members of a compiled rule in a DuckDB `profiles` table, how many of them may
+    be reached for `purpose` (its consent, or contract, in force), and how the reachable ones
+    spread over churn risk and value segment."""
     if purpose not in policy.purposes:
         raise RuleError("purpose", f"unknown purpose {purpose!r}; one of {sorted(policy.purposes)}")
     in_force = f'coalesce("consent_{purpose}_granted", false)'  # purpose checked above
@@ -219,9 +236,21 @@ def preview(
         f"SELECT count(*), count(*) FILTER (WHERE {in_force}) FROM profiles WHERE {compiled.sql}",
         compiled.params,
     ).fetchone()
+    reached = f"FROM profiles WHERE {compiled.sql} AND {in_force}"
     ids = db.execute(
-        f"SELECT person_id FROM profiles WHERE {compiled.sql} AND {in_force} "
-        "ORDER BY person_id LIMIT ?",
-        [*compiled.params, sample],
+        f"SELECT person_id {reached} ORDER BY person_id LIMIT ?", [*compiled.params, sample]
     ).fetchall()
-    return Preview(int(members), int(consented), [i for (i,) in ids])
+    tenths = [0] * 10
+    for bucket, n in db.execute(
+        f"SELECT least(floor(coalesce(churn_risk, 0) * 10), 9)::INT, count(*) {reached} GROUP BY 1",
+        compiled.params,
+    ).fetchall():
+        tenths[max(0, bucket)] = n
+    segments = db.execute(
+        f"SELECT coalesce(value_segment, '(none)'), count(*) {reached} "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 12",
+        compiled.params,
+    ).fetchall()
+    return Preview(
+        int(members), int(consented), [i for (i,) in ids], tenths, {s: int(n) for s, n in segments}
+    )

@@ -111,6 +111,8 @@ async def _preview(request: Request, snap: Any, purpose: str, rule: Any) -> dict
         "members": p.members,
         "reachable": p.consented,
         "sample": p.sample,
+        "churn_risk": p.churn_risk,
+        "value_segment": p.value_segment,
         "purpose": purpose,
         "snapshot_version": snap.version,
     }
@@ -123,6 +125,18 @@ async def preview_rule(
     """`members`: profiles the rule matches; `reachable`: those whose consent (or contract) for
     the purpose is in force, which is who an export or push reaches; `sample`: a few of them."""
     return await _preview(request, snap, body.purpose, body.rule)
+
+
+@router.get("/catalogue", summary="What rules may use: attributes, purposes and channels")
+async def catalogue(request: Request, _who: MarketerDep) -> dict[str, Any]:
+    """Attributes with their kind and operators; purposes with their legal basis; channels
+    with the purposes they hold (a segment can be pushed to a channel holding its purpose)."""
+    policy = request.app.state.settings.policy
+    return {
+        "attributes": request.app.state.rule_compiler.catalogue(),
+        "purposes": {p: spec.legal_basis for p, spec in policy.purposes.items()},
+        "channels": {c: spec.purposes for c, spec in policy.channels.items()},
+    }
 
 
 @router.post("", status_code=201, summary="Save a segment (version 1)", responses=ERRORS)

@@ -185,5 +185,8 @@ def test_preview_counts_members_and_those_reachable_for_the_purpose(db: Any) -> 
     rule = COMPILER.compile({"attr": "churn_risk", "op": ">=", "value": 0.5}, NOW)
     p = preview(db, rule, "marketing", POLICY)
     assert (p.members, p.consented, p.sample) == (3, 2, ["P1", "P3"])  # P4: consent unknown
+    # the chart's figures cover the reachable members only: P1 (0.9, gold), P3 (0.75, bronze)
+    assert p.churn_risk == [0, 0, 0, 0, 0, 0, 0, 1, 0, 1]
+    assert p.value_segment == {"bronze": 1, "gold": 1}
     with pytest.raises(RuleError, match="unknown purpose"):
         preview(db, rule, "spam", POLICY)
