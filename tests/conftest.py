@@ -3,6 +3,8 @@ one generated operator streamed through every stage (identity, gold and API test
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,25 @@ def operator(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
     Ingestion(spark, settings, lake, downstream=downstream).run()
     return {"settings": settings, "lake": lake, "modes": modes}
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = PROJECT_ROOT / "docs"
+
+
+def screenshot_path(tmp_path: Path, name: str) -> Path:
+    """Under docs/ when CDP_UPDATE_SCREENSHOTS=1 (to refresh the kept pictures), else tmp."""
+    return DOCS / name if os.environ.get("CDP_UPDATE_SCREENSHOTS") else tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (`make test` installs it)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run `make test` (scripts/ensure-chromium.sh)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -7,7 +7,6 @@ Set CDP_UPDATE_SCREENSHOTS=1 to refresh the screenshots kept under docs/."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,27 +19,9 @@ import pytest
 
 from bench.server import HOST, free_port
 from pipelines.config import PROJECT_ROOT
+from tests.conftest import screenshot_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DOCS = PROJECT_ROOT / "docs"
-
-
-def _screenshot_path(tmp_path: Path, name: str) -> Path:
-    return DOCS / name if os.environ.get("CDP_UPDATE_SCREENSHOTS") else tmp_path / name
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: run `make test` (scripts/ensure-chromium.sh)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +77,7 @@ def test_dagster_ui_shows_every_table_in_the_asset_graph(
         page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
     for group in ("bronze", "silver", "identity", "gold", "reference"):
         assert page.get_by_text(group, exact=True).count() >= 1
-    page.screenshot(path=str(_screenshot_path(tmp_path, "dagster-asset-graph.png")))
+    page.screenshot(path=str(screenshot_path(tmp_path, "dagster-asset-graph.png")))
 
     page.goto(f"{dagster_ui}/assets", wait_until="networkidle")
     catalog = page.inner_text("body")
@@ -124,7 +105,7 @@ def test_data_docs_build_and_open_without_a_cdn(browser: Any, tmp_path: Path) ->
     page.get_by_role("link", name="quality.source_health").first.wait_for(timeout=30_000)
     page.locator("#Expectation-Suites-tab").click()
     page.locator("#Expectation-Suites td", has_text="gold.profiles").first.wait_for(timeout=30_000)
-    page.screenshot(path=str(_screenshot_path(tmp_path, "data-docs.png")))
+    page.screenshot(path=str(screenshot_path(tmp_path, "data-docs.png")))
     search = page.locator("#Expectation-Suites").get_by_placeholder("Search")
     for suite in ("bronze.network", "silver.network", "quality.source_health", "ref.tariffs"):
         search.fill(suite)  # one suite per table: more than a page of them

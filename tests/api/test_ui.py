@@ -1,0 +1,79 @@
+"""The audience builder in a real browser: a marketer builds a segment in /ui, sees its count,
+saves it and pushes it to a channel whose endpoint (a test HTTP server) checks the signature
+and the contents. Set CDP_UPDATE_SCREENSHOTS=1 to refresh docs/audience-builder.png."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from bench.receiver import Receiver
+from pipelines.gold.profile import PROFILES
+from tests.conftest import screenshot_path
+
+pytestmark = [pytest.mark.api, pytest.mark.e2e]
+NAME = "Browser audience: churn risk 0.2+"
+
+
+def test_build_count_save_and_push_a_segment_in_the_page(
+    served: dict[str, Any], receiver: Receiver, browser: Any, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    page.goto(f"{served['server'].url}/ui")
+    page.get_by_label("Marketing API key").fill(served["keys"]["marketing"])
+    page.get_by_role("button", name="Use key").click()
+    page.get_by_role("heading", name="Define").wait_for()
+
+    page.get_by_label("Name", exact=True).fill(NAME)
+    page.get_by_role("button", name="Add condition").click()
+    page.get_by_label("Condition 1 attribute").select_option("value_segment")
+    page.get_by_label("Condition 1 operator").select_option("is_not_null")
+    page.get_by_role("button", name="Add condition").click()
+    page.get_by_label("Condition 2 attribute").select_option("churn_risk")
+    page.get_by_label("Condition 2 operator").select_option(">=")
+    page.get_by_label("Condition 2 value").fill("0.2")
+
+    profiles = served["lake"].read_polars(PROFILES)
+    matching = profiles.filter(
+        pl.col("value_segment").is_not_null() & (pl.col("churn_risk") >= 0.2)
+    )
+    reachable = matching.filter(pl.col("consent_marketing_granted").fill_null(False))
+    assert reachable.height > 0
+    page.wait_for_function(
+        "n => document.getElementById('members')?.textContent === n",
+        arg=f"{matching.height:,}",
+    )
+    assert page.locator("#reachable").text_content() == f"{reachable.height:,}"
+    assert page.locator("#chart rect").count() == 10
+
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved as seg_").wait_for()
+    page.get_by_label("Channel").select_option("sms_campaigns")
+    page.get_by_role("button", name="Push to channel").click()
+    page.locator("#pushes tbody td", has_text="delivered").wait_for(timeout=30_000)
+    page.screenshot(path=str(screenshot_path(tmp_path, "audience-builder.png")), full_page=True)
+
+    deadline = time.monotonic() + 10
+    parts = []
+    while not parts and time.monotonic() < deadline:
+        parts = [r for r in receiver.at("/push", 200) if r.json()["segment"]["name"] == NAME]
+        time.sleep(0.05)
+    assert parts and all(r.signed for r in parts)
+    entered = {p["person_id"] for r in parts for p in r.json()["entered"]}
+    assert entered == set(reachable["person_id"])
+    assert parts[0].json()["channel"] == "sms_campaigns"
+
+
+def test_the_page_refuses_a_key_that_is_not_for_marketing(
+    served: dict[str, Any], browser: Any
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{served['server'].url}/ui")
+    page.get_by_label("Marketing API key").fill(served["keys"]["mobile_app"])
+    page.get_by_role("button", name="Use key").click()
+    page.get_by_text("Key refused").wait_for()
+    assert page.locator("#app").is_hidden()
