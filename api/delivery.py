@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 FANOUT_BATCH = 5000  # log events fanned out per step
 LOG_BATCH = 50_000  # outbox rows logged per transaction
+SEND_BUDGET_S = 1.0  # longest a queue is sent before the deliverer looks for other work
 
 
 @dataclass
@@ -211,11 +213,16 @@ class Deliverer:
     # ------------------------------------------------------------ 3. fan out
 
     def fan_out(self) -> bool:
+        """Queue the events logged since the cursor for every subscription that matches and
+        may see them; events of types nobody subscribes to are passed over unread."""
         after = self.store.cursor("fanout") or 0
-        events = self.store.events_after(after, FANOUT_BATCH)
-        if not events:
+        head = self.store.head()
+        if head <= after:
             return False
         subs = self.store.subscriptions()
+        types = sorted({t for s in subs for t in s.event_types})
+        events = self.store.events_after(after, FANOUT_BATCH, types, until=head) if types else []
+        full = len(events) == FANOUT_BATCH
         seen = Visibility(self.settings, self.snapshot())
         seen.prepare(events)
         with self.store.engine.begin() as conn:
@@ -229,8 +236,8 @@ class Deliverer:
                         for e in mine
                     ],
                 )
-            set_cursor(conn, "fanout", events[-1].seq)
-        return len(events) == FANOUT_BATCH
+            set_cursor(conn, "fanout", events[-1].seq if full else head)
+        return full
 
     # ------------------------------------------------------------ 4. send
 
@@ -243,6 +250,15 @@ class Deliverer:
         return any(results)
 
     def _send(self, queue: str, sub: Subscription | None) -> bool:
+        """Send one queue's messages in order, batch after batch, for up to SEND_BUDGET_S
+        (other queues and the other steps go on meanwhile); True when more may wait."""
+        deadline = time.monotonic() + SEND_BUDGET_S
+        while self._send_head(queue, sub):
+            if time.monotonic() > deadline or self._stop.is_set():
+                return True
+        return False
+
+    def _send_head(self, queue: str, sub: Subscription | None) -> bool:
         """Send the head of one queue; True when it was taken (more may wait behind it)."""
         push = queue.startswith("push:")
         batch = self.store.batch(queue, 1 if push else self.cfg.batch)

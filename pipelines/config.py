@@ -574,6 +574,7 @@ _ENV_API = {
     "CDP_API_PORT": "port",
     "CDP_API_WORKERS": "workers",
     "CDP_API_SNAPSHOT_POLL_S": "snapshot_poll_s",
+    "CDP_API_DATABASE_URL": "database_url",
 }
 # Folder names below CDP_DATA_ROOT, the same as the defaults in conf/engine.yaml.
 _DATA_SUBDIRS = {

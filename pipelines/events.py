@@ -72,6 +72,7 @@ event_log = Table(
     Column("payload", Text, nullable=False),  # JSON text, as the outbox holds it
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("logged_at", DateTime(timezone=True), nullable=False),
+    Index("event_log_type_seq", "event_type", "seq"),
 )
 cursors = Table(
     "event_cursors",
@@ -271,9 +272,16 @@ class EventStore:
             set_cursor(conn, *cursor)
 
     def events_after(
-        self, seq: int, limit: int = 1000, types: Sequence[str] | None = None
+        self,
+        seq: int,
+        limit: int = 1000,
+        types: Sequence[str] | None = None,
+        until: int | None = None,
     ) -> list[Event]:
+        """Up to `limit` events after `seq` (up to `until`), of `types` if given, in order."""
         q = select(event_log).where(event_log.c.seq > seq)
+        if until is not None:
+            q = q.where(event_log.c.seq <= until)
         if types:
             q = q.where(event_log.c.event_type.in_(list(types)))
         with self.engine.connect() as conn:
