@@ -9,8 +9,9 @@
 3. Delivery: a channel subscribes a webhook (a receiver in this process that checks every
    signature) to consent changes; 50,000 events are appended to ops.outbox as gold writes them,
    and the time until the receiver has every one is measured (events per second, and the lag
-   from the change to its arrival). Baseline: this process posting the same signed batches to
-   the same receiver directly (the receiver's and HTTP's floor).
+   from the change to its arrival); then 20 single events one at a time (the lag of one change
+   on a quiet system). Baseline: this process posting the same signed batches to the same
+   receiver directly (the receiver's and HTTP's floor).
 
 Prints one JSON line. Run: .venv/bin/python bench/segments.py  (no arguments)
 """
@@ -79,6 +80,7 @@ RULES: dict[str, Any] = {
 }
 CALLS, WARMUP = 20, 3
 EVENTS = 50_000
+SINGLES = 20  # then events one at a time: the lag of a change on a quiet system
 SECRET = "bench-webhook-secret-0123456789"
 
 
@@ -244,6 +246,15 @@ def main() -> None:
             raise SystemExit("a delivery failed the signature check")
         appended = events.column("occurred_at")[0].as_py().timestamp()
         lags = [r.at - appended for r in requests]
+        step(f"burst delivered at {len(ids) / total_s:,.0f} events/s; now one event at a time")
+        single = []
+        for i in range(SINGLES):
+            one = outbox_events(persons[i:], 1)
+            ids = set(one.column("event_id").to_pylist())
+            started = time.perf_counter()
+            lake.append_once(OUTBOX, one, {}, stage="bench")
+            wait("a single event", arrived, 60)
+            single.append(time.perf_counter() - started)
         batch = settings.api.events.batch
         bodies = [r.body for r in requests[: max(1, 5000 // batch)]]
         floor = floor_events_per_s(receiver, bodies, batch)
@@ -251,12 +262,14 @@ def main() -> None:
             {
                 "initial_outbox_events": logged,
                 "initial_log_s": round(initial_log_s, 1),
-                "delivered_events": len(ids),
-                "delivery_events_per_s": round(len(ids) / total_s),
+                "delivered_events": EVENTS,
+                "delivery_events_per_s": round(EVENTS / total_s),
+                "single_event_lag_p50_s": round(statistics.median(single), 2),
+                "single_event_lag_max_s": round(max(single), 2),
                 "delivery_lag_p50_s": round(statistics.median(lags), 2),
                 "delivery_lag_max_s": round(max(lags), 2),
                 "floor_events_per_s": round(floor),
-                "ratio": round(len(ids) / total_s / floor, 3),
+                "ratio": round(EVENTS / total_s / floor, 3),
                 "batch_events": batch,
                 "cores": os.cpu_count(),
             }
