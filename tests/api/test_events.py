@@ -41,7 +41,9 @@ def _wait(what: str, found: Callable[[], T], timeout: float = 30) -> T:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _outbox(served: dict[str, Any], events: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+def _outbox(
+    served: dict[str, Any], events: list[tuple[str, str | None, dict[str, Any]]]
+) -> list[str]:
     """Append (type, person, payload) change events to ops.outbox as gold would; their ids."""
     tag = uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
@@ -357,3 +359,53 @@ def test_segment_members_entering_and_exiting_are_events(
     new_version(served["lake"], row)
     exited = _wait("the exit", lambda: of_segment("segment.exited"))
     assert [e["person_id"] for e in exited] == [leaver]  # told, although consent ended
+
+
+def test_a_channel_without_an_http_endpoint_gets_its_push_as_files(
+    served: dict[str, Any],
+) -> None:
+    sid = _call(
+        served,
+        "POST",
+        "/v1/segments",
+        "marketing",
+        {
+            "name": "App banner",
+            "purpose": "marketing",
+            "rule": {"attr": "tariff_id", "op": "is_not_null"},
+        },
+    ).json()["segment_id"]
+    push = _call(served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "mobile_app"})
+    assert push.status_code == 202, push.text
+    folder = served["root"] / "pushes" / "mobile_app"
+    files = _wait(
+        "the dropped parts", lambda: sorted(folder.glob(f"{push.json()['push_id']}_*.json"))
+    )
+    assert len(files) == push.json()["parts"]
+    assert not list(folder.glob(".*.tmp"))  # written to a temporary name, then renamed
+    entered = [p["person_id"] for f in files for p in json.loads(f.read_text())["entered"]]
+    assert len(entered) == push.json()["entered"] > 0
+
+
+def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
+    served: dict[str, Any], receiver: Receiver
+) -> None:
+    path = "/stewards"
+    r = _call(
+        served,
+        "POST",
+        "/v1/subscriptions",
+        "steward",
+        {"event_types": ["ops.schema_drift"], "url": f"{receiver.url}{path}", "secret": SECRET},
+    )
+    assert r.status_code == 201, r.text
+    (event_id,) = _outbox(served, [("ops.schema_drift", None, {"source": "crm", "field": "x"})])
+    got = _wait("the alert", lambda: _events_at(receiver, path))
+    assert [e["event_id"] for e in got] == [event_id] and got[0]["payload"]["source"] == "crm"
+    metrics = served["client"].get("/metrics").text
+    assert 'cdp_event_messages_total{outcome="events"}' in metrics
+    assert (
+        f'cdp_event_queue_oldest_pending_seconds{{queue="sub:{r.json()["subscription_id"]}"}} 0.0'
+        in metrics
+    )
+    assert "cdp_event_delivery_lag_seconds_count" in metrics
