@@ -20,16 +20,10 @@ import pytest
 from bench.receiver import Receiver
 from pipelines.gold.profile import PROFILES
 from pipelines.gold.stage import OUTBOX, OUTBOX_SCHEMA
-from tests.api.conftest import SECRET, new_version
+from tests.api.conftest import SECRET, call, create_segment, new_version
 
 pytestmark = pytest.mark.api
 T = TypeVar("T")
-
-
-def _call(served: dict[str, Any], method: str, path: str, key: str, body: Any = None) -> Any:
-    return served["client"].request(
-        method, path, json=body, headers={"X-API-Key": served["keys"][key]}
-    )
 
 
 def _wait(what: str, found: Callable[[], T], timeout: float = 30) -> T:
@@ -80,20 +74,14 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
 ) -> None:
     settings = served["settings"]
     rule = {"attr": "value_segment", "op": "is_not_null"}
-    sid = _call(
-        served,
-        "POST",
-        "/v1/segments",
-        "marketing",
-        {"name": "Upsell", "purpose": "marketing", "rule": rule},
-    ).json()["segment_id"]
+    sid = create_segment(served, "Upsell", rule)
     profiles = served["lake"].read_polars(PROFILES)
     reachable = profiles.filter(
         pl.col("value_segment").is_not_null() & pl.col("consent_marketing_granted").fill_null(False)
     )
     assert reachable.height > 1
 
-    first = _call(
+    first = call(
         served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "sms_campaigns"}
     )
     assert first.status_code == 202, first.text
@@ -129,13 +117,13 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     _wait(
         "the snapshot with the withdrawal",
         lambda: (
-            _call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()[
+            call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()[
                 "snapshot_version"
             ]
             >= version
         ),
     )
-    second = _call(
+    second = call(
         served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "sms_campaigns"}
     ).json()
     assert (second["entered"], second["exited"]) == (0, 1)
@@ -145,12 +133,12 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     )
     assert got[0].json()["exited"] == [leaver] and got[0].json()["entered"] == []
 
-    history = _call(served, "GET", f"/v1/segments/{sid}/pushes", "marketing").json()
+    history = call(served, "GET", f"/v1/segments/{sid}/pushes", "marketing").json()
     assert [h["push_id"] for h in history] == [second["push_id"], push["push_id"]]
     assert all(h["delivery"] == "delivered" for h in history)
 
     # The regulator's question: on what basis did this customer receive the campaign?
-    audit = _call(served, "GET", f"/v1/audit/pushes?person={leaver}&segment={sid}", "steward")
+    audit = call(served, "GET", f"/v1/audit/pushes?person={leaver}&segment={sid}", "steward")
     assert audit.status_code == 200, audit.text
     entered_row, exited_row = audit.json()
     assert entered_row["change"] == "entered" and entered_row["consent_granted"] is True
@@ -159,7 +147,7 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     assert entered_row["delivery"] == "delivered" and entered_row["channel"] == "sms_campaigns"
     assert exited_row["change"] == "exited" and exited_row["consent_granted"] is False
     assert exited_row["consent_source"] == "test withdrawal"
-    assert _call(served, "GET", f"/v1/audit/pushes?person={leaver}", "marketing").status_code == 403
+    assert call(served, "GET", f"/v1/audit/pushes?person={leaver}", "marketing").status_code == 403
 
 
 def test_events_arrive_at_least_once_in_order_per_person_despite_failures(
@@ -167,7 +155,7 @@ def test_events_arrive_at_least_once_in_order_per_person_despite_failures(
 ) -> None:
     path = "/flaky"
     receiver.fail_next[path] = 3  # seen but refused: the batch comes again
-    sub = _call(
+    sub = call(
         served,
         "POST",
         "/v1/subscriptions",
@@ -217,7 +205,7 @@ def test_dead_letters_are_parked_and_redelivered(
 ) -> None:
     path = "/down"
     receiver.down[path] = True
-    sid = _call(
+    sid = call(
         served,
         "POST",
         "/v1/subscriptions",
@@ -228,7 +216,7 @@ def test_dead_letters_are_parked_and_redelivered(
     (event_id,) = _outbox(served, [("profile.merged", person, {"into": "p-other"})])
     dead = _wait(
         "the dead letter",
-        lambda: _call(
+        lambda: call(
             served, "GET", f"/v1/subscriptions/{sid}/deliveries?status=dead", "contact_centre"
         ).json(),
     )
@@ -237,11 +225,11 @@ def test_dead_letters_are_parked_and_redelivered(
     assert len(receiver.at(path)) == 4
 
     receiver.down[path] = False
-    r = _call(served, "POST", f"/v1/subscriptions/{sid}/redeliver", "contact_centre", {})
+    r = call(served, "POST", f"/v1/subscriptions/{sid}/redeliver", "contact_centre", {})
     assert r.json() == {"redelivered": 1}
     got = _wait("the redelivery", lambda: receiver.at(path, 200))
     assert got[0].json()["events"][0]["event_id"] == event_id
-    other = _call(served, "POST", f"/v1/subscriptions/{sid}/redeliver", "mobile_app", {})
+    other = call(served, "POST", f"/v1/subscriptions/{sid}/redeliver", "mobile_app", {})
     assert other.status_code == 404  # another channel's subscription
 
 
@@ -255,7 +243,7 @@ def test_subscriptions_refuse_unknown_types_fields_and_wrong_audiences(
             "url": receiver.url,
             "secret": SECRET,
         }
-        return _call(served, "POST", "/v1/subscriptions", key, body)
+        return call(served, "POST", "/v1/subscriptions", key, body)
 
     bad = subscribe("nba_engine", ["profile.exploded"])
     assert bad.status_code == 422 and bad.json()["detail"]["field"] == "event_types[0]"
@@ -305,7 +293,7 @@ def test_segment_members_entering_and_exiting_are_events(
     served: dict[str, Any], receiver: Receiver
 ) -> None:
     path = "/segments"
-    subscribed = _call(
+    subscribed = call(
         served,
         "POST",
         "/v1/subscriptions",
@@ -323,13 +311,7 @@ def test_segment_members_entering_and_exiting_are_events(
             {"attr": "churn_risk", "op": ">=", "value": 0.1},
         ]
     }
-    sid = _call(
-        served,
-        "POST",
-        "/v1/segments",
-        "marketing",
-        {"name": "Retention", "purpose": "marketing", "rule": rule},
-    ).json()["segment_id"]
+    sid = create_segment(served, "Retention", rule)
     profiles = served["lake"].read_polars(PROFILES)
     reachable = profiles.filter(
         pl.col("value_segment").is_not_null()
@@ -364,18 +346,8 @@ def test_segment_members_entering_and_exiting_are_events(
 def test_a_channel_without_an_http_endpoint_gets_its_push_as_files(
     served: dict[str, Any],
 ) -> None:
-    sid = _call(
-        served,
-        "POST",
-        "/v1/segments",
-        "marketing",
-        {
-            "name": "App banner",
-            "purpose": "marketing",
-            "rule": {"attr": "tariff_id", "op": "is_not_null"},
-        },
-    ).json()["segment_id"]
-    push = _call(served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "mobile_app"})
+    sid = create_segment(served, "App banner", {"attr": "tariff_id", "op": "is_not_null"})
+    push = call(served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "mobile_app"})
     assert push.status_code == 202, push.text
     folder = served["root"] / "pushes" / "mobile_app"
     files = _wait(
@@ -391,7 +363,7 @@ def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
     served: dict[str, Any], receiver: Receiver
 ) -> None:
     path = "/stewards"
-    r = _call(
+    r = call(
         served,
         "POST",
         "/v1/subscriptions",

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from pipelines.gold.profile import PROFILES
+from tests.api.conftest import call, create_segment
 
 pytestmark = pytest.mark.api
 RULE = {
@@ -20,17 +21,11 @@ RULE = {
 }
 
 
-def _call(served: dict[str, Any], method: str, path: str, key: str, body: Any = None) -> Any:
-    return served["client"].request(
-        method, path, json=body, headers={"X-API-Key": served["keys"][key]}
-    )
-
-
 def test_preview_counts_members_and_reachable_ones_on_the_snapshot(served: dict[str, Any]) -> None:
     profiles = served["lake"].read_polars(PROFILES)
     match = profiles.filter((pl.col("churn_risk") >= 0.3) & pl.col("value_segment").is_not_null())
     reachable = match.filter(pl.col("consent_marketing_granted").fill_null(False))
-    r = _call(
+    r = call(
         served, "POST", "/v1/segments/preview", "marketing", {"purpose": "marketing", "rule": RULE}
     )
     assert r.status_code == 200, r.text
@@ -67,12 +62,12 @@ def test_preview_counts_members_and_reachable_ones_on_the_snapshot(served: dict[
 def test_bad_rules_get_a_422_naming_the_node(
     served: dict[str, Any], body: dict[str, Any], node: str
 ) -> None:
-    r = _call(served, "POST", "/v1/segments/preview", "marketing", body)
+    r = call(served, "POST", "/v1/segments/preview", "marketing", body)
     assert r.status_code == 422 and r.json()["detail"]["node"] == node, r.text
 
 
 def test_saved_segments_keep_every_version(served: dict[str, Any]) -> None:
-    created = _call(
+    created = call(
         served,
         "POST",
         "/v1/segments",
@@ -83,19 +78,19 @@ def test_saved_segments_keep_every_version(served: dict[str, Any]) -> None:
     sid = created.json()["segment_id"]
     assert created.json()["version"] == 1
     narrower = {"and": [*RULE["and"], {"attr": "churn_risk", "op": ">=", "value": 0.6}]}
-    updated = _call(served, "PUT", f"/v1/segments/{sid}", "marketing", {"rule": narrower})
+    updated = call(served, "PUT", f"/v1/segments/{sid}", "marketing", {"rule": narrower})
     assert updated.status_code == 200 and updated.json()["version"] == 2
-    got = _call(served, "GET", f"/v1/segments/{sid}", "marketing").json()
+    got = call(served, "GET", f"/v1/segments/{sid}", "marketing").json()
     assert [v["version"] for v in got["versions"]] == [1, 2]
     assert got["versions"][0]["rule"] == RULE and got["rule"] == narrower
-    listed = _call(served, "GET", "/v1/segments", "marketing").json()
+    listed = call(served, "GET", "/v1/segments", "marketing").json()
     assert sid in {s["segment_id"] for s in listed}
-    first = _call(
+    first = call(
         served, "POST", "/v1/segments/preview", "marketing", {"purpose": "marketing", "rule": RULE}
     ).json()
-    now = _call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
+    now = call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
     assert now["version"] == 2 and now["members"] <= first["members"]
-    bad = _call(
+    bad = call(
         served,
         "PUT",
         f"/v1/segments/{sid}",
@@ -103,12 +98,12 @@ def test_saved_segments_keep_every_version(served: dict[str, Any]) -> None:
         {"rule": {"attr": "churn_risk", "op": "~", "value": 1}},
     )
     assert bad.status_code == 422 and bad.json()["detail"]["node"] == "rule.op"
-    assert _call(served, "GET", "/v1/segments/seg_nope", "marketing").status_code == 404
+    assert call(served, "GET", "/v1/segments/seg_nope", "marketing").status_code == 404
 
 
 def test_segments_are_for_marketing_keys(served: dict[str, Any]) -> None:
     for key in ("mobile_app", "steward"):
-        r = _call(
+        r = call(
             served, "POST", "/v1/segments/preview", key, {"purpose": "marketing", "rule": RULE}
         )
         assert r.status_code == 403 and "marketing" in r.json()["detail"]
@@ -118,18 +113,11 @@ def test_export_reaches_only_consented_members_with_only_allowed_attributes(
     served: dict[str, Any],
 ) -> None:
     settings = served["settings"]
-    created = _call(
-        served,
-        "POST",
-        "/v1/segments",
-        "marketing",
-        {"name": "Export", "purpose": "marketing", "rule": RULE},
-    ).json()
-    sid = created["segment_id"]
-    r = _call(served, "GET", f"/v1/segments/{sid}/export?channel=sms_campaigns", "marketing")
+    sid = create_segment(served, "Export", RULE)
+    r = call(served, "GET", f"/v1/segments/{sid}/export?channel=sms_campaigns", "marketing")
     assert r.status_code == 200, r.text
     docs = [json.loads(line) for line in r.text.splitlines()]
-    preview = _call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
+    preview = call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
     assert len(docs) == preview["reachable"] == int(r.headers["X-Members"]) > 0
 
     profiles = served["lake"].read_polars(PROFILES)
@@ -143,15 +131,15 @@ def test_export_reaches_only_consented_members_with_only_allowed_attributes(
         served_attrs = set(doc["attributes"]) - {"person_id"}  # the key is always returned
         assert served_attrs <= allowed, served_attrs - allowed
 
-    csv_body = _call(
+    csv_body = call(
         served, "GET", f"/v1/segments/{sid}/export?channel=sms_campaigns&format=csv", "marketing"
     )
     lines = csv_body.text.strip().splitlines()
     assert lines[0].split(",")[0] == "person_id" and len(lines) == len(docs) + 1
     assert set(lines[0].split(",")[1:]) == allowed
 
-    audit = _call(served, "GET", f"/v1/audit?person={docs[0]['person_id']}", "steward").json()
+    audit = call(served, "GET", f"/v1/audit?person={docs[0]['person_id']}", "steward").json()
     assert any(a["kind"] == "segment_export" and a["channel"] == "sms_campaigns" for a in audit)
 
-    refused = _call(served, "GET", f"/v1/segments/{sid}/export?channel=contact_centre", "marketing")
+    refused = call(served, "GET", f"/v1/segments/{sid}/export?channel=contact_centre", "marketing")
     assert refused.status_code == 422 and "does not hold purpose" in refused.text
