@@ -57,6 +57,15 @@ def _outbox(
     return [str(r["event_id"]) for r in rows]
 
 
+def _subscribe(served: dict[str, Any], key: str, types: list[str], url: str, **filter_: Any) -> str:
+    """Subscribe `url` for the key named `key`; the subscription id (201 asserted)."""
+    body = {"event_types": types, "filter": filter_, "url": url, "secret": SECRET}
+    r = call(served, "POST", "/v1/subscriptions", key, body)
+    assert r.status_code == 201, r.text
+    assert "secret" not in r.json()
+    return str(r.json()["subscription_id"])
+
+
 def _events_at(receiver: Receiver, path: str) -> list[dict[str, Any]]:
     """Every event the receiver saw at `path` (duplicates included), in arrival order."""
     return [e for r in receiver.at(path) for e in r.json()["events"]]
@@ -155,19 +164,7 @@ def test_events_arrive_at_least_once_in_order_per_person_despite_failures(
 ) -> None:
     path = "/flaky"
     receiver.fail_next[path] = 3  # seen but refused: the batch comes again
-    sub = call(
-        served,
-        "POST",
-        "/v1/subscriptions",
-        "nba_engine",
-        {
-            "event_types": ["consent.changed", "churn_risk.crossed"],
-            "url": f"{receiver.url}{path}",
-            "secret": SECRET,
-        },
-    )
-    assert sub.status_code == 201, sub.text
-    assert "secret" not in sub.json()
+    _subscribe(served, "nba_engine", ["consent.changed", "churn_risk.crossed"], receiver.url + path)
     persons = _persons(served, "profiling", True, 4)
     unconsented = _persons(served, "profiling", False, 1)
     changes = [
@@ -205,13 +202,7 @@ def test_dead_letters_are_parked_and_redelivered(
 ) -> None:
     path = "/down"
     receiver.down[path] = True
-    sid = call(
-        served,
-        "POST",
-        "/v1/subscriptions",
-        "contact_centre",
-        {"event_types": ["profile.merged"], "url": f"{receiver.url}{path}", "secret": SECRET},
-    ).json()["subscription_id"]
+    sid = _subscribe(served, "contact_centre", ["profile.merged"], receiver.url + path)
     person = _persons(served, "service", True, 1)[0]
     (event_id,) = _outbox(served, [("profile.merged", person, {"into": "p-other"})])
     dead = _wait(
@@ -293,18 +284,7 @@ def test_segment_members_entering_and_exiting_are_events(
     served: dict[str, Any], receiver: Receiver
 ) -> None:
     path = "/segments"
-    subscribed = call(
-        served,
-        "POST",
-        "/v1/subscriptions",
-        "nba_engine",
-        {
-            "event_types": ["segment.entered", "segment.exited"],
-            "url": f"{receiver.url}{path}",
-            "secret": SECRET,
-        },
-    )
-    assert subscribed.status_code == 201, subscribed.text
+    _subscribe(served, "nba_engine", ["segment.entered", "segment.exited"], receiver.url + path)
     rule = {
         "and": [
             {"attr": "value_segment", "op": "is_not_null"},
@@ -363,21 +343,11 @@ def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
     served: dict[str, Any], receiver: Receiver
 ) -> None:
     path = "/stewards"
-    r = call(
-        served,
-        "POST",
-        "/v1/subscriptions",
-        "steward",
-        {"event_types": ["ops.schema_drift"], "url": f"{receiver.url}{path}", "secret": SECRET},
-    )
-    assert r.status_code == 201, r.text
+    sid = _subscribe(served, "steward", ["ops.schema_drift"], receiver.url + path)
     (event_id,) = _outbox(served, [("ops.schema_drift", None, {"source": "crm", "field": "x"})])
     got = _wait("the alert", lambda: _events_at(receiver, path))
     assert [e["event_id"] for e in got] == [event_id] and got[0]["payload"]["source"] == "crm"
     metrics = served["client"].get("/metrics").text
     assert 'cdp_event_messages_total{outcome="events"}' in metrics
-    assert (
-        f'cdp_event_queue_oldest_pending_seconds{{queue="sub:{r.json()["subscription_id"]}"}} 0.0'
-        in metrics
-    )
+    assert f'cdp_event_queue_oldest_pending_seconds{{queue="sub:{sid}"}} 0.0' in metrics
     assert "cdp_event_delivery_lag_seconds_count" in metrics
