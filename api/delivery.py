@@ -1,5 +1,7 @@
-"""The deliverer: one background thread per data root (the API worker holding the delivery lock)
-that moves events from the lake to subscribers and pushes to channels.
+"""The deliverer: one process per data root (started by `cdp serve`, or `cdp deliver`; the one
+holding the delivery lock works) that moves events from the lake to subscribers and pushes to
+channels. It runs apart from the API workers so its work never holds their GIL, and keeps its
+own copy of the profile columns it needs (person, rule attributes, consent) in DuckDB.
 
 Each step, in order:
 1. **Log** the outbox's new subscribable events (`ops.outbox` Delta versions after the cursor).
@@ -19,23 +21,27 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
+import duckdb
 import polars as pl
+import pyarrow as pa
 
-from api.snapshot import Snapshot
-from pipelines.config import Settings
-from pipelines.events import EVENT_TYPES, Event, EventStore, Subscription, set_cursor, utc
+from pipelines.config import PolicyCfg, Settings
+from pipelines.events import EVENT_TYPES, Event, EventStore, Subscription, set_cursor
+from pipelines.gold.profile import PROFILES, profile_schema
 from pipelines.gold.stage import OUTBOX
 from pipelines.lake import Lake
-from pipelines.push import PushStore, current_members
+from pipelines.push import CONSENT_PARTS, PushStore, current_members
 from pipelines.segment_store import SegmentStore
 from pipelines.segments import RuleCompiler, RuleError
 from pipelines.webhooks import DeliveryError, Sender, Target
@@ -47,18 +53,46 @@ LOG_BATCH = 50_000  # outbox rows logged per transaction
 SEND_BUDGET_S = 1.0  # longest a queue is sent before the deliverer looks for other work
 
 
-@dataclass
-class Observed:
-    """Hooks for metrics: called with (outcome, messages, lag seconds of each delivered)."""
+class ProfilesView(Protocol):
+    """What delivery needs of a snapshot: its gold version and a DuckDB `profiles` table."""
 
-    delivered: Callable[[str, int, list[float]], None] = lambda outcome, n, lags: None
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection: ...
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """The deliverer's copy of gold.profiles: person, the policy's attributes and consent."""
+
+    version: int
+    db: duckdb.DuckDBPyConnection
+
+
+def load_view(lake: Lake, policy: PolicyCfg) -> DeliveryView | None:
+    """The current gold version's columns delivery reads (None before gold exists)."""
+    dt = lake.table(PROFILES)
+    if dt is None:
+        return None
+    version = dt.version()
+    names = set(pa.schema(dt.schema().to_arrow()).names)
+    consent = [f"consent_{p}_{s}" for p in policy.purposes for s in CONSENT_PARTS]
+    columns = [c for c in ["person_id", *policy.attributes, *consent] if c in names]
+    frame = lake.read_polars(PROFILES, list(dict.fromkeys(columns)), version=version)
+    db = duckdb.connect()
+    db.register("profiles_arrow", frame.to_arrow())
+    db.execute("CREATE TABLE profiles AS SELECT * FROM profiles_arrow")
+    db.unregister("profiles_arrow")
+    return DeliveryView(version, db)
 
 
 class Visibility:
     """Which events a channel (or a steward / admin: `channel` None) may receive, decided on one
     snapshot: the event's purpose must be held by the channel and in force for the person."""
 
-    def __init__(self, settings: Settings, snapshot: Snapshot | None) -> None:
+    def __init__(self, settings: Settings, snapshot: ProfilesView | None) -> None:
         self.policy = settings.policy
         self.snapshot = snapshot
         self._in_force: dict[str, dict[str, bool]] = {}
@@ -107,55 +141,49 @@ class Visibility:
 
 
 class Deliverer:
-    """Runs the delivery steps in a thread while this process holds the delivery lock."""
+    """The delivery steps, run by `run()` while this process holds the delivery lock."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: EventStore,
-        pushes: PushStore,
-        segments: SegmentStore,
-        compiler: RuleCompiler,
-        snapshot: Callable[[], Snapshot | None],
-        observed: Observed | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.api.events
-        self.store, self.pushes, self.segments = store, pushes, segments
-        self.compiler = compiler
-        self.snapshot = snapshot
-        self.observed = observed or Observed()
+        url = settings.database_url
+        self.store = EventStore(url)
+        self.pushes = PushStore(self.store)
+        self.segments = SegmentStore(url)
+        self.compiler = RuleCompiler(settings.policy, profile_schema(settings.policy))
         self.lake = Lake(settings.paths.lake_root)
+        self.view: DeliveryView | None = None
+        self._checked = 0.0
         self.sender = Sender(self.cfg.timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deliver")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.leader = False
+        self.stop = threading.Event()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.pool.shutdown(wait=True)
-        self.sender.close()
-
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Deliver until `stop` is set: wait for the lock, then one round after another."""
         lock_path = self.settings.data_root / "delivery.lock"
-        with _leadership(lock_path, self._stop) as held:
-            if not held:
-                return
-            self.leader = True
-            while not self._stop.is_set():
-                busy = False
-                try:
-                    busy = self.step()
-                except Exception:  # one bad step must not end delivery: log it and go on
-                    log.exception("delivery step failed; retrying")
-                self._stop.wait(0 if busy else self.cfg.poll_s)
+        try:
+            with _leadership(lock_path, self.stop) as held:
+                while held and not self.stop.is_set():
+                    busy = False
+                    try:
+                        busy = self.step()
+                    except Exception:  # one bad round must not end delivery: log it, go on
+                        log.exception("delivery round failed; retrying")
+                    self.stop.wait(0 if busy else self.cfg.poll_s)
+        finally:
+            self.pool.shutdown(wait=True)
+            self.sender.close()
+
+    def snapshot(self) -> DeliveryView | None:
+        """The delivery view, reloaded when gold has a new version (checked every
+        `api.snapshot_poll_s`)."""
+        now = time.monotonic()
+        if self.view is None or now - self._checked >= self.settings.api.snapshot_poll_s:
+            self._checked = now
+            version = self.lake.version(PROFILES)
+            if version is not None and (self.view is None or self.view.version != version):
+                self.view = load_view(self.lake, self.settings.policy)
+        return self.view
 
     def step(self) -> bool:
         """One round of every delivery step; True when more work is waiting."""
@@ -254,7 +282,7 @@ class Deliverer:
         (other queues and the other steps go on meanwhile); True when more may wait."""
         deadline = time.monotonic() + SEND_BUDGET_S
         while self._send_head(queue, sub):
-            if time.monotonic() > deadline or self._stop.is_set():
+            if time.monotonic() > deadline or self.stop.is_set():
                 return True
         return False
 
@@ -268,13 +296,12 @@ class Deliverer:
         try:
             target = self._target(queue, sub)
             if push:
-                key, body, kind = batch[0]["message_key"], batch[0]["body"].encode(), "push"
+                key, body = batch[0]["message_key"], batch[0]["body"].encode()
             else:
                 assert sub is not None
                 key = f"{sub.subscription_id}:{batch[0]['message_key']}"
                 events = ",".join(m["body"] for m in batch)
                 body = f'{{"subscription_id":"{sub.subscription_id}","events":[{events}]}}'.encode()
-                kind = "events"
             self.sender.send(target, key, body, "application/json")
         except DeliveryError as err:
             parked = self.store.failed(
@@ -286,14 +313,8 @@ class Deliverer:
                 self.cfg.backoff_max_s,
             )
             log.warning("%s: delivery failed (%s), %d parked", queue, err, parked)
-            self.observed.delivered("failed", len(ids), [])
-            if parked:
-                self.observed.delivered("dead", parked, [])
             return False
-        now = datetime.now(UTC)
-        self.store.delivered(ids, now)
-        lags = [(now - utc(m["event_at"])).total_seconds() for m in batch]
-        self.observed.delivered(kind, len(ids), lags)
+        self.store.delivered(ids, datetime.now(UTC))
         return True
 
     def _target(self, queue: str, sub: Subscription | None) -> Target:
@@ -333,3 +354,24 @@ def _leadership(path: Path, stop: threading.Event) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
+
+
+def serve_deliveries(settings: Settings) -> None:
+    """`cdp deliver` (and the child `cdp serve` starts): deliver until SIGTERM or Ctrl-C, or
+    until the parent process (if started by one) is gone."""
+    deliverer = Deliverer(settings)
+    parent = os.getppid()
+
+    def stop(*_: Any) -> None:
+        deliverer.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def orphaned() -> None:
+        while not deliverer.stop.wait(1.0):
+            if os.getppid() != parent:
+                deliverer.stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    deliverer.run()

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from api import metrics
-from api.delivery import Deliverer
 from api.fastpath import LookupFastPath
 from api.routes import audit, collect, events, health, profiles, segments, status, ui
 from api.snapshot import SnapshotHolder
@@ -41,24 +40,12 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.sleep(settings.api.snapshot_poll_s)
 
         task = asyncio.create_task(poll())
-        deliverer = Deliverer(
-            settings,
-            app.state.events,
-            app.state.pushes,
-            app.state.segments,
-            app.state.rule_compiler,
-            lambda: holder.current,
-            app.state.delivery_observed,
-        )
-        app.state.deliverer = deliverer
-        deliverer.start()
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await asyncio.to_thread(deliverer.stop)
             app.state.audit.close()  # a clean shutdown writes every queued audit record
 
     app = FastAPI(
@@ -87,5 +74,5 @@ def create_app(settings: Settings) -> FastAPI:
     ui.install(app)
     app.add_middleware(LookupFastPath, api=app)
     # outermost: times both lookup paths
-    app.state.delivery_observed = metrics.install(app, app.state.snapshots, app.state.events)
+    metrics.install(app, app.state.snapshots, app.state.events)
     return app

@@ -16,7 +16,6 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.delivery import Observed
 from api.snapshot import SnapshotHolder
 from pipelines.events import EventStore
 from pipelines.status import SlaResult
@@ -56,9 +55,9 @@ class Measure:
             self.requests.labels(name, str(status)).inc()
 
 
-def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> Observed:
-    """Count and time every request by route template and status; expose /metrics. Returns
-    the hooks the deliverer reports deliveries to."""
+def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> None:
+    """Count and time every request by route template and status; expose /metrics (with the
+    delivery queues' state)."""
     registry = CollectorRegistry()
     requests = Counter(
         "cdp_http_requests_total",
@@ -106,18 +105,6 @@ def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> Observe
         bound = next(le for le in sorted(counts) if counts[le] >= 0.99 * total)
         return None if bound == float("inf") else bound * 1000
 
-    delivered = Counter(
-        "cdp_event_messages_total",
-        "Delivery outcomes of event and push messages (events, push, failed, dead)",
-        ["outcome"],
-        registry=registry,
-    )
-    lag = Histogram(
-        "cdp_event_delivery_lag_seconds",
-        "From the change (event time) to its delivery being acknowledged",
-        buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
-        registry=registry,
-    )
     backlog = Gauge(
         "cdp_event_queue_messages",
         "Messages per delivery queue and status",
@@ -130,11 +117,12 @@ def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> Observe
         ["queue"],
         registry=registry,
     )
-
-    def observed(outcome: str, n: int, lags: list[float]) -> None:
-        delivered.labels(outcome).inc(n)
-        for s in lags:
-            lag.observe(s)
+    lag = Gauge(
+        "cdp_event_delivery_lag_seconds",
+        "From a change to its acknowledged delivery, over the last deliveries",
+        ["quantile"],
+        registry=registry,
+    )
 
     app.state.sla_gauges = sla_gauges
     app.state.lookup_p99_ms = lookup_p99_ms
@@ -148,12 +136,14 @@ def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> Observe
             age.set(time.time() - current.loaded_at)
         reload_s.set(holder.last_reload_s)
         reloads.set(holder.reloads)
+        # Delivery runs in its own process: these come from the database, so every worker
+        # answers the same.
         now = datetime.now(UTC)
         for queue, counts in events.queue_stats().items():
             for state in ("pending", "delivered", "dead"):
                 backlog.labels(queue, state).set(counts[state])
             since = counts.get("oldest_pending_at")
             oldest.labels(queue).set((now - since).total_seconds() if since else 0)
+        for q, seconds in events.delivery_lag((0.5, 0.99)).items():
+            lag.labels(str(q)).set(seconds)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return Observed(observed)

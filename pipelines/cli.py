@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -517,15 +518,40 @@ def serve(conf: ConfOpt = None) -> None:
     settings = _settings(conf)
     console.print(
         f"serving on http://{settings.api.host}:{settings.api.port} "
-        f"({settings.api.workers} worker(s)); OpenAPI at /docs"
+        f"({settings.api.workers} worker(s)); OpenAPI at /docs, audience builder at /ui"
     )
-    uvicorn.run(
-        "api.server:app",
-        host=settings.api.host,
-        port=settings.api.port,
-        workers=settings.api.workers,
-        log_level="warning",
-    )
+    deliverer = None
+    if settings.api.events.deliver:  # its own process: its work never holds a worker's GIL
+        deliverer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "deliver",
+                *(["--conf", str(conf)] if conf else []),
+            ]
+        )
+    try:
+        uvicorn.run(
+            "api.server:app",
+            host=settings.api.host,
+            port=settings.api.port,
+            workers=settings.api.workers,
+            log_level="warning",
+        )
+    finally:
+        if deliverer is not None:
+            deliverer.terminate()
+            deliverer.wait(timeout=60)
+
+
+@app.command()
+def deliver(conf: ConfOpt = None) -> None:
+    """Deliver events to webhook subscribers and segment pushes to channels until Ctrl-C
+    (`cdp serve` starts one; one per data root works, the others wait)."""
+    from api.delivery import serve_deliveries
+
+    serve_deliveries(_settings(conf))
 
 
 @app.command()

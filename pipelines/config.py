@@ -468,6 +468,7 @@ class EventsCfg(Model):
     backoff_max_s: float = Field(300, gt=0)
     timeout_s: float = Field(10, gt=0)  # per HTTP request
     push_part_members: int = Field(1000, ge=1)  # entered profiles per push request
+    deliver: bool = True  # `cdp serve` starts the deliverer (false: run `cdp deliver` apart)
 
 
 class ApiCfg(Model):

@@ -483,6 +483,22 @@ class EventStore:
                     q["oldest_pending_at"] = utc(oldest)
         return stats
 
+    def delivery_lag(self, quantiles: Sequence[float], last: int = 1000) -> dict[float, float]:
+        """Quantiles of the seconds from change to acknowledged delivery over the `last`
+        messages delivered (empty before any)."""
+        d = deliveries.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(d.event_at, d.delivered_at)
+                .where(d.status == "delivered")
+                .order_by(d.id.desc())
+                .limit(last)
+            ).all()
+        lags = sorted((utc(done) - utc(at)).total_seconds() for at, done in rows if done)
+        if not lags:
+            return {}
+        return {q: lags[min(len(lags) - 1, int(q * len(lags)))] for q in quantiles}
+
     def message_status(self, queue: str, key_prefix: str) -> dict[str, int]:
         """Messages of `queue` whose key starts with `key_prefix`, by status (a push's parts)."""
         d = deliveries.c

@@ -105,11 +105,12 @@ class PushPlan:
     exited_state: dict[str, ConsentState] = field(default_factory=dict)
 
 
+CONSENT_PARTS = ("granted", "since", "legal_basis", "source")  # columns per purpose
+
+
 def consent_columns(purpose: str) -> str:
     """The snapshot's consent columns of `purpose` (a policy purpose, never user text)."""
-    return ", ".join(
-        f'"consent_{purpose}_{s}"' for s in ("granted", "since", "legal_basis", "source")
-    )
+    return ", ".join(f'"consent_{purpose}_{s}"' for s in CONSENT_PARTS)
 
 
 def current_members(db: Any, compiled: Compiled, purpose: str) -> dict[str, ConsentState]:

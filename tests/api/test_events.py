@@ -348,6 +348,6 @@ def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
     got = _wait("the alert", lambda: _events_at(receiver, path))
     assert [e["event_id"] for e in got] == [event_id] and got[0]["payload"]["source"] == "crm"
     metrics = served["client"].get("/metrics").text
-    assert 'cdp_event_messages_total{outcome="events"}' in metrics
+    assert f'cdp_event_queue_messages{{queue="sub:{sid}",status="delivered"}} 1.0' in metrics
     assert f'cdp_event_queue_oldest_pending_seconds{{queue="sub:{sid}"}} 0.0' in metrics
-    assert "cdp_event_delivery_lag_seconds_count" in metrics
+    assert 'cdp_event_delivery_lag_seconds{quantile="0.99"}' in metrics
