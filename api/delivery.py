@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,26 +65,31 @@ class ProfilesView(Protocol):
 
 @dataclass(frozen=True)
 class DeliveryView:
-    """The deliverer's copy of gold.profiles: person, the policy's attributes and consent."""
+    """The deliverer's view of one gold.profiles version: person, rule attributes, consent."""
 
     version: int
     db: duckdb.DuckDBPyConnection
 
 
-def load_view(lake: Lake, policy: PolicyCfg) -> DeliveryView | None:
-    """The current gold version's columns delivery reads (None before gold exists)."""
+def load_view(lake: Lake, policy: PolicyCfg, attributes: Iterable[str]) -> DeliveryView | None:
+    """The current gold version's columns delivery reads: person, the `attributes` rules may
+    use, consent (None before gold exists)."""
     dt = lake.table(PROFILES)
     if dt is None:
         return None
     version = dt.version()
     names = set(pa.schema(dt.schema().to_arrow()).names)
     consent = [f"consent_{p}_{s}" for p in policy.purposes for s in CONSENT_PARTS]
-    columns = [c for c in ["person_id", *policy.attributes, *consent] if c in names]
-    frame = lake.read_polars(PROFILES, list(dict.fromkeys(columns)), version=version)
+    columns = [c for c in ["person_id", *attributes, *consent] if c in names]
+    selected = ", ".join(f'"{c}"' for c in dict.fromkeys(columns))  # names from the schema
+    files = ", ".join("'" + f.replace("'", "''") + "'" for f in dt.file_uris())
     db = duckdb.connect()
-    db.register("profiles_arrow", frame.to_arrow())
-    db.execute("CREATE TABLE profiles AS SELECT * FROM profiles_arrow")
-    db.unregister("profiles_arrow")
+    # A view over the version's Parquet files, not a copy: the deliverer queries it a few times
+    # per gold version, and at 1M persons a copy would hold ~700 MB.
+    db.execute(
+        f"CREATE VIEW profiles AS SELECT {selected} "
+        f"FROM read_parquet([{files}], union_by_name=true)"  # a view takes no parameters
+    )
     return DeliveryView(version, db)
 
 
@@ -182,7 +187,7 @@ class Deliverer:
             self._checked = now
             version = self.lake.version(PROFILES)
             if version is not None and (self.view is None or self.view.version != version):
-                self.view = load_view(self.lake, self.settings.policy)
+                self.view = load_view(self.lake, self.settings.policy, self.compiler.kinds)
         return self.view
 
     def step(self) -> bool:
