@@ -42,7 +42,11 @@ run: install
 
 serve: install
 	@# Both long-running parts; Ctrl-C stops both (the stream finishes its micro-batch first).
-	@trap 'kill 0' INT TERM; $(VENV)/bin/cdp stream & $(VENV)/bin/cdp serve & wait
+	@# Each in its own session (setsid): Ctrl-C reaches this shell only, which forwards one
+	@# SIGINT to each (Spark's JVM ignores SIGINT and stops with its driver; uvicorn drains;
+	@# a second SIGINT would make uvicorn quit without writing the audit queue).
+	@setsid $(VENV)/bin/cdp stream & s=$$!; setsid $(VENV)/bin/cdp serve & a=$$!; \
+	trap 'trap "" INT TERM; kill -INT -$$s -$$a 2>/dev/null' INT TERM; wait $$s $$a; wait $$s $$a
 
 test: install chromium
 	$(VENV)/bin/pytest
