@@ -530,9 +530,19 @@ def _event(row: Any) -> Event:
         event_type=row["event_type"],
         person_id=row["person_id"],
         related_person_id=row["related_person_id"],
-        payload=json.loads(row["payload"]),
+        payload=_payload(row["payload"]),
         occurred_at=utc(row["occurred_at"]),
     )
+
+
+def _payload(text: str) -> dict[str, Any]:
+    """The payload object; one that is not a JSON object is passed on as `{"raw": text}`
+    rather than stopping delivery of every event behind it."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": value}
 
 
 def _subscription(row: Any) -> Subscription:

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("cdp-key") || "", catalogue: null, segment: null };
+const state = {
+  key: sessionStorage.getItem("cdp-key") || "", catalogue: null, segment: null, pushMessage: null,
+};
 let previewTimer = null;
 let pushTimer = null;
 
@@ -253,7 +255,8 @@ async function push() {
   const channel = $("channel").value;
   try {
     const p = await api("POST", `/v1/segments/${state.segment.segment_id}/push`, { channel });
-    $("push-state").textContent = `Push ${p.push_id} to ${channel}: ${p.entered} entered, ${p.exited} exited; delivering.`;
+    state.pushMessage = { id: p.push_id, text: `Push ${p.push_id} to ${channel}: ${p.entered} entered, ${p.exited} exited` };
+    $("push-state").textContent = `${state.pushMessage.text}; delivering.`;
     refreshPushes();
   } catch (err) {
     $("push-state").textContent = `Push refused: ${err.message}`;
@@ -271,6 +274,10 @@ async function refreshPushes() {
       p.exited, p.delivery].forEach((v) => tr.appendChild(element("td", {}, String(v))));
     return tr;
   }));
+  const latest = rows[0];
+  if (latest && state.pushMessage && state.pushMessage.id === latest.push_id) {
+    $("push-state").textContent = `${state.pushMessage.text}; ${latest.delivery}.`;
+  }
   if (rows.some((p) => p.delivery === "pending")) pushTimer = setTimeout(refreshPushes, 1000);
 }
 

@@ -55,6 +55,7 @@ def test_build_count_save_and_push_a_segment_in_the_page(
     page.get_by_label("Channel").select_option("sms_campaigns")
     page.get_by_role("button", name="Push to channel").click()
     page.locator("#pushes tbody td", has_text="delivered").wait_for(timeout=30_000)
+    page.get_by_role("status").filter(has_text="exited; delivered.").wait_for()
     page.screenshot(path=str(screenshot_path(tmp_path, "audience-builder.png")), full_page=True)
 
     deadline = time.monotonic() + 10

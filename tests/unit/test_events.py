@@ -122,3 +122,32 @@ def test_a_channel_sees_an_event_only_with_the_purpose_and_the_persons_consent(
     assert seen.allows(None, drift) and not seen.allows("nba_engine", drift)
     assert not seen.allows(None, churn1)
     json.dumps(churn1.as_json())  # what subscribers receive is plain JSON
+
+
+def test_an_event_with_a_broken_payload_is_passed_on_not_stuck(store: EventStore) -> None:
+    with store.engine.begin() as conn:
+        store.log(
+            conn,
+            [
+                {
+                    "event_id": "a",
+                    "event_type": "consent.changed",
+                    "payload": "{not json",
+                    "occurred_at": NOW,
+                },
+                {
+                    "event_id": "b",
+                    "event_type": "consent.changed",
+                    "payload": "{}",
+                    "occurred_at": NOW,
+                },
+                {
+                    "event_id": "a",
+                    "event_type": "consent.changed",
+                    "payload": "{}",
+                    "occurred_at": NOW,
+                },  # logged once
+            ],
+        )
+    events = store.events_after(0)
+    assert [(e.event_id, e.payload) for e in events] == [("a", {"raw": "{not json"}), ("b", {})]
