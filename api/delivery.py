@@ -159,6 +159,7 @@ class Deliverer:
         self.lake = Lake(settings.paths.lake_root)
         self.view: DeliveryView | None = None
         self._checked = 0.0
+        self._evaluated: tuple[int, tuple[int, int]] | None = None  # (gold version, segments)
         self.sender = Sender(self.cfg.timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deliver")
         self.stop = threading.Event()
@@ -201,10 +202,9 @@ class Deliverer:
     # ------------------------------------------------------------ 1. log
 
     def log_outbox(self) -> bool:
-        if not self.lake.exists(OUTBOX):
-            return False
         current = self.lake.version(OUTBOX)
-        assert current is not None
+        if current is None:  # no outbox yet
+            return False
         done = self.store.cursor("outbox")
         if done is not None and done >= current:
             return False
@@ -231,6 +231,9 @@ class Deliverer:
         snap = self.snapshot()
         if snap is None:
             return
+        state = (snap.version, self.segments.fingerprint())
+        if state == self._evaluated:  # nothing new: no segment read on an idle round
+            return
         for seg in self.segments.list():
             done = f"segment:{seg.segment_id}:v{seg.version}"
             if self.store.cursor(done) == snap.version:
@@ -242,6 +245,7 @@ class Deliverer:
                 continue
             members = current_members(snap.db.cursor(), compiled, seg.purpose)
             self.pushes.evaluate(seg, members, snap.version, (done, snap.version))
+        self._evaluated = state
 
     # ------------------------------------------------------------ 3. fan out
 

@@ -150,6 +150,14 @@ class SegmentStore:
             ).mappings()
             return [{**r, "created_at": r["created_at"].isoformat()} for r in rows]
 
+    def fingerprint(self) -> tuple[int, int]:
+        """(segments, versions) stored: changes whenever a segment is created or changed."""
+        with self.engine.connect() as conn:
+            n, v = conn.execute(
+                select(func.count(func.distinct(segment_versions.c.segment_id)), func.count())
+            ).one()
+        return int(n), int(v)
+
     def list(self) -> list[Segment]:
         with self.engine.connect() as conn:
             ids = conn.execute(select(segments.c.segment_id).order_by(segments.c.created_at))
