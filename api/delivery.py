@@ -1,7 +1,7 @@
 """The deliverer: one process per data root (started by `cdp serve`, or `cdp deliver`; the one
 holding the delivery lock works) that moves events from the lake to subscribers and pushes to
-channels. It runs apart from the API workers so its work never holds their GIL, and keeps its
-own copy of the profile columns it needs (person, rule attributes, consent) in DuckDB.
+channels. It runs apart from the API workers so its work never holds their GIL, and reads the
+profile columns it needs (person, rule attributes, consent) through a DuckDB view of gold.
 
 Each step, in order:
 1. **Log** the outbox's new subscribable events (`ops.outbox` Delta versions after the cursor).
@@ -17,20 +17,17 @@ Each step, in order:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import duckdb
 import polars as pl
@@ -40,6 +37,7 @@ from pipelines.config import PolicyCfg, Settings
 from pipelines.events import EVENT_TYPES, Event, EventStore, Subscription, set_cursor
 from pipelines.gold.profile import PROFILES, profile_schema
 from pipelines.gold.stage import OUTBOX
+from pipelines.ingest import StageBusyError, stage_lock
 from pipelines.lake import Lake
 from pipelines.push import CONSENT_PARTS, PushStore, current_members
 from pipelines.segment_store import SegmentStore
@@ -165,20 +163,27 @@ class Deliverer:
         self.stop = threading.Event()
 
     def run(self) -> None:
-        """Deliver until `stop` is set: wait for the lock, then one round after another."""
-        lock_path = self.settings.data_root / "delivery.lock"
+        """Deliver until `stop` is set. Of the deliverers on a data root one holds its
+        `delivery` lock and works; the others wait to take over when it goes."""
         try:
-            with _leadership(lock_path, self.stop) as held:
-                while held and not self.stop.is_set():
-                    busy = False
-                    try:
-                        busy = self.step()
-                    except Exception:  # one bad round must not end delivery: log it, go on
-                        log.exception("delivery round failed; retrying")
-                    self.stop.wait(0 if busy else self.cfg.poll_s)
+            while not self.stop.is_set():
+                try:
+                    with stage_lock(self.settings.data_root, "delivery"):
+                        self._rounds()
+                except StageBusyError:
+                    self.stop.wait(1.0)
         finally:
             self.pool.shutdown(wait=True)
             self.sender.close()
+
+    def _rounds(self) -> None:
+        while not self.stop.is_set():
+            busy = False
+            try:
+                busy = self.step()
+            except Exception:  # one bad round must not end delivery: log it, go on
+                log.exception("delivery round failed; retrying")
+            self.stop.wait(0 if busy else self.cfg.poll_s)
 
     def snapshot(self) -> DeliveryView | None:
         """The delivery view, reloaded when gold has a new version (checked every
@@ -339,30 +344,6 @@ class Deliverer:
         if sub is None:
             raise DeliveryError(f"{queue}: the subscription no longer exists")
         return Target("http", url=sub.url, secret=sub.secret)
-
-
-@contextlib.contextmanager
-def _leadership(path: Path, stop: threading.Event) -> Iterator[bool]:
-    """Hold an exclusive lock on `path` (waiting for it while another worker holds it), so
-    exactly one process per data root delivers; released when the process ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle: IO[Any] = path.open("a")
-    try:
-        while not stop.is_set():
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                stop.wait(1.0)
-        if stop.is_set():
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        handle.close()
 
 
 def serve_deliveries(settings: Settings) -> None:

@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from pipelines.opsdb import ops_engine
+from pipelines.opsdb import ops_engine, utc
 
 # Event types a subscription may name: the purpose an event discloses (None: identity and
 # consent facts every channel needs to keep its own copy right; "segment": the segment's own
@@ -111,11 +111,6 @@ deliveries = Table(
     UniqueConstraint("queue", "message_key"),
     Index("deliveries_queue_status", "queue", "status", "id"),
 )
-
-
-def utc(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

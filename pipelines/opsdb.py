@@ -3,6 +3,7 @@ SQLAlchemy engine per URL, with SQLite set up for a concurrent server."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -25,3 +26,8 @@ def ops_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def utc(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

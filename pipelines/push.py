@@ -32,7 +32,8 @@ from sqlalchemy import (
 )
 
 from pipelines.config import PolicyCfg
-from pipelines.events import EventStore, insert_ignoring_duplicates, set_cursor, utc
+from pipelines.events import EventStore, insert_ignoring_duplicates, set_cursor
+from pipelines.opsdb import utc
 from pipelines.segment_store import Segment
 from pipelines.segments import Compiled
 

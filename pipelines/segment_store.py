@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, func, select
 
-from pipelines.opsdb import ops_engine
+from pipelines.opsdb import ops_engine, utc
 
 metadata = MetaData()
 segments = Table(
@@ -166,9 +166,6 @@ class SegmentStore:
 
 
 def _segment(row: Any) -> Segment:
-    def utc(t: datetime) -> datetime:
-        return t if t.tzinfo else t.replace(tzinfo=UTC)
-
     return Segment(
         segment_id=row["segment_id"],
         name=row["name"],
