@@ -19,13 +19,22 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, SourceContract
 from pipelines.lake import Lake
-from pipelines.silver import SilverResult, ValidationRules, event_id_of, refresh_silver
+from pipelines.silver import (
+    SilverResult,
+    ValidationRules,
+    commit_silver,
+    refresh_silver,
+    silver_watermark,
+    validate_events,
+)
 
 
 class StageBusyError(RuntimeError):
@@ -93,16 +102,31 @@ def landing_warnings(landing_root: Path, sources: list[str]) -> list[str]:
 
 
 def to_bronze(lines: DataFrame, source: str, batch_id: int) -> DataFrame:
-    """Raw landing lines plus ingest metadata; only the event id is read out (for dedupe)."""
+    """Raw landing lines plus ingest metadata."""
     return lines.select(
         F.col("value").alias("raw_line"),
-        event_id_of(F.col("value")).alias("event_id"),
         F.lit(source).alias("source"),
         F.col("file_path"),
         F.current_timestamp().alias("ingest_ts"),
         F.lit(batch_id).cast("bigint").alias("batch_id"),
         # Unique within the batch and stored once, so it orders lines for dedupe and lineage.
         F.monotonically_increasing_id().alias("line_id"),
+    )
+
+
+def bronze_rows(validated: pa.Table, source: str) -> pa.Table:
+    """The bronze table's rows out of a validated batch: raw line, the event id silver read,
+    and the ingest metadata."""
+    return pa.table(
+        {
+            "raw_line": validated.column("raw_line"),
+            "event_id": validated.column("event_id"),
+            "source": pc.fill_null(pa.nulls(validated.num_rows, pa.string()), source),
+            "file_path": validated.column("_file"),
+            "ingest_ts": validated.column("_ingest_ts"),
+            "batch_id": validated.column("_batch_id"),
+            "line_id": validated.column("_line_id"),
+        }
     )
 
 
@@ -152,17 +176,30 @@ class Ingestion:
         source = contract.source
 
         def handle(lines: DataFrame, batch_id: int) -> None:
-            rows = to_bronze(lines, source, batch_id).toArrow()
-            app_id = f"ingest.{source}:{self._query_id(source)}"
+            # One Spark pass parses and checks the lines; bronze and silver are both written
+            # from what it collected.
+            validated = validate_events(
+                to_bronze(lines, source, batch_id), contract, self.rules
+            ).toArrow()
+            rows = bronze_rows(validated, source)
+            bronze = f"bronze.{source}"
+            before = self.lake.version(bronze)
             wrote = self.lake.append(
-                f"bronze.{source}",
+                bronze,
                 rows,
-                app_id=app_id,
+                app_id=f"ingest.{source}:{self._query_id(source)}",
                 txn_version=batch_id,
-                stage=f"bronze.{source}",
+                stage=bronze,
                 metadata={"batch_id": str(batch_id)},
             )
-            result = refresh_silver(lines.sparkSession, self.lake, contract, self.rules)
+            caught_up = silver_watermark(self.lake, contract) == before
+            if wrote and caught_up:
+                version = self.lake.version(bronze)
+                assert version is not None
+                result = commit_silver(self.lake, contract, validated, version)
+            else:
+                # A replayed batch, or silver behind bronze after a crash: refine bronze's range.
+                result = refresh_silver(lines.sparkSession, self.lake, contract, self.rules)
             with self._lock:
                 p = self.progress[source]
                 p.batches += 1

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import (
@@ -33,6 +35,8 @@ EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 LINEAGE = ("_ingest_ts", "_file", "_unknown_fields")
 # Identifies a bronze line: ingest order is (ingest_ts, batch_id, line_id).
 LINE_KEY = ("ingest_ts", "batch_id", "line_id")
+# The same key in a validated batch.
+LINE_COLUMNS = ("_ingest_ts", "_batch_id", "_line_id")
 
 
 def silver_table(contract: SourceContract) -> str:
@@ -258,14 +262,12 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
     m = F.col("_m")
     parsed = bronze.select(
         *LINE_KEY,
-        "event_id",
         "raw_line",
         "file_path",
         F.from_json("raw_line", "map<string,string>").alias("_m"),
     )
     env = parsed.select(
         *LINE_KEY,
-        "event_id",
         "raw_line",
         "file_path",
         m.isNull().alias("_bad_json"),
@@ -277,7 +279,9 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
         "*",
         version.alias("_version"),
         F.concat_ws(":", version.cast("string"), F.col(_raw("event_type"))).alias("_vt"),
-        F.col("event_id").alias("_event_id"),
+        event_id_of(F.col(_raw("event_id")), F.col("_bad_json"), F.col("raw_line")).alias(
+            "_event_id"
+        ),
         typed_value(F.col(_raw("event_ts")), FieldSpec(type="timestamp"), rules).alias("_event_ts"),
     )
     typed = typed.select(
@@ -383,10 +387,10 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
     )
 
 
-def event_id_of(raw_line: Column) -> Column:
-    """The line's event id, read without parsing the whole line; bronze stores it so dedupe
-    reads one narrow column instead of parsing every line again."""
-    return F.trim(F.get_json_object(raw_line, "$.event_id"))
+def event_id_of(parsed_id: Column, bad_json: Column, raw_line: Column) -> Column:
+    """The line's event id; for a line that is not a JSON object, whatever id can be read
+    before it breaks, so the steward can still tell which event it was."""
+    return F.trim(F.when(bad_json, F.get_json_object(raw_line, "$.event_id")).otherwise(parsed_id))
 
 
 def shape_validated(checked: DataFrame, contract: SourceContract) -> DataFrame:
@@ -417,122 +421,68 @@ def shape_validated(checked: DataFrame, contract: SourceContract) -> DataFrame:
         reason["code"].alias("_reason_code"),
         reason["message"].alias("_reason"),
         F.when(reason["details"] != reason["message"], reason["details"]).alias("_details"),
-        F.when(reason.isNotNull(), F.col("raw_line")).alias("raw_line"),
+        F.col("batch_id").alias("_batch_id"),
+        F.col("line_id").alias("_line_id"),
+        "raw_line",
     )
-
-
-@dataclass(frozen=True)
-class DuplicateVerdicts:
-    """Which lines of a batch repeat an event id: small frames, broadcast into the main pass.
-
-    `repeats` holds the line keys of valid lines that lost to an earlier valid line with the same
-    id in this batch; `in_silver` the ids of this batch that silver already holds.
-    """
-
-    repeats: DataFrame | None
-    in_silver: DataFrame | None
-
-
-# Up to this many repeated ids are handled as literals (no join); beyond it (a source resending a
-# whole file) the same verdicts come from broadcast joins, so a plan never holds a million literals.
-MAX_LITERAL_IDS = 20_000
-
-
-def find_duplicates(
-    bronze: DataFrame,
-    contract: SourceContract,
-    rules: ValidationRules,
-    known_event_ids: DataFrame | None,
-) -> DuplicateVerdicts:
-    """Decide duplicates from ids alone plus a full check of the few lines whose id repeats.
-
-    The first valid line of an id (by ingest time, batch, line) wins, so a broken line that the
-    source resends corrected under the same id is not lost. Only the narrow id column is read;
-    a batch without repeats costs one small aggregation.
-    """
-    spark = bronze.sparkSession
-    ids = bronze.select(F.col("event_id").alias("_event_id")).where(
-        F.col("_event_id").isNotNull() & (F.col("_event_id") != "")
-    )
-    repeated = ids.groupBy("_event_id").count().where(F.col("count") > 1).select("_event_id")
-    few = [r[0] for r in repeated.limit(MAX_LITERAL_IDS + 1).collect()]
-    repeats = None
-    if few:
-        suspects = (
-            bronze.where(F.col("event_id").isin(few))
-            if len(few) <= MAX_LITERAL_IDS
-            else bronze.join(
-                F.broadcast(repeated), F.col("event_id") == F.col("_event_id"), "left_semi"
-            )
-        )
-        # Materialise the suspect lines first: without that barrier the optimizer pushes the
-        # validity filter below and inlines the JSON parse into it once per field.
-        suspects = suspects.localCheckpoint(eager=True)
-        checked = check_events(suspects, contract, rules).where(F.col("_reason").isNull())
-        order = Window.partitionBy("_event_id").orderBy(*LINE_KEY)
-        repeats = (
-            checked.withColumn("_rank", F.row_number().over(order))
-            .where(F.col("_rank") > 1)
-            .select(*LINE_KEY, F.lit(True).alias("_repeat"))
-            .localCheckpoint(eager=True)
-        )
-    in_silver = None
-    if known_event_ids is not None:
-        present = ids.distinct().join(
-            known_event_ids.select(F.col("event_id").alias("_event_id")), "_event_id", "left_semi"
-        )
-        seen = [r[0] for r in present.limit(MAX_LITERAL_IDS + 1).collect()]
-        if len(seen) > MAX_LITERAL_IDS:
-            in_silver = present.select("_event_id", F.lit(True).alias("_in_silver"))
-        elif seen:
-            in_silver = spark.createDataFrame(
-                [(i, True) for i in seen], "_event_id string, _in_silver boolean"
-            )
-    return DuplicateVerdicts(repeats, in_silver)
-
-
-def apply_duplicates(checked: DataFrame, verdicts: DuplicateVerdicts) -> DataFrame:
-    """Give valid lines the `duplicate` reason the verdicts found for them."""
-    flagged = checked
-    if verdicts.repeats is not None:
-        flagged = flagged.join(F.broadcast(verdicts.repeats), list(LINE_KEY), "left")
-    else:
-        flagged = flagged.withColumn("_repeat", F.lit(None).cast("boolean"))
-    if verdicts.in_silver is not None:
-        flagged = flagged.join(F.broadcast(verdicts.in_silver), "_event_id", "left")
-    else:
-        flagged = flagged.withColumn("_in_silver", F.lit(None).cast("boolean"))
-    shown = _shown(F.col("_event_id"))
-    why = F.when(
-        F.col("_in_silver").eqNullSafe(True),
-        F.concat(F.lit("duplicate event_id "), shown, F.lit(" (already in silver)")),
-    ).when(
-        F.col("_repeat").eqNullSafe(True),
-        F.concat(F.lit("duplicate event_id "), shown, F.lit(" (repeated earlier in this batch)")),
-    )
-    dup = F.struct(F.lit("duplicate").alias("code"), why.alias("message"), why.alias("details"))
-    return flagged.withColumn(
-        "_reason",
-        F.when(F.col("_reason").isNull() & why.isNotNull(), dup).otherwise(F.col("_reason")),
-    ).drop("_repeat", "_in_silver")
 
 
 def validate_events(
-    bronze: DataFrame,
-    contract: SourceContract,
-    rules: ValidationRules,
-    known_event_ids: DataFrame | None = None,
+    bronze: DataFrame, contract: SourceContract, rules: ValidationRules
 ) -> DataFrame:
     """Parse and check every bronze line; one row per line with the silver columns plus
-    `_reason_code`, `_reason`, `_details` (null when valid), `_unknown_fields`, `raw_line`.
+    `_reason_code`, `_reason`, `_details` (null when valid), `_unknown_fields`, the line's key
+    and `raw_line`.
 
-    `bronze` has the bronze columns (`raw_line`, `event_id`, `file_path`, `ingest_ts`,
-    `batch_id`, `line_id`); `known_event_ids` (column `event_id`) are the ids silver already holds.
+    `bronze` has the bronze columns (`raw_line`, `file_path`, `ingest_ts`, `batch_id`,
+    `line_id`). Duplicate event ids are not judged here: that needs every line of the batch and
+    the ids silver holds, and is done once the batch is collected (`mark_duplicates`).
     """
-    verdicts = find_duplicates(bronze, contract, rules, known_event_ids)
-    return shape_validated(
-        apply_duplicates(check_events(bronze, contract, rules), verdicts), contract
+    return shape_validated(check_events(bronze, contract, rules), contract)
+
+
+def mark_duplicates(batch: pa.Table, in_silver: pa.Array) -> pa.Table:
+    """Give valid lines whose event id silver already holds (`in_silver`), or that an earlier
+    valid line of this batch carried, the `duplicate` reason.
+
+    The first valid line of an id (by ingest time, batch, line) wins, so a broken line that the
+    source resends corrected under the same id is not lost. Works on the collected batch: a
+    hash over the ids, where a Spark aggregation and join had cost as much as the validation.
+    """
+    lines = pl.from_arrow(batch.select(["event_id", "_reason_code", *LINE_COLUMNS]))
+    assert isinstance(lines, pl.DataFrame)
+    valid = pl.col("_reason_code").is_null()
+    verdicts = (
+        lines.with_row_index("_row")
+        .filter(valid)
+        .sort(list(LINE_COLUMNS))
+        .select(
+            "_row",
+            "event_id",
+            pl.col("event_id").is_in(pl.Series(in_silver).implode()).alias("_in_silver"),
+            (~pl.col("event_id").is_first_distinct()).alias("_repeat"),
+        )
+        .filter(pl.col("_in_silver") | pl.col("_repeat"))
     )
+    if verdicts.is_empty():
+        return batch
+    shown = pl.lit('duplicate event_id "') + pl.col("event_id").str.slice(0, 40) + pl.lit('"')
+    why = verdicts.sort("_row").select(
+        "_row",
+        pl.when(pl.col("_in_silver"))
+        .then(shown + pl.lit(" (already in silver)"))
+        .otherwise(shown + pl.lit(" (repeated earlier in this batch)"))
+        .alias("_why"),
+    )
+    flagged = np.zeros(batch.num_rows, dtype=bool)
+    flagged[why["_row"].to_numpy()] = True
+    mask = pa.array(flagged)
+    message = pc.replace_with_mask(
+        batch.column("_reason").combine_chunks(), mask, why["_why"].to_arrow().cast(pa.string())
+    )
+    code = pc.if_else(mask, pa.scalar("duplicate"), batch.column("_reason_code"))
+    out = batch.set_column(batch.schema.get_field_index("_reason_code"), "_reason_code", code)
+    return out.set_column(out.schema.get_field_index("_reason"), "_reason", message)
 
 
 def silver_columns(contract: SourceContract) -> list[str]:
@@ -639,20 +589,27 @@ class SilverResult:
         return self.bronze_version is None
 
 
+def _app_ids(contract: SourceContract) -> dict[str, str]:
+    """The app transaction of each silver-side table: its watermark of the bronze consumed."""
+    bronze = f"bronze.{contract.source}"
+    return {t: f"{t}<-{bronze}" for t in (silver_table(contract), QUARANTINE, DRIFT)}
+
+
+def silver_watermark(lake: Lake, contract: SourceContract) -> int | None:
+    """The last bronze version whose rows silver holds (None: none yet)."""
+    silver = silver_table(contract)
+    return lake.committed(silver, _app_ids(contract)[silver])
+
+
 def refresh_silver(
     spark: SparkSession, lake: Lake, contract: SourceContract, rules: ValidationRules
 ) -> SilverResult:
     """Validate the bronze rows appended since the last refresh and commit them exactly once."""
     source = contract.source
     bronze, silver = f"bronze.{source}", silver_table(contract)
-    app_ids = {
-        silver: f"{silver}<-{bronze}",
-        QUARANTINE: f"{QUARANTINE}<-{bronze}",
-        DRIFT: f"{DRIFT}<-{bronze}",
-    }
     if not lake.exists(bronze):
         return SilverResult(source)
-    done = {t: lake.committed(t, app) for t, app in app_ids.items()}
+    done = {t: lake.committed(t, app) for t, app in _app_ids(contract).items()}
     since = done[silver]
     # A crash after quarantine/drift committed but before silver did: finish exactly that range.
     ahead = [
@@ -661,33 +618,42 @@ def refresh_silver(
     changes = lake.changes(spark, bronze, since, max(ahead) if ahead else None)
     if since is not None and changes.to_version <= since:
         return SilverResult(source)
-    target = changes.to_version
-    known_ids = lake.read_spark(spark, silver, ["event_id"]) if lake.exists(silver) else None
-    batch = validate_events(changes.frame, contract, rules, known_ids).toArrow()
-    out = split_validated(batch, contract, target)
-    meta = {"bronze_version": str(target)}
-    stage = f"silver.{source}"
-    lake.append(
-        QUARANTINE,
-        out.quarantine,
-        app_id=app_ids[QUARANTINE],
-        txn_version=target,
-        stage=stage,
-        metadata=meta,
-    )
-    lake.append(
-        DRIFT, out.drift, app_id=app_ids[DRIFT], txn_version=target, stage=stage, metadata=meta
-    )
-    # Silver last: its app transaction is the watermark of what has been consumed.
-    lake.append(
-        silver, out.silver, app_id=app_ids[silver], txn_version=target, stage=stage, metadata=meta
-    )
+    batch = validate_events(changes.frame, contract, rules).toArrow()
+    return commit_silver(lake, contract, batch, changes.to_version)
+
+
+def commit_silver(
+    lake: Lake, contract: SourceContract, batch: pa.Table, bronze_version: int
+) -> SilverResult:
+    """Judge duplicates in a validated batch (all bronze rows up to `bronze_version` that silver
+    has not consumed), then append silver, quarantine and drift, each once for that version."""
+    silver = silver_table(contract)
+    app_ids = _app_ids(contract)
+    in_silver = pa.array([], pa.string())
+    if lake.exists(silver) and batch.num_rows:
+        ids = pl.Series(batch.column("event_id").drop_null())
+        in_silver = lake.read_arrow(
+            silver, ["event_id"], pl.col("event_id").is_in(ids.implode())
+        ).column("event_id")
+    out = split_validated(mark_duplicates(batch, in_silver), contract, bronze_version)
+    meta = {"bronze_version": str(bronze_version)}
+    stage = f"silver.{contract.source}"
+    for table, rows in ((QUARANTINE, out.quarantine), (DRIFT, out.drift), (silver, out.silver)):
+        # Silver last: its app transaction is the watermark of what has been consumed.
+        lake.append(
+            table,
+            rows,
+            app_id=app_ids[table],
+            txn_version=bronze_version,
+            stage=stage,
+            metadata=meta,
+        )
     reasons = (
         out.quarantine.group_by("reason_code").aggregate([("reason_code", "count")]).to_pylist()
     )
     return SilverResult(
-        source,
-        target,
+        contract.source,
+        bronze_version,
         out.silver.num_rows,
         {r["reason_code"]: r["reason_code_count"] for r in reasons},
         dict(

@@ -77,11 +77,10 @@ def test_new_files_after_a_run_are_picked_up_incrementally(spark, settings: Sett
     assert sorted(r["event_id"] for r in rows(settings, "silver.network")) == ["a", "b"]
 
 
-def test_mass_resend_takes_the_join_path_with_the_same_verdicts(
-    spark, settings: Settings, monkeypatch: pytest.MonkeyPatch
+def test_a_resent_file_is_all_duplicates_and_new_ids_in_it_still_land(
+    spark, settings: Settings
 ) -> None:
-    # A source resending a whole file: past the literal limit, duplicates are found by joins.
-    monkeypatch.setattr("pipelines.silver.MAX_LITERAL_IDS", 0)
+    # A source resending a whole file, with one new event and one repeat of its own.
     land(
         settings,
         "network",
