@@ -170,28 +170,53 @@ def _is_junk(raw: Column, value: Column, id_type: str, rules: ValidationRules) -
 
 @dataclass(frozen=True)
 class _ContractIndex:
-    """The contract keyed by "version:event_type": known keys, and where each field is
-    required or allowed."""
+    """The contract's (version, event type) pairs numbered in order, each with its known keys,
+    and the pairs where each field is allowed or required: per-line rules compare one small
+    integer instead of strings."""
 
-    keys: dict[str, list[str]]
-    required_in: dict[str, list[str]]
-    allowed_in: dict[str, list[str]]
+    pairs: list[tuple[int, str]]
+    keys: list[list[str]]
+    required_in: dict[str, list[int]]
+    allowed_in: dict[str, list[int]]
 
     @classmethod
     def of(cls, contract: SourceContract) -> _ContractIndex:
         fields = contract.silver_fields()
-        keys: dict[str, list[str]] = {}
-        required_in: dict[str, list[str]] = {name: [] for name in fields}
-        allowed_in: dict[str, list[str]] = {name: [] for name in fields}
+        pairs: list[tuple[int, str]] = []
+        keys: list[list[str]] = []
+        required_in: dict[str, list[int]] = {name: [] for name in fields}
+        allowed_in: dict[str, list[int]] = {name: [] for name in fields}
         for v in contract.active_versions():
             for t, spec in v.event_types.items():
-                vt = f"{v.version}:{t}"
-                keys[vt] = [*ENVELOPE_FIELDS, *spec.fields]
+                pair = len(pairs)
+                pairs.append((v.version, t))
+                keys.append([*ENVELOPE_FIELDS, *spec.fields])
                 for name, fs in spec.fields.items():
-                    allowed_in[name].append(vt)
+                    allowed_in[name].append(pair)
                     if fs.required:
-                        required_in[name].append(vt)
-        return cls(keys, required_in, allowed_in)
+                        required_in[name].append(pair)
+        return cls(pairs, keys, required_in, allowed_in)
+
+    def pair_of(self, version: Column, event_type: Column) -> Column:
+        """The pair's number, null when the version or the event type is not in the contract."""
+        by_version: dict[int, Column] = {}
+        for i, (v, t) in enumerate(self.pairs):
+            inner = by_version.get(v)
+            by_version[v] = (F if inner is None else inner).when(event_type == t, F.lit(i))
+        out: Column | None = None
+        for v, inner in by_version.items():
+            out = (F if out is None else out).when(version == v, inner)
+        return out if out is not None else F.lit(None).cast("int")
+
+    def allowed(self, name: str, pair: Column) -> Column:
+        return pair.isin(*self.allowed_in[name]) if self.allowed_in[name] else F.lit(False)
+
+    def required(self, name: str, pair: Column) -> Column:
+        return pair.isin(*self.required_in[name]) if self.required_in[name] else F.lit(False)
+
+    def known_keys(self, pair: Column) -> Column:
+        """The keys a line of this pair may carry (null for an unknown pair)."""
+        return F.element_at(F.array(*[F.array(*map(F.lit, ks)) for ks in self.keys]), pair + 1)
 
 
 def _raw(name: str) -> str:
@@ -206,13 +231,13 @@ def _field_columns(
     name: str, spec: FieldSpec, index: _ContractIndex, rules: ValidationRules
 ) -> list[Column]:
     """Per-field facts computed once per line: typed value, present, allowed, required, junk."""
-    raw, vt = F.col(_raw(name)), F.col("_vt")
+    raw, pair = F.col(_raw(name)), F.col("_pair")
     value = typed_value(raw, spec, rules)
     cols = [
         value.alias(_typed(name)),
         (raw.isNotNull() & (F.trim(raw) != "")).alias(f"_present_{name}"),
-        vt.isin(*index.allowed_in[name]).alias(f"_allowed_{name}"),
-        vt.isin(*index.required_in[name]).alias(f"_required_{name}"),
+        index.allowed(name, pair).alias(f"_allowed_{name}"),
+        index.required(name, pair).alias(f"_required_{name}"),
     ]
     id_type = _junk_type(name, spec, rules)
     if id_type:
@@ -247,8 +272,12 @@ def _field_checks(name: str, spec: FieldSpec, rules: ValidationRules) -> list[Ch
     return checks
 
 
-def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationRules) -> DataFrame:
-    """Parse each line and find the first contract rule it breaks (`_reason`, null when valid).
+Stage = list["Column | str"]
+
+
+def _check_stages(contract: SourceContract, rules: ValidationRules) -> list[Stage]:
+    """The projections that parse each line and find the first contract rule it breaks
+    (`_reason`, null when valid).
 
     The work is staged in separate projections (raw values, typed values, then one CASE over the
     rules) so each field is parsed once and rules stop at the first failure; messages and the
@@ -256,41 +285,53 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
     """
     fields = contract.silver_fields()
     index = _ContractIndex.of(contract)
-    keys = index.keys
     known_versions = sorted(v.version for v in contract.active_versions())
 
     m = F.col("_m")
-    parsed = bronze.select(
+    parsed: Stage = [
         *LINE_KEY,
         "raw_line",
         "file_path",
         F.from_json("raw_line", "map<string,string>").alias("_m"),
-    )
-    env = parsed.select(
+    ]
+    version = F.trim(m["schema_version"]).try_cast("int")
+    pair = index.pair_of(version, m["event_type"])
+    # Drift: only a line with more keys than its pair's fields present can carry an unknown
+    # one, so the set difference runs on those lines alone.
+    present = [F.when(m[f].isNotNull(), 1).otherwise(0) for f in ENVELOPE_FIELDS] + [
+        F.when(m[f].isNotNull() & index.allowed(f, pair), 1).otherwise(0) for f in fields
+    ]
+    env: Stage = [
         *LINE_KEY,
         "raw_line",
         "file_path",
         m.isNull().alias("_bad_json"),
-        F.map_keys(m).alias("_keys"),
         *[m[f].alias(_raw(f)) for f in (*ENVELOPE_FIELDS, *fields)],
-    )
-    version = F.trim(_raw("schema_version")).try_cast("int")
-    typed = env.select(
-        "*",
         version.alias("_version"),
-        F.concat_ws(":", version.cast("string"), F.col(_raw("event_type"))).alias("_vt"),
+        pair.alias("_pair"),
+        # Judged only where the version and event type are known; otherwise nothing is "unknown".
+        F.when(
+            F.size(m) > sum(present[1:], present[0]),
+            F.array_sort(F.array_except(F.map_keys(m), index.known_keys(pair))),
+        )
+        .otherwise(F.when(pair.isNotNull(), F.array().cast("array<string>")))
+        .alias("_unknown_fields"),
+    ]
+    envelope: Stage = [
+        "*",
         event_id_of(F.col(_raw("event_id")), F.col("_bad_json"), F.col("raw_line")).alias(
             "_event_id"
         ),
         typed_value(F.col(_raw("event_ts")), FieldSpec(type="timestamp"), rules).alias("_event_ts"),
-    )
-    typed = typed.select(
-        "*", *[c for f, spec in fields.items() for c in _field_columns(f, spec, index, rules)]
-    )
+    ]
+    typed: Stage = [
+        "*",
+        *[c for f, spec in fields.items() for c in _field_columns(f, spec, index, rules)],
+    ]
 
     raw = {f: F.col(_raw(f)) for f in ENVELOPE_FIELDS}
-    vt, event_ts, ver = F.col("_vt"), F.col("_event_ts"), F.col("_version")
-    known_types = ", ".join(sorted({k.split(":", 1)[1] for k in keys}))
+    event_ts, ver = F.col("_event_ts"), F.col("_version")
+    known_types = ", ".join(sorted({t for _, t in index.pairs}))
     checks = [
         _check(
             "bad_json",
@@ -324,7 +365,7 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
         _check("missing_field", raw["event_type"].isNull(), "missing field event_type"),
         _check(
             "unknown_event_type",
-            ~vt.isin(*keys),
+            F.col("_pair").isNull(),
             F.concat(
                 F.lit("event_type "),
                 _shown(raw["event_type"]),
@@ -357,15 +398,6 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
     first = F.when(checks[0].fails, F.lit(0))
     for i, c in enumerate(checks[1:], start=1):
         first = first.when(c.fails, F.lit(i))
-    known_keys = F.create_map(
-        *[x for k, ks in keys.items() for x in (F.lit(k), F.array(*map(F.lit, ks)))]
-    )
-    checked = typed.select(
-        "*",
-        first.alias("_first_check"),
-        # Judged only where the version and event type are known; otherwise nothing is "unknown".
-        F.array_sort(F.array_except(F.col("_keys"), known_keys[vt])).alias("_unknown_fields"),
-    )
     idx = F.col("_first_check")
     message = F.when(idx == 0, checks[0].message)
     for i, c in enumerate(checks[1:], start=1):
@@ -374,17 +406,22 @@ def check_events(bronze: DataFrame, contract: SourceContract, rules: ValidationR
     details = F.when(idx == 0, checks[0].message).otherwise(
         F.concat_ws("; ", *[F.when(c.fails, c.message) for c in checks[1:]])
     )
-    return checked.withColumn(
-        "_reason",
-        F.when(
-            idx.isNotNull(),
-            F.struct(
-                F.element_at(F.array(*[F.lit(c.code) for c in checks]), idx + 1).alias("code"),
-                message.alias("message"),
-                details.alias("details"),
-            ),
+    reason = F.when(
+        idx.isNotNull(),
+        F.struct(
+            F.element_at(F.array(*[F.lit(c.code) for c in checks]), idx + 1).alias("code"),
+            message.alias("message"),
+            details.alias("details"),
         ),
     )
+    return [
+        parsed,
+        env,
+        envelope,
+        typed,
+        ["*", first.alias("_first_check")],
+        ["*", reason.alias("_reason")],
+    ]
 
 
 def event_id_of(parsed_id: Column, bad_json: Column, raw_line: Column) -> Column:
@@ -393,22 +430,22 @@ def event_id_of(parsed_id: Column, bad_json: Column, raw_line: Column) -> Column
     return F.trim(F.when(bad_json, F.get_json_object(raw_line, "$.event_id")).otherwise(parsed_id))
 
 
-def shape_validated(checked: DataFrame, contract: SourceContract) -> DataFrame:
-    """Final columns: typed silver fields, lineage, the reason (null when valid) and, for
-    rejected lines only, the raw line."""
+def _shape(contract: SourceContract) -> Stage:
+    """Final columns: typed silver fields, lineage, the reason (null when valid), the line's key
+    and raw line."""
     fields = contract.silver_fields()
-    allowed_in = _ContractIndex.of(contract).allowed_in
-    vt = F.col("_vt")
+    index = _ContractIndex.of(contract)
+    pair = F.col("_pair")
     payload = [
         F.coalesce(
-            *[F.when(vt.isin(*allowed_in[w]), F.col(_typed(w))) for w in wires],
+            *[F.when(index.allowed(w, pair), F.col(_typed(w))) for w in wires],
         )
         .cast(fields[wires[0]].storage_type())
         .alias(column)
         for column, wires in contract.silver_columns().items()
     ]
     reason = F.col("_reason")
-    return checked.select(
+    return [
         F.col("_event_id").alias("event_id"),
         F.col(_raw("source")).alias("source"),
         F.col(_raw("event_type")).alias("event_type"),
@@ -424,7 +461,25 @@ def shape_validated(checked: DataFrame, contract: SourceContract) -> DataFrame:
         F.col("batch_id").alias("_batch_id"),
         F.col("line_id").alias("_line_id"),
         "raw_line",
-    )
+    ]
+
+
+_STAGES: dict[tuple[str, str, str], list[Stage]] = {}
+
+
+def _validation_stages(
+    contract: SourceContract, rules: ValidationRules, spark: SparkSession
+) -> list[Stage]:
+    """Every projection of the validation, built once per contract, rules and Spark application:
+    building them costs thousands of Py4J calls (about a second per source), more than running
+    them on a small micro-batch."""
+    key = (contract.model_dump_json(), repr(rules), spark.sparkContext.applicationId)
+    stages = _STAGES.get(key)
+    if stages is None:
+        if len(_STAGES) > 64:
+            _STAGES.clear()
+        stages = _STAGES[key] = [*_check_stages(contract, rules), _shape(contract)]
+    return stages
 
 
 def validate_events(
@@ -438,7 +493,10 @@ def validate_events(
     `line_id`). Duplicate event ids are not judged here: that needs every line of the batch and
     the ids silver holds, and is done once the batch is collected (`mark_duplicates`).
     """
-    return shape_validated(check_events(bronze, contract, rules), contract)
+    frame = bronze
+    for stage in _validation_stages(contract, rules, bronze.sparkSession):
+        frame = frame.select(*stage)
+    return frame
 
 
 def mark_duplicates(batch: pa.Table, in_silver: pa.Array) -> pa.Table:
