@@ -509,17 +509,16 @@ def mark_duplicates(batch: pa.Table, in_silver: pa.Array) -> pa.Table:
     """
     lines = pl.from_arrow(batch.select(["event_id", "_reason_code", *LINE_COLUMNS]))
     assert isinstance(lines, pl.DataFrame)
-    valid = pl.col("_reason_code").is_null()
-    verdicts = (
+    # Only lines whose id repeats among valid lines, or that silver holds, need ranking.
+    suspects = (
         lines.with_row_index("_row")
-        .filter(valid)
-        .sort(list(LINE_COLUMNS))
-        .select(
-            "_row",
-            "event_id",
-            pl.col("event_id").is_in(pl.Series(in_silver).implode()).alias("_in_silver"),
-            (~pl.col("event_id").is_first_distinct()).alias("_repeat"),
-        )
+        .filter(pl.col("_reason_code").is_null())
+        .with_columns(pl.col("event_id").is_in(pl.Series(in_silver).implode()).alias("_in_silver"))
+        .filter(pl.col("event_id").is_duplicated() | pl.col("_in_silver"))
+    )
+    verdicts = (
+        suspects.sort(list(LINE_COLUMNS))
+        .with_columns((~pl.col("event_id").is_first_distinct()).alias("_repeat"))
         .filter(pl.col("_in_silver") | pl.col("_repeat"))
     )
     if verdicts.is_empty():
@@ -560,7 +559,8 @@ def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: i
     """Route an already-validated batch (one Spark pass, collected once) to silver, quarantine
     and the drift counts, so no wide frame is cached or computed twice."""
     rejected = pc.is_valid(batch.column("_reason_code"))
-    good = batch.filter(pc.invert(rejected)).select(silver_columns(contract))
+    # Select before filtering: the filter then copies the silver columns, not the raw lines.
+    good = batch.select(silver_columns(contract)).filter(pc.invert(rejected))
     bad = batch.filter(rejected)
     quarantine = _stamped(
         {
