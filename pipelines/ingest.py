@@ -33,7 +33,7 @@ from pipelines.silver import (
     commit_silver,
     refresh_silver,
     silver_watermark,
-    validate_events,
+    validate_batch,
 )
 
 
@@ -178,9 +178,7 @@ class Ingestion:
         def handle(lines: DataFrame, batch_id: int) -> None:
             # One Spark pass parses and checks the lines; bronze and silver are both written
             # from what it collected.
-            validated = validate_events(
-                to_bronze(lines, source, batch_id), contract, self.rules
-            ).toArrow()
+            validated = validate_batch(to_bronze(lines, source, batch_id), contract, self.rules)
             rows = bronze_rows(validated, source)
             bronze = f"bronze.{source}"
             before = self.lake.version(bronze)
