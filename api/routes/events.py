@@ -27,6 +27,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "An unknown event type or filter field; `detail.field` names it"},
 }
 HEARTBEAT_S = 15.0
+# Sequence numbers are SQL integers: a larger `since` could not be compared, only refused.
+MAX_SEQ = 2**63 - 1
 
 
 class SubscriptionIn(BaseModel):
@@ -169,7 +171,9 @@ async def stream(
     last_event_id: Annotated[
         str | None, Header(description="The `id` of the last event received")
     ] = None,
-    since: Annotated[int | None, Query(ge=0, description="Start after this seq")] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Start after this seq")
+    ] = None,
 ) -> StreamingResponse:
     """Every event this key may receive, in log order, each with `id: <seq>`; a reconnect with
     `Last-Event-ID` (or `?since=`) continues right after it, without gaps. New events arrive
@@ -184,6 +188,8 @@ async def stream(
             )
     try:
         start = int(last_event_id) if last_event_id else (since or 0)
+        if not 0 <= start <= MAX_SEQ:
+            raise ValueError(start)
     except ValueError:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY,

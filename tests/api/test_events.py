@@ -278,6 +278,10 @@ def test_the_stream_resumes_from_last_event_id_without_gaps(served: dict[str, An
     assert all(e["event_type"] != "ops.schema_drift" for _, e in full)
     bad = served["client"].get(url, headers={**key, "Last-Event-ID": "yesterday"})
     assert bad.status_code == 422
+    # A position past any SQL integer is refused up front, not a stream broken mid-way.
+    too_far = str(2**63 + 32)
+    assert served["client"].get(url, headers={**key, "Last-Event-ID": too_far}).status_code == 422
+    assert served["client"].get(url, params={"since": too_far}, headers=key).status_code == 422
 
 
 def test_segment_members_entering_and_exiting_are_events(
