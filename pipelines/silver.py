@@ -215,8 +215,14 @@ class _ContractIndex:
         return pair.isin(*self.required_in[name]) if self.required_in[name] else F.lit(False)
 
     def known_keys(self, pair: Column) -> Column:
-        """The keys a line of this pair may carry (null for an unknown pair)."""
-        return F.element_at(F.array(*[F.array(*map(F.lit, ks)) for ks in self.keys]), pair + 1)
+        """The keys a line of this pair may carry (null for an unknown pair).
+
+        A CASE, not `element_at(array, pair + 1)`: with whole-stage code generation Spark
+        evaluated that index for a null pair as 0 and failed the batch."""
+        out: Column | None = None
+        for i, ks in enumerate(self.keys):
+            out = (F if out is None else out).when(pair == i, F.array(*map(F.lit, ks)))
+        return out if out is not None else F.lit(None).cast("array<string>")
 
 
 def _raw(name: str) -> str:
