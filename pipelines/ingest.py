@@ -19,8 +19,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -30,6 +28,7 @@ from pipelines.lake import Lake
 from pipelines.silver import (
     SilverResult,
     ValidationRules,
+    bronze_rows,
     commit_silver,
     refresh_silver,
     silver_watermark,
@@ -111,22 +110,6 @@ def to_bronze(lines: DataFrame, source: str, batch_id: int) -> DataFrame:
         F.lit(batch_id).cast("bigint").alias("batch_id"),
         # Unique within the batch and stored once, so it orders lines for dedupe and lineage.
         F.monotonically_increasing_id().alias("line_id"),
-    )
-
-
-def bronze_rows(validated: pa.Table, source: str) -> pa.Table:
-    """The bronze table's rows out of a validated batch: raw line, the event id silver read,
-    and the ingest metadata."""
-    return pa.table(
-        {
-            "raw_line": validated.column("raw_line"),
-            "event_id": validated.column("event_id"),
-            "source": pc.fill_null(pa.nulls(validated.num_rows, pa.string()), source),
-            "file_path": validated.column("_file"),
-            "ingest_ts": validated.column("_ingest_ts"),
-            "batch_id": validated.column("_batch_id"),
-            "line_id": validated.column("_line_id"),
-        }
     )
 
 

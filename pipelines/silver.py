@@ -509,6 +509,22 @@ def validate_events(
     return frame
 
 
+def bronze_rows(validated: pa.Table, source: str) -> pa.Table:
+    """The bronze table's rows out of a validated batch: raw line, the event id silver read,
+    and the ingest metadata (what bronze stores, and what the wording pass re-reads)."""
+    return pa.table(
+        {
+            "raw_line": validated.column("raw_line"),
+            "event_id": validated.column("event_id"),
+            "source": pc.fill_null(pa.nulls(validated.num_rows, pa.string()), source),
+            "file_path": validated.column("_file"),
+            "ingest_ts": validated.column("_ingest_ts"),
+            "batch_id": validated.column("_batch_id"),
+            "line_id": validated.column("_line_id"),
+        }
+    )
+
+
 def validate_batch(bronze: DataFrame, contract: SourceContract, rules: ValidationRules) -> pa.Table:
     """Validate every line in one Spark pass and collect the result, then word the reasons of
     the rejected lines in a second pass over those lines alone.
@@ -520,17 +536,9 @@ def validate_batch(bronze: DataFrame, contract: SourceContract, rules: Validatio
     rejected = batch.filter(pc.is_valid(batch.column("_reason_code")))
     if rejected.num_rows == 0:
         return batch
-    lines = pa.table(
-        {
-            "raw_line": rejected.column("raw_line"),
-            "file_path": rejected.column("_file"),
-            "ingest_ts": rejected.column("_ingest_ts"),
-            "batch_id": rejected.column("_batch_id"),
-            "line_id": rejected.column("_line_id"),
-        }
-    )
+    lines = bronze.sparkSession.createDataFrame(bronze_rows(rejected, contract.source))
     worded = (
-        validate_events(bronze.sparkSession.createDataFrame(lines), contract, rules)
+        validate_events(lines, contract, rules)
         .select("_batch_id", "_line_id", "_reason", "_details")
         .toArrow()
     )
