@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +27,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.config import Settings, SourceContract
 from pipelines.lake import Lake
 from pipelines.silver import (
+    BatchStamp,
     SilverResult,
     ValidationRules,
     bronze_rows,
@@ -100,14 +102,16 @@ def landing_warnings(landing_root: Path, sources: list[str]) -> list[str]:
     return out
 
 
-def to_bronze(lines: DataFrame, source: str, batch_id: int) -> DataFrame:
-    """Raw landing lines plus ingest metadata."""
+def to_bronze(lines: DataFrame, source: str) -> DataFrame:
+    """Raw landing lines plus ingest metadata. The batch's constants (ingest time, batch id) are
+    left null here and stamped on the collected rows (`BatchStamp`), so every micro-batch runs
+    the same generated code."""
     return lines.select(
         F.col("value").alias("raw_line"),
         F.lit(source).alias("source"),
         F.col("file_path"),
-        F.current_timestamp().alias("ingest_ts"),
-        F.lit(batch_id).cast("bigint").alias("batch_id"),
+        F.lit(None).cast("timestamp").alias("ingest_ts"),
+        F.lit(None).cast("bigint").alias("batch_id"),
         # Unique within the batch and stored once, so it orders lines for dedupe and lineage.
         F.monotonically_increasing_id().alias("line_id"),
     )
@@ -161,7 +165,8 @@ class Ingestion:
         def handle(lines: DataFrame, batch_id: int) -> None:
             # One Spark pass parses and checks the lines; bronze and silver are both written
             # from what it collected.
-            validated = validate_batch(to_bronze(lines, source, batch_id), contract, self.rules)
+            stamp = BatchStamp(datetime.now(UTC), batch_id)
+            validated = validate_batch(to_bronze(lines, source), contract, self.rules, stamp)
             rows = bronze_rows(validated, source)
             bronze = f"bronze.{source}"
             before = self.lake.version(bronze)

@@ -72,9 +72,14 @@ def test_new_files_after_a_run_are_picked_up_incrementally(spark, settings: Sett
     ingest(spark, settings, ["network"])
     land(settings, "network", "n-2.jsonl", [event("network", "location", "b", **LOC)])
     ingest(spark, settings, ["network"])
-    bronze = rows(settings, "bronze.network")
-    assert sorted(r["event_id"] for r in bronze) == ["a", "b"]
-    assert sorted(r["event_id"] for r in rows(settings, "silver.network")) == ["a", "b"]
+    bronze = sorted(rows(settings, "bronze.network"), key=lambda r: r["event_id"])
+    assert [r["event_id"] for r in bronze] == ["a", "b"]
+    silver = sorted(rows(settings, "silver.network"), key=lambda r: r["event_id"])
+    assert [r["event_id"] for r in silver] == ["a", "b"]
+    # Each micro-batch's lines carry its own ingest time and batch id, in bronze and silver.
+    a, b = bronze
+    assert a["ingest_ts"] < b["ingest_ts"] and a["batch_id"] != b["batch_id"]
+    assert [r["_ingest_ts"] for r in silver] == [a["ingest_ts"], b["ingest_ts"]]
 
 
 def test_a_resent_file_is_all_duplicates_and_new_ids_in_it_still_land(

@@ -3,6 +3,7 @@ while the valid lines of the same file still land typed in silver."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -29,6 +30,9 @@ def billing_file(settings: Settings) -> Settings:
     del missing["msisdn"]
     future = event("billing", "payment", "e-future", **PAYMENT)
     future["event_ts"] = "2099-01-01T00:00:00Z"
+    # Within the allowed skew (60 min) of ingest time: valid.
+    soon = event("billing", "payment", "e-soon", **PAYMENT)
+    soon["event_ts"] = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
     no_offset = event("billing", "payment", "e-local", **PAYMENT)
     no_offset["event_ts"] = "2026-10-02T10:00:00"
     yesterday = event("billing", "payment", "e-word", **PAYMENT)
@@ -41,6 +45,7 @@ def billing_file(settings: Settings) -> Settings:
         event("billing", "teleport", "e-type-unknown", **PAYMENT),
         {**event("billing", "payment", "e-version", **PAYMENT), "schema_version": 99},
         future,
+        soon,
         no_offset,
         yesterday,
         event("billing", "payment", "e-junk", **{**PAYMENT, "msisdn": "000000000"}),
@@ -65,7 +70,9 @@ def test_each_breach_is_quarantined_with_its_reason(spark, billing_file: Setting
         'event_type "teleport" is not in the billing contract v1'
     )
     assert by_reason[("e-version", "unknown_schema_version")].startswith('schema_version "99"')
-    assert ("e-future", "future_event_time") in by_reason
+    assert by_reason[("e-future", "future_event_time")] == (
+        'event_ts "2099-01-01T00:00:00Z" is more than 60 min after ingest time'
+    )
     assert by_reason[("e-local", "wrong_type")].startswith("event_ts: expected ISO-8601")
     assert by_reason[("e-word", "wrong_type")] == (
         'event_ts: expected ISO-8601 timestamp with offset, got "yesterday"'
@@ -84,7 +91,7 @@ def test_each_breach_is_quarantined_with_its_reason(spark, billing_file: Setting
 def test_valid_lines_of_the_same_file_land_typed(spark, billing_file: Settings) -> None:
     ingest(spark, billing_file, ["billing"])
     silver = {r["event_id"]: r for r in rows(billing_file, "silver.billing")}
-    assert set(silver) == {"e-ok-1", "e-drift"}
+    assert set(silver) == {"e-ok-1", "e-drift", "e-soon"}
     ok = silver["e-ok-1"]
     assert ok["msisdn"] == "998901234567"  # normalised to E.164 digits
     assert ok["amount"] == Decimal("15000.50") and ok["balance_after"] == Decimal("20000.00")
@@ -92,7 +99,7 @@ def test_valid_lines_of_the_same_file_land_typed(spark, billing_file: Settings) 
     assert ok["iccid"] is None  # not a payment field
     assert silver["e-drift"]["_unknown_fields"] == ["loyalty_tier"]
     bronze = rows(billing_file, "bronze.billing")
-    assert len(bronze) == 16  # every line kept raw, broken ones included
+    assert len(bronze) == 17  # every line kept raw, broken ones included
 
 
 def test_unknown_fields_are_counted_as_drift_per_field(spark, billing_file: Settings) -> None:
