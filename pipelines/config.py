@@ -46,6 +46,8 @@ class EngineCfg(Model):
     ui_enabled: bool = False
     trigger_interval_s: float = Field(2.0, gt=0)
     max_files_per_trigger: int | None = Field(None, ge=1)
+    # How many sources' micro-batches may run their Spark pass at the same time.
+    source_passes_at_once: int = Field(1, ge=1)
     # Events stamped further than this beyond their ingest time are quarantined as "future".
     max_future_skew_minutes: int = Field(60, ge=0)
 

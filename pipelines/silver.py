@@ -559,29 +559,34 @@ def stamp_batch(batch: pa.Table, stamp: BatchStamp, rules: ValidationRules) -> p
     return batch.set_column(batch.schema.get_field_index("_reason_code"), "_reason_code", code)
 
 
-def validate_batch(
+def check_batch(
     bronze: DataFrame,
     contract: SourceContract,
     rules: ValidationRules,
     stamp: BatchStamp | None = None,
 ) -> pa.Table:
-    """Validate every line in one Spark pass and collect the result, then word the reasons of
-    the rejected lines in a second pass over those lines alone.
+    """Parse and check every line in one Spark pass and collect the result; a rejected line
+    has its reason code, and `word_reasons` adds what the steward reads.
 
-    The wording (about thirty message expressions and the list of every rule broken) cost a
-    quarter of the main pass even though only rejected lines need it. With `stamp`, `bronze`
-    leaves `ingest_ts` and `batch_id` null and they are set on the collected rows
-    (`stamp_batch`): Spark writes literal numbers and timestamps into the code it generates, so
-    constants in the plan meant compiling and warming up new code every micro-batch (~20% of
-    the pass).
+    With `stamp`, `bronze` leaves `ingest_ts` and `batch_id` null and they are set on the
+    collected rows (`stamp_batch`): Spark writes literal numbers and timestamps into the code it
+    generates, so constants in the plan meant compiling and warming up new code every
+    micro-batch (~20% of the pass).
     """
     batch = validate_events(bronze, contract, rules, explain=False).toArrow()
-    if stamp is not None:
-        batch = stamp_batch(batch, stamp, rules)
+    return batch if stamp is None else stamp_batch(batch, stamp, rules)
+
+
+def word_reasons(
+    batch: pa.Table, contract: SourceContract, rules: ValidationRules, spark: SparkSession
+) -> pa.Table:
+    """Word the reasons of a checked batch's rejected lines, in a second Spark pass over those
+    lines alone: the wording (about thirty message expressions and the list of every rule
+    broken) cost a quarter of the main pass when every line paid for it."""
     rejected = batch.filter(pc.is_valid(batch.column("_reason_code")))
     if rejected.num_rows == 0:
         return batch
-    lines = bronze.sparkSession.createDataFrame(bronze_rows(rejected, contract.source))
+    lines = spark.createDataFrame(bronze_rows(rejected, contract.source))
     worded = (
         validate_events(lines, contract, rules)
         .select("_batch_id", "_line_id", "_reason", "_details")
@@ -599,6 +604,17 @@ def validate_batch(
             i, name, joined.get_column(name).to_arrow().cast(out.schema.field(i).type)
         )
     return out
+
+
+def validate_batch(
+    bronze: DataFrame,
+    contract: SourceContract,
+    rules: ValidationRules,
+    stamp: BatchStamp | None = None,
+) -> pa.Table:
+    """Every line validated and collected, the rejected ones with their reasons worded."""
+    checked = check_batch(bronze, contract, rules, stamp)
+    return word_reasons(checked, contract, rules, bronze.sparkSession)
 
 
 def mark_duplicates(batch: pa.Table, in_silver: pa.Array) -> pa.Table:
