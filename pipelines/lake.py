@@ -42,7 +42,20 @@ REWRITTEN_TABLES = frozenset({"gold.profiles"})
 FILE_ROWS = 64 * 1024  # rows per file of a rewritten table
 
 
+# Bronze's raw lines and line keys are all distinct: a dictionary tried first for them cost ~20% of
+# the write and a file 10% larger than plain encoding (731k network lines: 0.47 -> 0.36 s).
+BRONZE_WRITER = WriterProperties(
+    max_row_group_size=64 * 1024,
+    compression="ZSTD",
+    column_properties={
+        c: ColumnProperties(dictionary_enabled=False) for c in ("raw_line", "event_id", "line_id")
+    },
+)
+
+
 def _writer(table: str) -> WriterProperties:
+    if table.startswith("bronze."):
+        return BRONZE_WRITER
     return REWRITE_WRITER if table in REWRITTEN_TABLES else WRITER
 
 
