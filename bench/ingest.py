@@ -6,7 +6,7 @@ them (schema inference included), the floor for "touch every line once".
 The pipeline runs twice over the same files, each time into a fresh lake with fresh checkpoints:
 the first pass is a cold process (`cdp run` on a new JVM: code generation and JIT included), the
 second is the steady state a long-running `cdp stream` sees. The baseline is timed the same way.
-Prints one JSON line. Run: .venv/bin/python bench/ingest.py   (no arguments; ~4 min on 2 cores)
+Prints one JSON line. Run: .venv/bin/python bench/ingest.py   (no arguments; ~2 min on 2 cores)
 """
 
 from __future__ import annotations
