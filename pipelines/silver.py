@@ -606,14 +606,9 @@ def word_reasons(
     return out
 
 
-def validate_batch(
-    bronze: DataFrame,
-    contract: SourceContract,
-    rules: ValidationRules,
-    stamp: BatchStamp | None = None,
-) -> pa.Table:
-    """Every line validated and collected, the rejected ones with their reasons worded."""
-    checked = check_batch(bronze, contract, rules, stamp)
+def validate_batch(bronze: DataFrame, contract: SourceContract, rules: ValidationRules) -> pa.Table:
+    """Every bronze line validated and collected, the rejected ones with their reasons worded."""
+    checked = check_batch(bronze, contract, rules)
     return word_reasons(checked, contract, rules, bronze.sparkSession)
 
 
