@@ -29,12 +29,13 @@ from pyspark.sql.pandas.types import from_arrow_schema
 # Tables stay readable by every Delta reader (Spark, delta-rs, Polars, DuckDB).
 TABLE_CONFIG = {"delta.enableDeletionVectors": "false"}
 # Row groups of 64k rows let Spark split one file across cores (it splits at row groups).
-WRITER = WriterProperties(max_row_group_size=64 * 1024, compression="ZSTD")
+ROW_GROUP_ROWS = 64 * 1024
+WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
 # Tables rewritten by MERGE every micro-batch (a batch's persons sit in every file): dictionary
 # encoding of their high-cardinality columns costs more than it saves, and LZ4 decodes fastest.
 # Measured on 1M profiles: a 10k-row MERGE takes 1.3 s instead of 3.6 s (docs/profiles.md).
 REWRITE_WRITER = WriterProperties(
-    max_row_group_size=64 * 1024,
+    max_row_group_size=ROW_GROUP_ROWS,
     compression="LZ4_RAW",
     default_column_properties=ColumnProperties(dictionary_enabled=False),
 )
@@ -45,7 +46,7 @@ FILE_ROWS = 64 * 1024  # rows per file of a rewritten table
 # Bronze's raw lines and line keys are all distinct: a dictionary tried first for them cost ~20% of
 # the write and a file 10% larger than plain encoding (731k network lines: 0.47 -> 0.36 s).
 BRONZE_WRITER = WriterProperties(
-    max_row_group_size=64 * 1024,
+    max_row_group_size=ROW_GROUP_ROWS,
     compression="ZSTD",
     column_properties={
         c: ColumnProperties(dictionary_enabled=False) for c in ("raw_line", "event_id", "line_id")
@@ -259,7 +260,9 @@ class Lake:
             part = merged.slice(start, FILE_ROWS)
             name = f"part-{uuid.uuid4()}.parquet"
             path = Path(uri) / name
-            part.write_parquet(path, compression="lz4", row_group_size=64 * 1024, statistics=True)
+            part.write_parquet(
+                path, compression="lz4", row_group_size=ROW_GROUP_ROWS, statistics=True
+            )
             bounds = part.select(pl.col(key).min().alias("lo"), pl.col(key).max().alias("hi"))
             stats = {
                 "numRecords": part.height,
