@@ -68,6 +68,10 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
         .config("spark.sql.codegen.hugeMethodLimit", "8000")
         # Small splits so a single bronze file still spreads over every core.
         .config("spark.sql.files.maxPartitionBytes", str(4 * 1024 * 1024))
+        # A task's collected rows (a 4 MB split: ~10 MB of Arrow) go back in its status message
+        # rather than through the block manager and a fetch: ~0.5 CPU-s less per million lines.
+        # Spark caps it at the RPC message size and falls back above that.
+        .config("spark.task.maxDirectResultSize", "64m")
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
