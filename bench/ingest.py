@@ -39,7 +39,7 @@ def step(msg: str) -> None:
     print(f"[bench/ingest] {msg}", file=sys.stderr, flush=True)
 
 
-def _pipeline_pass(settings: Settings, root: Path, events: int) -> float:
+def pipeline_pass(settings: Settings, root: Path, events: int) -> float:
     """One landing -> bronze -> silver run of every source into a fresh lake; its seconds."""
     paths = settings.paths.model_copy(
         update={"lake_root": root / "lake", "checkpoint_root": root / "checkpoints"}
@@ -60,8 +60,8 @@ def _pipeline_pass(settings: Settings, root: Path, events: int) -> float:
     return seconds
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="cdp-bench-ingest-"))
+def generate_operator(root: Path) -> tuple[Settings, int]:
+    """The bench's operator (~1M landing lines) generated under `root`; its settings and lines."""
     settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(root)})
     cfg = settings.generator.model_copy(
         update={"subscribers": SUBSCRIBERS, "days": DAYS, "files_per_source": FILES}
@@ -72,7 +72,12 @@ def main() -> None:
         cfg, settings.identity.country, settings.paths.landing_root, settings.paths.truth_root
     )
     step(f"generated {summary.events:,} lines in {time.perf_counter() - t:.1f} s")
+    return settings, summary.events
 
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="cdp-bench-ingest-"))
+    settings, events = generate_operator(root)
     spark = spark_session(settings.engine, app_name="bench-ingest")
     spark.range(1000).count()  # start the executors before timing anything
     files = [str(settings.paths.landing_root / s) for s in settings.sources]
@@ -87,18 +92,18 @@ def main() -> None:
             f"baseline {attempt}/{PASSES}: spark.read.json(...).count() = {baseline_rows:,} rows "
             f"in {baseline[-1]:.1f} s"
         )
-        passes.append(_pipeline_pass(settings, root / f"pass-{attempt}", summary.events))
+        passes.append(pipeline_pass(settings, root / f"pass-{attempt}", events))
         step(f"pipeline {attempt}/{PASSES}: {passes[-1]:.1f} s")
 
     steady = statistics.median(passes[-STEADY:])
     steady_baseline = statistics.median(baseline[-STEADY:])
-    events_per_s = summary.events / steady
+    events_per_s = events / steady
     baseline_per_s = baseline_rows / steady_baseline
-    cold_per_s, cold_baseline_per_s = summary.events / passes[0], baseline_rows / baseline[0]
+    cold_per_s, cold_baseline_per_s = events / passes[0], baseline_rows / baseline[0]
     print(
         json.dumps(
             {
-                "events": summary.events,
+                "events": events,
                 "events_per_s": round(events_per_s),
                 "pipeline_s": round(steady, 2),
                 "baseline_events_per_s": round(baseline_per_s),
@@ -106,7 +111,7 @@ def main() -> None:
                 "ratio": round(events_per_s / baseline_per_s, 3),
                 "pass_s": [round(p, 2) for p in passes],
                 "baseline_pass_s": [round(b, 2) for b in baseline],
-                "second_pass_events_per_s": round(summary.events / passes[1]),
+                "second_pass_events_per_s": round(events / passes[1]),
                 "cold_events_per_s": round(cold_per_s),
                 "cold_ratio": round(cold_per_s / cold_baseline_per_s, 3),
                 "cores": spark.sparkContext.defaultParallelism,
