@@ -10,7 +10,7 @@ CPU-s of the second pass and ~1 s from the fifth on (docs/benchmarks.md). So the
 long-running `cdp stream` sees is the median of the last STEADY passes, and the headline figures
 (`events_per_s`, `ratio`) compare steady pipeline with steady baseline. The second pass is
 reported too (`second_pass_s`).
-Prints one JSON line. Run: .venv/bin/python bench/ingest.py   (no arguments; ~5 min on 2 cores)
+Prints one JSON line. Run: .venv/bin/python bench/ingest.py   (no arguments; ~3 min on 2 cores)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ steady state: the JIT has stopped compiling), each the median of ROUNDS:
 
 It shows how much of bench/ingest.py's ratio target (pipeline >= 0.3 x the baseline's rate) the
 Spark pass alone already spends. Prints one JSON line of seconds and each step's share of the
-time that target allows. Run: .venv/bin/python bench/ingest_floor.py   (no arguments; ~7 min)
+time that target allows. Run: .venv/bin/python bench/ingest_floor.py   (no arguments; ~5 min)
 """
 
 from __future__ import annotations
