@@ -9,7 +9,7 @@ JVM). The JIT keeps compiling for a few passes after that: on 2 cores its C2 thr
 CPU-s of the second pass and ~1 s from the fifth on (docs/benchmarks.md). So the steady state a
 long-running `cdp stream` sees is the median of the last STEADY passes, and the headline figures
 (`events_per_s`, `ratio`) compare steady pipeline with steady baseline. The second pass is
-reported too (`second_pass_s`).
+reported too (`second_pass_events_per_s`).
 Prints one JSON line. Run: .venv/bin/python bench/ingest.py   (no arguments; ~3 min on 2 cores)
 """
 
