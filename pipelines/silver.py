@@ -517,7 +517,7 @@ def bronze_rows(validated: pa.Table, source: str) -> pa.Table:
         {
             "raw_line": validated.column("raw_line"),
             "event_id": validated.column("event_id"),
-            "source": pc.fill_null(pa.nulls(validated.num_rows, pa.string()), source),
+            "source": pa.repeat(pa.scalar(source, pa.string()), validated.num_rows),
             "file_path": validated.column("_file"),
             "ingest_ts": validated.column("_ingest_ts"),
             "batch_id": validated.column("_batch_id"),
@@ -543,8 +543,7 @@ def stamp_batch(batch: pa.Table, stamp: BatchStamp, rules: ValidationRules) -> p
     for name, value in (("_ingest_ts", stamp.ingest_ts), ("_batch_id", stamp.batch_id)):
         i = batch.schema.get_field_index(name)
         kind = batch.schema.field(i).type
-        column = pc.fill_null(pa.nulls(batch.num_rows, kind), pa.scalar(value, kind))
-        batch = batch.set_column(i, name, column)
+        batch = batch.set_column(i, name, pa.repeat(pa.scalar(value, kind), batch.num_rows))
     limit = pa.scalar(
         stamp.ingest_ts + timedelta(minutes=rules.max_future_skew_minutes),
         batch.schema.field("event_ts").type,
