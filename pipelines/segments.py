@@ -11,6 +11,13 @@ A rule is a node:
 Values never become SQL text: each is a `?` parameter, and an attribute becomes a quoted column
 name only after it is found among the policy's attributes. A bad node is refused with its path
 (`rule.and[1].value: ...`), so the API answers 422 naming it.
+
+Consent decides what a rule may read, person by person: a condition on an attribute is *unknown*
+(SQL NULL) for a person unless the legal basis of one of the attribute's purposes is met for them
+(`consent_<purpose>_granted`, which also says "contract holds"). Unknown never matches, and
+`not`, `and` and `or` keep it unknown (three-valued logic), so a person's non-consented values
+cannot decide whether they are a member, however the rule is written. Every path that selects
+members (preview, export, push, segment events) runs this SQL, so none can leak.
 """
 
 from __future__ import annotations
@@ -69,6 +76,17 @@ def _kind(t: pa.DataType) -> str:
     return "other"
 
 
+def basis_met(purposes: list[str] | tuple[str, ...], schema: pa.Schema) -> str:
+    """SQL that is true for a person when the legal basis of one of `purposes` (policy names,
+    never user text) is met for them, as the profile's consent columns say."""
+    terms = [
+        f'coalesce("consent_{p}_granted", false)'
+        for p in purposes
+        if f"consent_{p}_granted" in schema.names
+    ]
+    return "(" + " OR ".join(terms) + ")" if terms else "false"
+
+
 class RuleCompiler:
     """Compiles rules over the attributes the policy lists (and the gold schema has)."""
 
@@ -78,6 +96,20 @@ class RuleCompiler:
             for name in policy.attributes
             if name in schema.names and _kind(schema.field(name).type) != "other"
         }
+        # Per attribute: when a person's value may take part in a decision.
+        self.usable = {name: basis_met(policy.attributes[name], schema) for name in self.kinds}
+
+    def basis(self, attr: str) -> str:
+        """SQL true where `attr` may take part in a decision for the person (never for an
+        attribute the policy does not list)."""
+        return self.usable.get(attr, "false")
+
+    def known(self, attr: str) -> str:
+        """The attribute's column where its purpose's legal basis is met, NULL elsewhere (for
+        counts and charts over members: a non-consented value is never shown, even summed)."""
+        if attr not in self.usable:
+            return "NULL"
+        return f'(CASE WHEN {self.usable[attr]} THEN "{attr}" END)'
 
     def catalogue(self) -> list[dict[str, Any]]:
         """Every attribute a rule may use, with its kind and the operators that apply."""
@@ -119,7 +151,7 @@ class RuleCompiler:
     def _condition(
         self, node: dict[str, Any], path: str, params: list[Any], used: set[str], now: datetime
     ) -> str:
-        attr, op = node.get("attr"), node.get("op")
+        attr = node.get("attr")
         if not isinstance(attr, str):
             raise RuleError(f"{path}.attr", "expected an attribute name (or and/or/not)")
         if attr not in self.kinds:
@@ -127,9 +159,18 @@ class RuleCompiler:
                 f"{path}.attr",
                 f"unknown attribute {attr!r}; segments can use: {', '.join(sorted(self.kinds))}",
             )
+        used.add(attr)
+        sql = self._test(node, attr, path, params, now)
+        # Unknown (NULL, so no match, and NOT keeps it NULL) where the basis is not met.
+        return f"(CASE WHEN {self.usable[attr]} THEN {sql} END)"
+
+    def _test(
+        self, node: dict[str, Any], attr: str, path: str, params: list[Any], now: datetime
+    ) -> str:
+        """The condition on the attribute's value, for persons whose basis is met."""
+        op = node.get("op")
         kind = self.kinds[attr]
         column = f'"{attr}"'  # safe: attr is one of the known column names
-        used.add(attr)
 
         def allowed(*keys: str) -> None:
             extra = set(node) - {"attr", "op", *keys}
@@ -220,15 +261,25 @@ class Preview:
     consented: int  # of those, with the purpose in force (what an export or push would reach)
     sample: list[str]  # person ids of consented members
     churn_risk: list[int]  # reachable members per churn-risk tenth (0-0.1, ..., 0.9-1)
+    churn_risk_unknown: int  # reachable members whose churn risk may not be used (or is none)
     value_segment: dict[str, int]  # reachable members per value segment (largest first)
 
 
+NOT_CONSENTED = "(not consented)"  # a chart's bucket for values a person did not consent to
+
+
 def preview(
-    db: Any, compiled: Compiled, purpose: str, policy: PolicyCfg, sample: int = 10
+    db: Any,
+    compiled: Compiled,
+    purpose: str,
+    policy: PolicyCfg,
+    compiler: RuleCompiler,
+    sample: int = 10,
 ) -> Preview:
     """Count the members of a compiled rule in a DuckDB `profiles` table, how many of them may
     be reached for `purpose` (its consent, or contract, in force), and how the reachable ones
-    spread over churn risk and value segment."""
+    spread over churn risk and value segment, each counted only where the person's basis for
+    that attribute is met (the others are counted apart, never by their value)."""
     if purpose not in policy.purposes:
         raise RuleError("purpose", f"unknown purpose {purpose!r}; one of {sorted(policy.purposes)}")
     in_force = f'coalesce("consent_{purpose}_granted", false)'  # purpose checked above
@@ -241,16 +292,30 @@ def preview(
         f"SELECT person_id {reached} ORDER BY person_id LIMIT ?", [*compiled.params, sample]
     ).fetchall()
     tenths = [0] * 10
+    unknown = 0
+    risk = compiler.known("churn_risk")
     for bucket, n in db.execute(
-        f"SELECT least(floor(coalesce(churn_risk, 0) * 10), 9)::INT, count(*) {reached} GROUP BY 1",
+        # least() skips NULLs, so an unknown risk is kept NULL before it is bucketed
+        f"SELECT CASE WHEN {risk} IS NOT NULL THEN least(floor({risk} * 10), 9)::INT END, "
+        f"count(*) {reached} GROUP BY 1",
         compiled.params,
     ).fetchall():
-        tenths[max(0, bucket)] = n
+        if bucket is None:
+            unknown = int(n)
+        else:
+            tenths[max(0, bucket)] = int(n)
+    value = compiler.known("value_segment")
     segments = db.execute(
-        f"SELECT coalesce(value_segment, '(none)'), count(*) {reached} "
+        f"SELECT CASE WHEN {compiler.basis('value_segment')} "
+        f"THEN coalesce({value}, '(none)') ELSE '{NOT_CONSENTED}' END, count(*) {reached} "
         "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 12",
         compiled.params,
     ).fetchall()
     return Preview(
-        int(members), int(consented), [i for (i,) in ids], tenths, {s: int(n) for s, n in segments}
+        int(members),
+        int(consented),
+        [i for (i,) in ids],
+        tenths,
+        unknown,
+        {s: int(n) for s, n in segments},
     )

@@ -104,7 +104,7 @@ async def _preview(request: Request, snap: Any, purpose: str, rule: Any) -> dict
     policy = request.app.state.settings.policy
 
     def run() -> Any:
-        return preview(snap.db.cursor(), compiled, purpose, policy)
+        return preview(snap.db.cursor(), compiled, purpose, policy, compiler)
 
     p = await run_in_threadpool(run)
     return {
@@ -112,6 +112,7 @@ async def _preview(request: Request, snap: Any, purpose: str, rule: Any) -> dict
         "reachable": p.consented,
         "sample": p.sample,
         "churn_risk": p.churn_risk,
+        "churn_risk_unknown": p.churn_risk_unknown,
         "value_segment": p.value_segment,
         "purpose": purpose,
         "snapshot_version": snap.version,

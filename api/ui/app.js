@@ -210,6 +210,10 @@ function drawChart(p) {
     label.textContent = (i / 10).toFixed(1);
     svg.append(bar, label);
   });
+  const unknown = p.churn_risk_unknown || 0;
+  $("chart-unknown").textContent = unknown
+    ? `${unknown.toLocaleString("en")} reachable without a usable churn risk (no profiling consent, or none computed)`
+    : "";
   Object.entries(p.value_segment).forEach(([segment, n]) => {
     $("segments-by-value").appendChild(element("li", {}, `${segment}: ${n.toLocaleString("en")}`));
   });

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -100,3 +101,10 @@ def create_segment(served: dict[str, Any], name: str, rule: Any, purpose: str = 
     )
     assert r.status_code == 201, r.text
     return str(r.json()["segment_id"])
+
+
+def may_use(served: dict[str, Any], attr: str) -> pl.Expr:
+    """Profiles for whom `attr` may decide anything: one of its purposes in conf/policy.yaml has
+    its legal basis met (consent given, or contract)."""
+    purposes = served["settings"].policy.attributes[attr]
+    return pl.any_horizontal(pl.col(f"consent_{p}_granted").fill_null(False) for p in purposes)

@@ -20,7 +20,7 @@ import pytest
 from bench.receiver import Receiver
 from pipelines.gold.profile import PROFILES
 from pipelines.gold.stage import OUTBOX, OUTBOX_SCHEMA
-from tests.api.conftest import SECRET, call, create_segment, new_version
+from tests.api.conftest import SECRET, call, create_segment, may_use, new_version
 
 pytestmark = pytest.mark.api
 T = TypeVar("T")
@@ -157,6 +157,36 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     assert exited_row["change"] == "exited" and exited_row["consent_granted"] is False
     assert exited_row["consent_source"] == "test withdrawal"
     assert call(served, "GET", f"/v1/audit/pushes?person={leaver}", "marketing").status_code == 403
+
+
+def test_a_marketing_push_on_churn_risk_reaches_only_persons_who_may_be_profiled(
+    served: dict[str, Any], receiver: Receiver
+) -> None:
+    """The reported leak: a marketing segment filtering on churn_risk (bound to profiling) was
+    pushed to persons who had not consented to profiling; their scores chose who was contacted."""
+    sid = create_segment(served, "Win-back", {"attr": "churn_risk", "op": ">=", "value": 0.2})
+    profiles = served["lake"].read_polars(PROFILES)
+    risky = profiles.filter(
+        (pl.col("churn_risk") >= 0.2) & pl.col("consent_marketing_granted").fill_null(False)
+    )
+    allowed = risky.filter(may_use(served, "churn_risk"))
+    assert 0 < allowed.height < risky.height  # some marketing-only persons would have leaked
+    r = call(served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "sms_campaigns"})
+    assert r.status_code == 202, r.text
+    assert r.json()["entered"] == allowed.height
+    parts = _wait(
+        "the push",
+        lambda: [
+            x for x in receiver.at("/push", 200) if x.json()["push_id"] == r.json()["push_id"]
+        ],
+    )
+    sent = {m["person_id"] for part in parts for m in part.json()["entered"]}
+    assert sent == set(allowed["person_id"])
+    preview = call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()
+    assert (
+        preview["members"]
+        == profiles.filter((pl.col("churn_risk") >= 0.2) & may_use(served, "churn_risk")).height
+    )
 
 
 def test_events_arrive_at_least_once_in_order_per_person_despite_failures(
@@ -300,6 +330,7 @@ def test_segment_members_entering_and_exiting_are_events(
     reachable = profiles.filter(
         pl.col("value_segment").is_not_null()
         & (pl.col("churn_risk") >= 0.1)
+        & may_use(served, "churn_risk")
         & pl.col("consent_marketing_granted").fill_null(False)
     )
     assert reachable.height > 1

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pipelines.gold.profile import PROFILES
-from tests.api.conftest import call, create_segment
+from tests.api.conftest import call, create_segment, may_use
 
 pytestmark = pytest.mark.api
 RULE = {
@@ -23,8 +23,19 @@ RULE = {
 
 def test_preview_counts_members_and_reachable_ones_on_the_snapshot(served: dict[str, Any]) -> None:
     profiles = served["lake"].read_polars(PROFILES)
-    match = profiles.filter((pl.col("churn_risk") >= 0.3) & pl.col("value_segment").is_not_null())
+    # A rule decides only on values the person consented to: churn_risk is a profiling attribute.
+    match = profiles.filter(
+        (pl.col("churn_risk") >= 0.3)
+        & may_use(served, "churn_risk")
+        & pl.col("value_segment").is_not_null()
+        & may_use(served, "value_segment")
+    )
     reachable = match.filter(pl.col("consent_marketing_granted").fill_null(False))
+    # The operator has people the rule would match on values they did not consent to.
+    unguarded = profiles.filter(
+        (pl.col("churn_risk") >= 0.3) & pl.col("value_segment").is_not_null()
+    )
+    assert match.height < unguarded.height
     r = call(
         served, "POST", "/v1/segments/preview", "marketing", {"purpose": "marketing", "rule": RULE}
     )

@@ -21,6 +21,9 @@ POLICY = load_settings(PROJECT_ROOT / "conf", env={}).policy
 SCHEMA = profile_schema(POLICY)
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
+# Everyone here may be profiled and has a line, so every attribute below may decide membership
+# (what consent changes is tested in tests/unit/test_consent_rules.py).
+CONTRACT_AND_PROFILING = {"consent_service_granted": True, "consent_profiling_granted": True}
 PEOPLE: list[dict[str, Any]] = [
     {
         "person_id": "P1",
@@ -31,6 +34,7 @@ PEOPLE: list[dict[str, Any]] = [
         "last_interaction_ts": NOW - timedelta(days=30),
         "account_type": "family",
         "consent_marketing_granted": True,
+        **CONTRACT_AND_PROFILING,
     },
     {
         "person_id": "P2",
@@ -41,6 +45,7 @@ PEOPLE: list[dict[str, Any]] = [
         "last_interaction_ts": NOW - timedelta(days=2),
         "account_type": "individual",
         "consent_marketing_granted": False,
+        **CONTRACT_AND_PROFILING,
     },
     {
         "person_id": "P3",
@@ -51,6 +56,7 @@ PEOPLE: list[dict[str, Any]] = [
         "last_interaction_ts": None,
         "account_type": "corporate",
         "consent_marketing_granted": True,
+        **CONTRACT_AND_PROFILING,
     },
     {
         "person_id": "P4",
@@ -61,6 +67,7 @@ PEOPLE: list[dict[str, Any]] = [
         "last_interaction_ts": NOW - timedelta(days=10),
         "account_type": "individual",
         "consent_marketing_granted": None,
+        **CONTRACT_AND_PROFILING,
     },
 ]
 
@@ -183,10 +190,10 @@ def test_deep_nesting_is_bounded() -> None:
 
 def test_preview_counts_members_and_those_reachable_for_the_purpose(db: Any) -> None:
     rule = COMPILER.compile({"attr": "churn_risk", "op": ">=", "value": 0.5}, NOW)
-    p = preview(db, rule, "marketing", POLICY)
+    p = preview(db, rule, "marketing", POLICY, COMPILER)
     assert (p.members, p.consented, p.sample) == (3, 2, ["P1", "P3"])  # P4: consent unknown
     # the chart's figures cover the reachable members only: P1 (0.9, gold), P3 (0.75, bronze)
     assert p.churn_risk == [0, 0, 0, 0, 0, 0, 0, 1, 0, 1]
     assert p.value_segment == {"bronze": 1, "gold": 1}
     with pytest.raises(RuleError, match="unknown purpose"):
-        preview(db, rule, "spam", POLICY)
+        preview(db, rule, "spam", POLICY, COMPILER)
