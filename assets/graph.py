@@ -3,9 +3,10 @@ Expectations suites as asset checks.
 
 Stages run as they do in `cdp run`: ingestion is one bounded (availableNow) streaming run per
 source on the same checkpoints as `cdp stream`, under the same per-stage locks (a second run of
-a stage fails with a message naming the holder). Silver checks are blocking: when one fails,
-identity and profiles are not materialised in that run, so gold and the serving snapshot stay on
-the last good version.
+a stage fails with a message naming the holder). Identity and profiles pass the same promotion
+gate as `cdp run` (expectations.gate): a source whose silver rows or quarantine rate break a
+blocking expectation is held there, alone, while the other sources reach gold; the silver
+checks show which expectation failed.
 """
 
 from collections.abc import Callable, Iterator
@@ -61,6 +62,20 @@ def _expectation_specs(tables: list[str]) -> list[dg.AssetCheckSpec]:
 
 def _busy(exc: StageBusyError) -> dg.Failure:
     return dg.Failure(description=f"{exc}", metadata={"reason": "stage busy"})
+
+
+def _gate(rt: Runtime, context: AssetExecutionContext) -> dict[str, int]:
+    """The promotion gate's silver versions for this step; a held source is logged and its
+    steward alerted."""
+    from expectations.gate import promotion_gate
+    from pipelines.status import Alerts
+
+    gate = promotion_gate(rt.quality())
+    if not gate.passed:
+        context.log.warning(gate.summary())
+    for alert in Alerts(rt.settings.database_url).raise_new(rt.lake, rt.settings):
+        context.log.warning(f"alert for {alert['steward']}: {alert['detail']['message']}")
+    return gate.until
 
 
 def _under_identity_lock(rt: Runtime, work: Callable[[], T]) -> T:
@@ -153,7 +168,9 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
     checks = [
         *(dg.AssetCheckSpec("expectations", asset=key_of(f"bronze.{s}")) for s in sources),
         *(
-            dg.AssetCheckSpec("expectations", asset=key_of(silver[s]), blocking=True)
+            # Not blocking here: the promotion gate holds a failing source alone, in identity
+            # and gold, rather than stopping every source's promotion.
+            dg.AssetCheckSpec("expectations", asset=key_of(silver[s]))
             for s in sources
         ),
         *_expectation_specs([QUARANTINE, DRIFT]),
@@ -230,7 +247,9 @@ def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="identity", specs=specs, check_specs=checks, can_subset=False)
     def identity(context: AssetExecutionContext) -> Iterator[Any]:
-        r = _under_identity_lock(rt, lambda: refresh_identity(rt.spark(), rt.lake, settings))
+        r = _under_identity_lock(
+            rt, lambda: refresh_identity(rt.spark(), rt.lake, settings, _gate(rt, context))
+        )
         context.log.info(
             f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.persons:,} persons, "
             f"{r.merges} merges, {r.splits} splits"
@@ -282,7 +301,9 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="gold", specs=specs, check_specs=checks, can_subset=False)
     def gold(context: AssetExecutionContext) -> Iterator[Any]:
-        g = _under_identity_lock(rt, lambda: refresh_gold(rt.lake, settings))
+        g = _under_identity_lock(
+            rt, lambda: refresh_gold(rt.lake, settings, until=_gate(rt, context))
+        )
         context.log.info(
             f"profiles ({g.mode}): {g.events:,} events, {g.created:,} created, "
             f"{g.updated:,} updated, {g.removed:,} removed; outbox {g.outbox:,}"

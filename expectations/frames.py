@@ -49,6 +49,12 @@ def releases(settings: Settings) -> dict[str, dict[str, object]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def released_version(settings: Settings, table: str) -> int | None:
+    """The version of `table` a steward last released past the gate, if any."""
+    version = releases(settings).get(table, {}).get("version")
+    return version if isinstance(version, int) else None
+
+
 def release(lake: Lake, settings: Settings, table: str) -> int:
     """Let the rows of `table` waiting now pass the gate (after the steward reviewed them);
     for the source-health check, the quarantine counted so far. Returns the released version."""
@@ -77,8 +83,8 @@ def pending_silver(
         done, target = span
         if until and table in until:
             target = min(target, until[table])
-        released = releases(settings).get(table, {}).get("version")
-        if isinstance(released, int) and (done is None or released > done):
+        released = released_version(settings, table)
+        if released is not None and (done is None or released > done):
             done = min(released, target)
         files = lake.added_files(table, done, target)
     if not files:

@@ -42,6 +42,7 @@ class Failure:
     unexpected: int
     rows: int
     examples: list[Any]
+    subjects: list[str] = field(default_factory=list)  # the suite's row keys that failed
 
     def __str__(self) -> str:
         shown = ", ".join(repr(x) for x in self.examples)
@@ -85,7 +86,9 @@ def _name(config: Any) -> str:
     return f"{config.type}({cols})"
 
 
-def outcome_of(table: str, rows: int, result: ExpectationSuiteValidationResult) -> Outcome:
+def outcome_of(
+    table: str, rows: int, result: ExpectationSuiteValidationResult, row_key: str | None = None
+) -> Outcome:
     out = Outcome(table, rows, evaluated=len(result.results))
     for r in result.results:
         if r.success:
@@ -104,6 +107,15 @@ def outcome_of(table: str, rows: int, result: ExpectationSuiteValidationResult) 
                 unexpected=int(res.get("unexpected_count") or (rows if error else 0)),
                 rows=rows,
                 examples=list(res.get("partial_unexpected_list") or [])[:EXAMPLES],
+                subjects=sorted(
+                    {
+                        str(i[row_key])
+                        for i in res.get("partial_unexpected_index_list") or []
+                        if isinstance(i, dict) and row_key in i
+                    }
+                )
+                if row_key
+                else [],
             )
         )
     return out
@@ -157,9 +169,19 @@ class Quality:
                 name=suite.table,
                 validation_definitions=[definition],
                 actions=[UpdateDataDocsAction(name="data_docs")],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES},
+                result_format=self._result_format(suite),
             )
         )
+
+    def _result_format(self, suite: Suite) -> dict[str, Any]:
+        if suite.row_key is None:
+            return {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES}
+        # Every failing row's key is wanted (one row per source), not just a few examples.
+        return {
+            "result_format": "SUMMARY",
+            "partial_unexpected_count": max(EXAMPLES, len(self.settings.sources)),
+            "unexpected_index_column_names": [suite.row_key],
+        }
 
     def validate_frame(self, suite: Suite, frame: pd.DataFrame) -> Outcome:
         """Run `suite` on `frame` (stored as a validation result in the data docs)."""
@@ -167,7 +189,7 @@ class Quality:
             return Outcome(suite.table, 0, skipped="no rows to validate")
         run = self._checkpoint(suite).run(batch_parameters={"dataframe": frame})
         (result,) = run.run_results.values()
-        return outcome_of(suite.table, len(frame), result)
+        return outcome_of(suite.table, len(frame), result, suite.row_key)
 
     def validate(self, table: str, until: dict[str, int] | None = None) -> Outcome:
         """Run `table`'s suite on the rows it covers now (see `expectations.frames`; silver

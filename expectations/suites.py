@@ -36,10 +36,13 @@ class Suite:
     table: str
     expectations: list[Expectation]
     description: str
+    # A column naming each row's subject (the source of a source-health row): a failure then
+    # says which subjects broke it, so the gate holds only those.
+    row_key: str | None = None
 
     @property
     def columns(self) -> list[str]:
-        cols: list[str] = []
+        cols: list[str] = [self.row_key] if self.row_key else []
         for e in self.expectations:
             for attr in ("column", "column_A", "column_B"):
                 c = getattr(e, attr, None)
@@ -155,6 +158,7 @@ def source_health_suite() -> Suite:
             )
         ],
         "Quarantine rate per source over the last day, against conf/sla.yaml",
+        row_key="source",
     )
 
 

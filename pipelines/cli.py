@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -147,8 +146,14 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
     except (JavaMissingError, ReferenceFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    downstream = Downstream(settings, lake)
     ingestion = Ingestion(
-        spark, settings, lake, on_event=console.print, downstream=_downstream_step(settings, lake)
+        spark,
+        settings,
+        lake,
+        on_event=console.print,
+        downstream=downstream,
+        wake=downstream.released,
     )
     stop = threading.Event()
     if not available_now:
@@ -179,34 +184,47 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         console.print("stopped; every committed micro-batch is kept, the next run resumes")
 
 
-def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession], None]:
-    """After each silver micro-batch: the quality gate on the rows waiting for promotion, then
-    identity and gold unless a blocking expectation failed; reports what changed."""
-    from expectations.gate import promotion_gate
-    from expectations.runner import Quality
-    from pipelines.gold.stage import refresh_gold
-    from pipelines.identity.stage import refresh_identity
-    from pipelines.status import Alerts
+class Downstream:
+    """After each silver micro-batch (and when a steward releases a held source): the quality
+    gate on the rows waiting for promotion, then identity and gold for every source the gate
+    does not hold; reports what changed."""
 
-    quality: list[Quality] = []  # built on first use (Great Expectations takes seconds to load)
-    alerts = Alerts(settings.database_url)
+    def __init__(self, settings: Settings, lake: Lake) -> None:
+        from pipelines.status import Alerts
 
-    def step(spark: SparkSession) -> None:
-        for alert in alerts.raise_new(lake, settings):
+        self.settings = settings
+        self.lake = lake
+        self.alerts = Alerts(settings.database_url)
+        self._quality: object | None = None  # built on first use (GX takes seconds to load)
+        self._releases: dict[str, dict[str, object]] | None = None
+
+    def released(self) -> bool:
+        """A steward released a table since the last step: run again now, not on a new batch."""
+        from expectations.frames import releases
+
+        return self._releases is not None and releases(self.settings) != self._releases
+
+    def __call__(self, spark: SparkSession) -> None:
+        from expectations.frames import releases
+        from expectations.gate import promotion_gate
+        from expectations.runner import Quality
+        from pipelines.gold.stage import refresh_gold
+        from pipelines.identity.stage import refresh_identity
+
+        settings, lake = self.settings, self.lake
+        if self._quality is None:
+            self._quality = Quality(settings, lake)
+        assert isinstance(self._quality, Quality)
+        self._releases = releases(settings)
+        gate = promotion_gate(self._quality)
+        for alert in self.alerts.raise_new(lake, settings):
             console.print(
                 f"[yellow]alert for {alert['steward']}:[/yellow] {alert['detail']['message']}"
             )
-        if not quality:
-            quality.append(Quality(settings, lake))
-        gate = promotion_gate(quality[0])
         if gate.passed and gate.silver_rows:
             console.print(gate.summary())
         if not gate.passed:
             console.print(f"[red]{gate.summary()}[/red]")
-            console.print(
-                "fix the source, or review the rows and release them: cdp quality release <table>"
-            )
-            return
         r = refresh_identity(spark, lake, settings, gate.until)
         if r.evidence_rows:
             refused = ", ".join(f"{k} {v}" for k, v in sorted(r.refused_by_reason.items()))
@@ -225,8 +243,6 @@ def _downstream_step(settings: Settings, lake: Lake) -> Callable[[SparkSession],
                 f"updated, {g.removed:,} removed; outbox {g.outbox:,}"
                 f"{f' ({events})' if events else ''} in {g.seconds:.1f} s"
             )
-
-    return step
 
 
 @identity_app.command("explain")
@@ -454,18 +470,30 @@ def quality_release(
     table: Annotated[str, typer.Argument(help="A silver table, e.g. silver.network.")],
     conf: ConfOpt = None,
 ) -> None:
-    """Let the rows of TABLE waiting now pass the gate (after review): they reach gold on the
-    next run."""
+    """Let the rows of TABLE waiting now pass the gate (after review). It takes effect at once:
+    a running `cdp stream` promotes them within a second; otherwise this command does."""
     from expectations.frames import release
+    from pipelines.ingest import StageBusyError, stage_lock
     from pipelines.lake import Lake
+    from pipelines.spark import spark_session
 
     settings = _settings(conf)
+    lake = Lake(settings.paths.lake_root)
     try:
-        version = release(Lake(settings.paths.lake_root), settings, table)
+        version = release(lake, settings, table)
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"{table}: rows up to version {version} released past the quality gate")
+    try:
+        with stage_lock(settings.paths.checkpoint_root, "identity"):
+            spark = spark_session(settings.engine, app_name="cdp-release")
+            try:
+                Downstream(settings, lake)(spark)
+            finally:
+                spark.stop()
+    except StageBusyError:
+        console.print("the running pipeline promotes them now (it watches for releases)")
 
 
 @contracts_app.command("status")

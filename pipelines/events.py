@@ -58,6 +58,7 @@ EVENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "consent.changed": (None, ("purpose", "granted", "source")),
     "ops.schema_drift": ("ops", ("source", "steward")),
     "ops.quarantine_rate": ("ops", ("source", "steward")),
+    "ops.gate_held": ("ops", ("source", "steward")),
 }
 
 metadata = MetaData()

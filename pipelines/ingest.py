@@ -138,11 +138,14 @@ class Ingestion:
         lake: Lake | None = None,
         on_event: Callable[[str], None] | None = None,
         downstream: Callable[[SparkSession], None] | None = None,
+        wake: Callable[[], bool] | None = None,
     ) -> None:
         """`downstream` runs after every micro-batch's silver commit and once after a run (the
-        identity refresh), one call at a time."""
+        identity refresh), one call at a time; a continuous run also runs it between batches
+        whenever `wake` says so (a steward released a held source)."""
         self.spark = spark
         self.downstream = downstream
+        self.wake = wake
         self._downstream_lock = threading.Lock()
         self.settings = settings
         self.lake = lake or Lake(settings.paths.lake_root)
@@ -278,6 +281,8 @@ class Ingestion:
                 else:
                     stop = stop or threading.Event()
                     while not stop.is_set() and all(q.isActive for q in queries):
+                        if self.wake is not None and self.wake():
+                            self._run_downstream()
                         stop.wait(0.5)
             finally:
                 # A batch cut short here is replayed on the next start: appends are idempotent.

@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -35,11 +36,54 @@ alerts_table = Table(
     Column("alert_id", String(40), primary_key=True),
     Column("raised_at", DateTime(timezone=True), nullable=False, index=True),
     Column("source", String(40), nullable=False, index=True),
-    Column("kind", String(40), nullable=False),  # schema_drift | quarantine_rate
+    Column("kind", String(40), nullable=False),  # schema_drift | quarantine_rate | gate_held
     Column("subject", String(200), nullable=False),  # the field, or the day of the breach
     Column("steward", String(200), nullable=False),  # email the alert is addressed to
     Column("detail", JSON, nullable=False),
 )
+
+
+@dataclass(frozen=True)
+class GateHold:
+    """Why the promotion gate holds a source, and the silver version gold may read of it."""
+
+    failures: list[str]
+    until: int
+
+
+def _gate_file(settings: Settings) -> Path:
+    return settings.paths.lake_root.parent / "quality" / "gate.json"
+
+
+def gate_state(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per source, as the last gate left it: held or not, since when, why."""
+    path = _gate_file(settings)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_gate(settings: Settings, held: dict[str, GateHold], now: datetime) -> None:
+    """Write the gate's verdict per source; a hold keeps the time it started while it lasts."""
+    before = gate_state(settings)
+    state: dict[str, dict[str, Any]] = {}
+    for s in settings.sources:
+        hold = held.get(s)
+        if hold is None:
+            state[s] = {"held": False, "since": None, "failures": [], "until": None}
+            continue
+        since = before.get(s, {}).get("since") if before.get(s, {}).get("held") else None
+        state[s] = {
+            "held": True,
+            "since": since or now.isoformat(),
+            "failures": hold.failures,
+            "until": hold.until,
+        }
+    if state == before:
+        return
+    path = _gate_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)  # readers (contract status, the API) never see half a file
 
 
 @dataclass
@@ -65,6 +109,9 @@ class ContractStatus:
     max_quarantine_rate: float
     versions_seen_last_day: dict[str, int]  # schema version -> valid rows
     drift: list[DriftField] = field(default_factory=list)
+    held: bool = False  # the promotion gate holds this source's rows back from gold
+    held_since: str | None = None
+    held_because: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,9 +138,11 @@ def contract_status(
         if lake.exists(DRIFT)
         else pl.DataFrame(schema={"source": pl.String, "field": pl.String})
     )
+    gate = gate_state(settings)
     out = []
     for s in settings.sources:
         contract = settings.contract(s)
+        hold = gate.get(s, {})
         valid = _last_day(lake, silver_table(contract), "_ingest_ts", since, ["schema_version"])
         q = quarantine.filter(pl.col("source") == s)
         by_reason = dict(q.group_by("reason_code").len().sort("reason_code").iter_rows())
@@ -127,6 +176,9 @@ def contract_status(
                 max_quarantine_rate=settings.sla.max_quarantine_rate(s),
                 versions_seen_last_day={str(k): v for k, v in seen.items()},
                 drift=fields,
+                held=bool(hold.get("held")),
+                held_since=hold.get("since"),
+                held_because=list(hold.get("failures") or []),
             )
         )
     return out
@@ -279,6 +331,21 @@ class Alerts:
                             "by_reason": c.quarantined_last_day,
                             "message": f"{c.source} quarantined {c.quarantine_rate:.1%} of its "
                             f"lines in the last day (SLA {c.max_quarantine_rate:.1%})",
+                        },
+                    )
+                )
+            if c.held and c.held_since:
+                candidates.append(
+                    (
+                        c,
+                        "gate_held",
+                        c.held_since,
+                        {
+                            "since": c.held_since,
+                            "failures": c.held_because,
+                            "message": f"{c.source} is held at the quality gate: its new rows "
+                            "do not reach gold (the other sources go on). Fix the source, or "
+                            f"review and release them: cdp quality release silver.{c.source}",
                         },
                     )
                 )

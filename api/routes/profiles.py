@@ -16,7 +16,7 @@ from api.models import ErrorPublic, MergedPublic, ProfilePublic
 from api.render import RenderedProfiles
 from api.snapshot import Snapshot
 from pipelines.audit import AuditRecord
-from pipelines.config import Settings
+from pipelines.config import PolicyCfg, Settings
 from pipelines.gold.profile import PROFILES
 from pipelines.gold.stage import person_at, profiles_version_at
 from pipelines.identity.explain import normalise_value
@@ -100,7 +100,10 @@ def lookup_as_of(
     ts: Annotated[datetime, Query(description="ISO-8601 time with an offset")],
     request: Request,
     who: ChannelDep,
+    snap: SnapshotDep,
 ) -> Response:
+    """The values as they were at `ts`, served only where consent for their purpose was in
+    force then *and* is now: a withdrawal also ends the use of what was held before it."""
     if ts.tzinfo is None:
         raise HTTPException(422, "ts: give a time zone, e.g. 2026-10-05T12:00:00Z")
     value = valid(request.app.state.settings, id_type, id_value)
@@ -112,9 +115,35 @@ def lookup_as_of(
     frame = lake.read_polars(PROFILES, where=pl.col("person_id") == person, version=version)
     if not frame.height:
         raise HTTPException(404, f"no profile held {id_type} {id_value} at {ts.isoformat()}")
-    rendered = RenderedProfiles(frame, request.app.state.settings.policy, version)
+    policy = request.app.state.settings.policy
+    frame = frame.with_columns(in_force_now(snap, person, policy, frame))
+    rendered = RenderedProfiles(frame, policy, version)
     body = projected(request.app.state, who, rendered, 0, "lookup_as_of")
     return Response(body, media_type="application/json")
+
+
+def in_force_now(
+    snap: Snapshot, person: str, policy: PolicyCfg, frame: pl.DataFrame
+) -> list[pl.Expr]:
+    """Each purpose's `consent_<p>_granted` of an old profile row, kept only where the person
+    (or the person they were merged into) has it in force in the current snapshot too."""
+    current = person if person in snap.row_of else snap.surviving(person)
+    columns = [f"consent_{p}_granted" for p in policy.purposes]
+    columns = [c for c in columns if c in frame.columns]
+    now: tuple[object, ...] | None = None
+    if current is not None and columns:
+        now = (
+            snap.db.cursor()
+            .execute(
+                f"SELECT {', '.join(columns)} FROM profiles WHERE person_id = ?",  # policy names
+                [current],
+            )
+            .fetchone()
+        )
+    return [
+        (pl.col(c).fill_null(False) & pl.lit(bool(now and now[i] is True))).alias(c)
+        for i, c in enumerate(columns)
+    ]
 
 
 def current_row(snap: Snapshot, id_type: str, value: str) -> int | None:

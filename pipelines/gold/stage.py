@@ -203,6 +203,8 @@ def _ranges(
         assert current is not None
         if until and t in until:
             current = min(current, until[t])
+        if current < 0:  # held by the quality gate before its first promotion
+            continue
         ranges[s] = (done, max(ahead) if ahead else current)
     return ranges
 

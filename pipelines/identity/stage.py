@@ -114,8 +114,9 @@ def collect_evidence(
             version = min(version, until[silver])
         app = f"{EVIDENCE}<-{silver}"
         since = lake.committed(EVIDENCE, app)
-        # Most refreshes follow a batch of another source: skip unchanged tables before Spark.
-        if version is None or (since is not None and version <= since):
+        # Most refreshes follow a batch of another source: skip unchanged tables before Spark
+        # (and a source the gate holds before its first promotion: `until` is then -1).
+        if version is None or version < 0 or (since is not None and version <= since):
             continue
         changes = lake.changes(spark, silver, since, version)
         frames[source] = changes.frame

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
 import pytest
@@ -158,6 +159,40 @@ def test_as_of_returns_the_profile_as_it_was_and_the_audit_says_who_saw_it(serve
     record = next(r for r in audit.json() if r["kind"] == "lookup_as_of")
     assert "person_id" in record["served"] and record["purposes"].keys() == {"service", "profiling"}
     assert _get(served, f"/v1/audit?person={row['person_id']}", "mobile_app").status_code == 403
+
+
+def test_as_of_serves_nothing_of_a_purpose_whose_consent_was_withdrawn_since(served: Any) -> None:
+    """An old version held profiling consent; it is withdrawn now: the channel no longer gets
+    the profiling values of then either (a withdrawal ends their use, not just new ones)."""
+    lake = served["lake"]
+    current = lake.read_polars(PROFILES)
+    row = current.filter(
+        pl.col("consent_profiling_granted").fill_null(False) & pl.col("churn_risk").is_not_null()
+    ).to_dicts()[0]
+    before = datetime.now(UTC)
+    time.sleep(0.01)
+    path = f"/v1/profiles/person_id/{row['person_id']}/as-of"
+    then = _get(served, f"{path}?ts={quote(before.isoformat())}", "contact_centre")
+    assert then.status_code == 200 and "churn_risk" in then.json()["attributes"], then.text
+    withdrawn = {
+        **row,
+        "consent_profiling_granted": False,
+        "profile_version": row["profile_version"] + 1,
+    }
+    new_version(lake, withdrawn)
+    version = lake.version(PROFILES)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        health = served["client"].get("/readyz").json()
+        if health.get("snapshot_version") == version:
+            break
+        time.sleep(0.1)
+    later = _get(served, f"{path}?ts={quote(before.isoformat())}", "contact_centre")
+    assert later.status_code == 200, later.text
+    assert later.json()["profile_version"] == row["profile_version"]  # the old version
+    assert "churn_risk" not in later.json()["attributes"]
+    assert any(w["attribute"] == "churn_risk" for w in later.json()["withheld"])
+    assert "open_cases" in later.json()["attributes"]  # service: contract still holds
 
 
 def test_metrics_count_requests_per_route_and_show_the_snapshot(served: Any) -> None:

@@ -1,10 +1,14 @@
 """The Dagster code location: it loads and resolves; the whole graph materialises on a fresh lake
-with every check passing; a batch breaking a blocking expectation leaves gold and the serving
-snapshot where they were and names the failure."""
+with every check passing; a source breaking a blocking expectation is held alone (named, its
+steward alerted) until it is released."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ import pytest
 from assets.definitions import EVERYTHING, INGEST, RECOMPUTE, REFERENCE, build_definitions
 from assets.runtime import key_of
 from pipelines.gold.profile import PROFILES
-from pipelines.identity.stage import MAP
+from pipelines.gold.stage import OUTBOX
 from pipelines.lake import Lake
 from pipelines.synthetic import generate
 from tests.conftest import settings_for
@@ -136,15 +140,19 @@ def test_a_busy_stage_fails_the_run_with_a_clear_message(small: dict[str, Any]) 
     assert "stage ingest.network is already running in another process" in message
 
 
-def test_a_blocking_failure_keeps_gold_and_the_snapshot_and_names_the_expectation(
+def test_a_broken_source_is_held_alone_and_its_release_takes_effect_at_once(
     small: dict[str, Any],
 ) -> None:
-    from api.snapshot import load_snapshot
+    """The network feed breaks a blocking expectation while billing sends a good payment: the
+    payment reaches gold, network's rows wait in silver, its steward is alerted and contract
+    status says why; `cdp quality release` promotes them at once, without a new batch."""
+    import polars as pl
+
+    from pipelines.gold.stage import silver_ranges
+    from pipelines.status import Alerts, contract_status
 
     settings = small["settings"]
     lake = Lake(settings.paths.lake_root)
-    before = {t: lake.version(t) for t in (PROFILES, MAP)}
-    snapshot_before = load_snapshot(lake, settings.policy).version
 
     # the network feed sends negative byte counts for half its data sessions
     folder: Path = settings.paths.landing_root / "network"
@@ -162,21 +170,64 @@ def test_a_blocking_failure_keeps_gold_and_the_snapshot_and_names_the_expectatio
             event["bytes_down"] = -abs(int(event["bytes_down"])) - 1
         lines.append(json.dumps(event))
     (folder / "network-broken.jsonl").write_text("\n".join(lines) + "\n")
+    # ... while billing sends a good payment for a one-line person
+    profile = (
+        lake.read_polars(PROFILES)
+        .filter(pl.col("msisdns").list.len() == 1)
+        .sort("person_id")
+        .to_dicts()[0]
+    )
+    newest = lake.read_polars("silver.billing").select(pl.col("event_ts").max()).item()
+    payment = {
+        "event_id": "bil-held-test-1",
+        "source": "billing",
+        "event_type": "payment",
+        "event_ts": (newest + timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
+        "schema_version": 1,
+        "msisdn": profile["primary_msisdn"],
+        "account_id": profile["account_id"],
+        "amount": "1000.00",
+        "currency": "UZS",
+        "balance_after": "12345.67",
+    }
+    billing = settings.paths.landing_root / "billing" / "billing-payment.jsonl"
+    billing.write_text(json.dumps(payment) + "\n")
 
     result = (
         small["defs"]
-        .resolve_job_def(INGEST)
+        .resolve_job_def(EVERYTHING)
         .execute_in_process(instance=small["instance"], raise_on_error=False)
     )
     check = _checks(result)["silver/network:expectations"]
     assert not check.passed
     assert "expect_column_values_to_be_between(bytes_down)" in (check.description or "")
     assert "100 of 200 rows" in (check.description or "")
-    done = {"/".join(e.asset_key.path) for e in result.get_asset_materialization_events()}
-    assert "silver/network" in done
-    assert "gold/identity_map" not in done and "gold/profiles" not in done
-    assert {t: lake.version(t) for t in (PROFILES, MAP)} == before
-    assert load_snapshot(lake, settings.policy).version == snapshot_before
+    after = lake.read_polars(PROFILES).filter(pl.col("person_id") == profile["person_id"])
+    assert str(after["balance_total"][0]) == "12345.67"  # billing went on to gold
+    done, current = silver_ranges(lake, settings)["network"]
+    assert done is not None and done < current  # network waits in silver
+    status = {c.source: c for c in contract_status(lake, settings)}
+    assert status["network"].held and not status["billing"].held
+    assert any("bytes_down" in why for why in status["network"].held_because)
+    alerts = Alerts(settings.database_url).list("network")
+    assert [a["kind"] for a in alerts if a["kind"] == "gate_held"] == ["gate_held"]
+    assert "cdp quality release silver.network" in next(
+        a["detail"]["message"] for a in alerts if a["kind"] == "gate_held"
+    )
+    outbox = lake.read_polars(OUTBOX, ["event_type"])
+    assert "ops.gate_held" in outbox["event_type"].to_list()
+
+    released = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "quality", "release", "silver.network"],
+        env={**os.environ, "CDP_DATA_ROOT": str(settings.data_root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert released.returncode == 0, released.stdout + released.stderr
+    done, current = silver_ranges(lake, settings)["network"]
+    assert done == current  # promoted by the release itself, no new batch needed
+    assert not {c.source: c for c in contract_status(lake, settings)}["network"].held
 
 
 def test_rows_committed_while_the_gate_runs_wait_for_the_next_gate(small: dict[str, Any]) -> None:
