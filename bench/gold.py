@@ -159,7 +159,8 @@ def daily_usage(rng: np.random.Generator, nodes: pl.DataFrame, today: date) -> p
                 )
             )
     daily = pl.concat(frames).with_columns(
-        (pl.col("payment_amount").cast(pl.Decimal(18, 2)) / 100).cast(pl.Decimal(18, 2))
+        (pl.col("payment_amount").cast(pl.Decimal(18, 2)) / 100).cast(pl.Decimal(18, 2)),
+        pl.lit(None, pl.Datetime("us", "UTC")).alias("tenure"),  # one owner per line here
     )
     return daily.sort("day", "id_type", "id_value")
 

@@ -3,9 +3,11 @@
 Runs landing -> bronze -> silver -> identity (micro-batch by micro-batch, as `cdp run` does), then
 scores `gold.identity_map`: pairwise and B-cubed precision and recall of identifier-to-person
 assignment, family/corporate accounts collapsed into one person, recycled numbers whose owners
-were merged. Baseline in the same run: plain connected components of the same merge evidence
-(no tenures, no guardrails, no blocked values), which is what a deterministic merge without those
-rules gives. Prints one JSON line.
+were merged, numbers with two open tenures, and one row per identity situation the generator
+made (precision and recall over the pairs touching the persons in it). Baseline in the same
+run: plain connected components of the same merge evidence (no tenures, no guardrails, no
+blocked values), which is what a deterministic merge without those rules gives. Prints one JSON
+line.
 Run: .venv/bin/python bench/identity_quality.py   (no arguments; a few minutes on 2 cores)
 """
 
@@ -17,12 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.config import PROJECT_ROOT, IdentityCfg, JunkCfg, load_settings  # noqa: E402
 from pipelines.identity.evidence import EVIDENCE  # noqa: E402
 from pipelines.identity.quality import (  # noqa: E402
     assignment,
+    by_situation,
     evaluate,
     seen_values,
     truth_identifiers,
@@ -59,8 +64,23 @@ def main() -> None:
     run_s = time.perf_counter() - started
     evidence = lake.read_arrow(EVIDENCE)
     seen = seen_values(evidence)
-    ours = evaluate(assignment(lake.read_arrow(MAP)), settings.paths.truth_root, seen)
+    identity_map = lake.read_arrow(MAP)
+    ours = evaluate(assignment(identity_map), settings.paths.truth_root, seen)
     step(f"ours: {ours}")
+    situations = by_situation(assignment(identity_map), settings.paths.truth_root, seen)
+    step(f"{'situation':<26} {'persons':>7} {'ids':>6} {'precision':>9} {'recall':>7}")
+    for q in situations:
+        step(
+            f"{q.situation:<26} {q.persons:>7} {q.identifiers:>6} {q.precision:>9.4f} "
+            f"{q.recall:>7.4f}"
+        )
+    open_now = identity_map.filter(
+        pc.and_(
+            pc.equal(identity_map.column("id_type"), "msisdn"), pc.is_null(identity_map["valid_to"])
+        )
+    )
+    per_number = open_now.group_by("id_value").aggregate([([], "count_all")])
+    two_open = pc.sum(pc.greater(per_number.column("count_all"), 1)).as_py() or 0
 
     # Baseline: one person per connected component of all merge evidence.
     naive = IdentityCfg(country=settings.identity.country, blocked=JunkCfg())
@@ -91,6 +111,15 @@ def main() -> None:
                 "shared_accounts": ours.shared_accounts,
                 "recycled_numbers": ours.recycled_numbers,
                 "recycled_merged": ours.recycled_merged,
+                "numbers_with_two_open_tenures": two_open,
+                "situations": {
+                    q.situation: {
+                        "persons": q.persons,
+                        "pairwise_precision": round(q.precision, 5),
+                        "pairwise_recall": round(q.recall, 5),
+                    }
+                    for q in situations
+                },
                 "baseline_pairwise_precision": round(baseline.pairwise_precision, 5),
                 "baseline_pairwise_recall": round(baseline.pairwise_recall, 5),
                 "baseline_collapsed_accounts": baseline.collapsed_accounts,

@@ -282,9 +282,25 @@ class GuardrailCfg(Model):
     one_line_per_person_on: list[str] = Field(default_factory=lambda: ["family", "corporate"])
 
 
+class SimSwapGuardCfg(Model):
+    """Within `window_hours` after a SIM swap, a new identifier of a `guarded` type on that
+    number is not merged without a second, independent link (account takeover by SIM swap)."""
+
+    swap_rule: str = "sim_swap"  # the link rule whose evidence marks a swap
+    window_hours: float = Field(72, ge=0)
+    guarded: list[IdentifierType] = ["app_user_id", "email"]
+
+
 class IdentityCfg(Model):
     country: CountryCfg = CountryCfg()
     junk: JunkCfg = JunkCfg()
+    # A value linked to more distinct lines and accounts than this is a placeholder typed on
+    # many contracts (a shop's email, a dummy passport): flagged as junk, it links nothing.
+    max_lines_per_value: dict[IdentifierType, int] = Field(default_factory=dict)
+    # Types that are contacts when the strongest evidence puts one value on several persons (a
+    # household email): a contact of each, never a key that merges them.
+    contacts: list[IdentifierType] = Field(default_factory=list)
+    sim_swap_guard: SimSwapGuardCfg = SimSwapGuardCfg()
     # Event field -> identifier type, for fields whose name is not the type (previous_iccid).
     identifier_fields: dict[str, IdentifierType] = Field(default_factory=dict)
     rules: dict[str, LinkRule] = Field(default_factory=dict)
@@ -316,6 +332,23 @@ class BadRecordShares(Model):
     schema_drift: float = 0.002
 
 
+class SituationShares(Model):
+    """How often the generator makes each identity situation (docs/generator.md); the truth tags
+    every person involved, so identity quality is scored per situation."""
+
+    unreported_deactivation: float = 0.4  # of recycled numbers: billing never sent the end
+    late_deactivation: float = 0.3  # of recycled numbers: the end arrives after the new start
+    port_in: float = 0.6  # of ported-out numbers: ported in again later by someone else
+    ownership_change: float = 0.01  # lines handed to a new holder or user, no deactivation
+    passport_only_crm: float = 0.1  # individual holders whose CRM record names no line
+    household_email: float = 0.03  # individual holders sharing one email with another holder
+    shop_email: float = 0.01  # holders a shop registered with its own email
+    junk_email: float = 0.05  # app users who type a placeholder email (a@a.a) at login
+    sim_swap_takeover: float = 0.004  # lines whose SIM swap is followed by a stranger's login
+    prepaid_no_kyc: float = 0.1  # prepaid holders with neither passport nor email
+    two_accounts: float = 0.01  # holders with a second individual account (same passport)
+
+
 class GeneratorCfg(Model):
     """Defaults for `cdp generate`; CLI flags override the scale ones."""
 
@@ -334,6 +367,7 @@ class GeneratorCfg(Model):
     port_out_share: float = 0.005
     recycle_quarantine_days: int = 3
     bad_records: BadRecordShares = BadRecordShares()
+    situations: SituationShares = SituationShares()
 
 
 # ---------------------------------------------------------------- gold profile, scores, policy

@@ -56,6 +56,8 @@ EVENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "profile.merged": (None, ("into", "link_rule")),
     "profile.split": (None, ("new_person_id", "link_rule")),
     "consent.changed": (None, ("purpose", "granted", "source")),
+    # A link the SIM-swap guard held back (possible takeover): for channels serving the line.
+    "identity.suspicious_link": ("service", ("link_rule",)),
     "ops.schema_drift": ("ops", ("source", "steward")),
     "ops.quarantine_rate": ("ops", ("source", "steward")),
     "ops.gate_held": ("ops", ("source", "steward")),

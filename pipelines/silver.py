@@ -10,6 +10,7 @@ crash adds nothing twice.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +32,8 @@ from pipelines.lake import Lake
 
 QUARANTINE = "silver.quarantine"
 DRIFT = "silver.schema_drift"
+# Identifier fields rejected alone (a junk email on a good login): the line itself is valid.
+REJECTED = "silver.rejected_fields"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 # Columns silver adds to the contract's fields (lineage back to bronze).
 LINEAGE = ("_ingest_ts", "_file", "_unknown_fields")
@@ -252,31 +255,74 @@ def _field_columns(
     return cols
 
 
+def _junk_message(name: str) -> Column:
+    return F.concat(F.lit(f"{name}: junk identifier "), _shown(F.col(_raw(name))))
+
+
+def _type_message(name: str, spec: FieldSpec) -> Column:
+    expected = TYPE_WORDS.get(spec.type) or f"one of {', '.join(spec.values or [])}"
+    return F.concat(F.lit(f"{name}: expected {expected}, got "), _shown(F.col(_raw(name))))
+
+
 def _field_checks(name: str, spec: FieldSpec, rules: ValidationRules) -> list[Check]:
-    """Checks of one payload field, over the facts `_field_columns` computed."""
-    raw, value = F.col(_raw(name)), F.col(_typed(name))
+    """Checks of one payload field, over the facts `_field_columns` computed. A bad value of an
+    identifier field the event type does not require is not the line's fault: it is rejected
+    alone (`_rejected_fields`) and the line's other fields still count."""
+    value = F.col(_typed(name))
     present, allowed = F.col(f"_present_{name}"), F.col(f"_allowed_{name}")
-    checks = [
-        _check("missing_field", F.col(f"_required_{name}") & ~present, f"missing field {name}")
-    ]
+    required = F.col(f"_required_{name}")
+    checks = [_check("missing_field", required & ~present, f"missing field {name}")]
+    # Identifier fields break the line only where the event type requires them.
+    breaks = required if _id_type(name, spec) else allowed
     if _junk_type(name, spec, rules):
         # Before the type check: "junk identifier" tells the steward more than "not an MSISDN".
-        checks.append(
-            _check(
-                "junk_identifier",
-                allowed & present & F.col(f"_junk_{name}"),
-                F.concat(F.lit(f"{name}: junk identifier "), _shown(raw)),
-            )
-        )
-    expected = TYPE_WORDS.get(spec.type) or f"one of {', '.join(spec.values or [])}"
+        junk = breaks & present & F.col(f"_junk_{name}")
+        checks.append(_check("junk_identifier", junk, _junk_message(name)))
     checks.append(
-        _check(
-            "wrong_type",
-            allowed & present & value.isNull(),
-            F.concat(F.lit(f"{name}: expected {expected}, got "), _shown(raw)),
-        )
+        _check("wrong_type", breaks & present & value.isNull(), _type_message(name, spec))
     )
     return checks
+
+
+def _rejected_field_columns(contract: SourceContract, rules: ValidationRules) -> list[Column]:
+    """`_bad_<field>` per identifier field: its value is junk or not of its type where the event
+    type allows but does not require it (the field is dropped, the line kept)."""
+    cols = []
+    for name, spec in contract.silver_fields().items():
+        if not _id_type(name, spec):
+            continue
+        bad = F.col(_typed(name)).isNull()
+        if _junk_type(name, spec, rules):
+            bad = bad | F.col(f"_junk_{name}")
+        optional = F.col(f"_allowed_{name}") & ~F.col(f"_required_{name}")
+        cols.append((optional & F.col(f"_present_{name}") & bad).alias(f"_bad_{name}"))
+    return cols
+
+
+def _rejected_fields(contract: SourceContract, rules: ValidationRules) -> Column:
+    """The identifier fields of a line rejected alone, each with its reason (null: none)."""
+    parts = []
+    for name, spec in contract.silver_fields().items():
+        if not _id_type(name, spec):
+            continue
+        junk = F.col(f"_junk_{name}") if _junk_type(name, spec, rules) else F.lit(False)
+        code = F.when(junk, F.lit("junk_identifier")).otherwise(F.lit("wrong_type"))
+        message = F.when(junk, _junk_message(name)).otherwise(_type_message(name, spec))
+        parts.append(
+            (
+                F.col(f"_bad_{name}"),
+                F.struct(
+                    F.lit(name).alias("field"), code.alias("reason_code"), message.alias("reason")
+                ),
+            )
+        )
+    if not parts:
+        return F.lit(None).cast("array<struct<field:string,reason_code:string,reason:string>>")
+    any_bad = parts[0][0]
+    for bad, _ in parts[1:]:
+        any_bad = any_bad | bad
+    found = F.filter(F.array(*[F.when(bad, row) for bad, row in parts]), lambda x: x.isNotNull())
+    return F.when(any_bad, found)
 
 
 Stage = list["Column | str"]
@@ -429,7 +475,7 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
         env,
         envelope,
         typed,
-        ["*", first.alias("_first_check")],
+        ["*", first.alias("_first_check"), *_rejected_field_columns(contract, rules)],
         ["*", reason.alias("_reason")],
     ]
 
@@ -440,15 +486,20 @@ def event_id_of(parsed_id: Column, bad_json: Column, raw_line: Column) -> Column
     return F.trim(F.when(bad_json, F.get_json_object(raw_line, "$.event_id")).otherwise(parsed_id))
 
 
-def _shape(contract: SourceContract) -> Stage:
-    """Final columns: typed silver fields, lineage, the reason (null when valid), the line's key
-    and raw line."""
+def _shape(contract: SourceContract, rules: ValidationRules) -> Stage:
+    """Final columns: typed silver fields (a field rejected alone is null), lineage, the reason
+    (null when valid), the fields rejected alone, the line's key and raw line."""
     fields = contract.silver_fields()
     index = _ContractIndex.of(contract)
     pair = F.col("_pair")
+
+    def kept(w: str) -> Column:
+        typed = F.col(_typed(w))
+        return F.when(~F.col(f"_bad_{w}"), typed) if _id_type(w, fields[w]) else typed
+
     payload = [
         F.coalesce(
-            *[F.when(index.allowed(w, pair), F.col(_typed(w))) for w in wires],
+            *[F.when(index.allowed(w, pair), kept(w)) for w in wires],
         )
         .cast(fields[wires[0]].storage_type())
         .alias(column)
@@ -468,6 +519,7 @@ def _shape(contract: SourceContract) -> Stage:
         reason["code"].alias("_reason_code"),
         reason["message"].alias("_reason"),
         F.when(reason["details"] != reason["message"], reason["details"]).alias("_details"),
+        _rejected_fields(contract, rules).alias("_rejected_fields"),
         F.col("batch_id").alias("_batch_id"),
         F.col("line_id").alias("_line_id"),
         "raw_line",
@@ -488,7 +540,7 @@ def _validation_stages(
     if stages is None:
         if len(_STAGES) > 64:
             _STAGES.clear()
-        stages = [*_check_stages(contract, rules, explain), _shape(contract)]
+        stages = [*_check_stages(contract, rules, explain), _shape(contract, rules)]
         _STAGES[key] = stages
     return stages
 
@@ -660,11 +712,12 @@ def silver_columns(contract: SourceContract) -> list[str]:
 
 @dataclass(frozen=True)
 class SplitBatch:
-    """A validated batch routed to its three tables."""
+    """A validated batch routed to its four tables."""
 
     silver: pa.Table
     quarantine: pa.Table
     drift: pa.Table
+    rejected: pa.Table  # identifier fields of silver lines rejected alone
 
 
 def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: int) -> SplitBatch:
@@ -688,7 +741,32 @@ def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: i
         contract,
         bronze_version,
     )
-    return SplitBatch(good, quarantine, _drift(batch, contract, bronze_version))
+    kept = batch.filter(pc.invert(rejected))
+    return SplitBatch(
+        good,
+        quarantine,
+        _drift(batch, contract, bronze_version),
+        _rejected(kept, contract, bronze_version),
+    )
+
+
+def _rejected(kept: pa.Table, contract: SourceContract, bronze_version: int) -> pa.Table:
+    """One row per identifier field rejected alone on a line that reached silver."""
+    rows = kept.filter(pc.is_valid(kept.column("_rejected_fields")))
+    fields = pc.list_flatten(rows.column("_rejected_fields"))
+    parent = pc.list_parent_indices(rows.column("_rejected_fields"))
+    return _stamped(
+        {
+            "event_id": pc.take(rows.column("event_id"), parent),
+            "event_type": pc.take(rows.column("event_type"), parent),
+            "field": pc.struct_field(fields, "field"),
+            "reason_code": pc.struct_field(fields, "reason_code"),
+            "reason": pc.struct_field(fields, "reason"),
+            "ingest_ts": pc.take(rows.column("_ingest_ts"), parent),
+        },
+        contract,
+        bronze_version,
+    )
 
 
 def _drift(batch: pa.Table, contract: SourceContract, bronze_version: int) -> pa.Table:
@@ -753,6 +831,7 @@ class SilverResult:
     valid: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     drift: dict[str, int] = field(default_factory=dict)
+    rejected_fields: dict[str, int] = field(default_factory=dict)  # field -> values rejected
 
     @property
     def skipped(self) -> bool:
@@ -762,7 +841,7 @@ class SilverResult:
 def _app_ids(contract: SourceContract) -> dict[str, str]:
     """The app transaction of each silver-side table: its watermark of the bronze consumed."""
     bronze = f"bronze.{contract.source}"
-    return {t: f"{t}<-{bronze}" for t in (silver_table(contract), QUARANTINE, DRIFT)}
+    return {t: f"{t}<-{bronze}" for t in (silver_table(contract), QUARANTINE, DRIFT, REJECTED)}
 
 
 def silver_watermark(lake: Lake, contract: SourceContract) -> int | None:
@@ -808,7 +887,12 @@ def commit_silver(
     out = split_validated(mark_duplicates(batch, in_silver), contract, bronze_version)
     meta = {"bronze_version": str(bronze_version)}
     stage = f"silver.{contract.source}"
-    for table, rows in ((QUARANTINE, out.quarantine), (DRIFT, out.drift), (silver, out.silver)):
+    for table, rows in (
+        (QUARANTINE, out.quarantine),
+        (DRIFT, out.drift),
+        (REJECTED, out.rejected),
+        (silver, out.silver),
+    ):
         # Silver last: its app transaction is the watermark of what has been consumed.
         lake.append(
             table,
@@ -833,4 +917,5 @@ def commit_silver(
                 strict=True,
             )
         ),
+        dict(collections.Counter(out.rejected.column("field").to_pylist())),
     )

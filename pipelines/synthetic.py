@@ -81,6 +81,8 @@ TARIFFS = [
     ("T-FAMILY", "Family", "99000.00", 40.0, "postpaid"),
     ("T-CORP", "Business", "89000.00", 30.0, "postpaid"),
 ]
+# What people type when an app insists on an email (the identity conf lists them as junk).
+JUNK_LOGIN_EMAILS = ["a@a.a", "x@x.x", "test@test.com", "no@email.com", "1@1.ru"]
 BAD_KINDS = (
     "bad_json",
     "missing_field",
@@ -104,7 +106,14 @@ class Person:
     app_user_id: str | None
     language: str
     platform: str
-    shared_email: str | None = None  # a household email also used by another person
+    shared_email: str | None = None  # a family member using the holder's email in the app
+    # A contact that is not theirs alone: a household email of two account holders, or a shop's
+    # email typed on many customers' contracts. It is never a person key (the truth leaves it
+    # out of the person's identifiers).
+    contact_email: str | None = None
+    login_email: str | None = None  # what they type at app login, when not their email (junk)
+    crm_names_line: bool = True  # False: their CRM record carries passport and account only
+    situations: set[str] = field(default_factory=set)  # identity situations they are part of
 
 
 @dataclass
@@ -128,6 +137,10 @@ class Line:
     end_reason: str | None = None
     balance: int = 0  # in tiyin (1/100 UZS) to keep money exact
     swaps: list[tuple[datetime, str]] = field(default_factory=list)
+    opened_by: str = "activation"  # or ownership_change (the line passed to a new holder)
+    end_reported: bool = True  # False: billing never sends the deactivation
+    end_late_by: timedelta | None = None  # the deactivation arrives this long after it happened
+    takeover: tuple[datetime, str] | None = None  # a stranger's login after a SIM swap (person)
 
 
 @dataclass
@@ -139,6 +152,7 @@ class Event:
     person: str | None
     event_id: str = ""
     arrival: datetime | None = None
+    late_by: timedelta | None = None  # a delivery delay fixed by the scenario
 
 
 @dataclass
@@ -286,18 +300,63 @@ class Operator:
                         member.shared_email = holder.email  # the household's one email
                 made += size
             else:
-                person = self.new_person()
+                kyc = rng.random() >= cfg.situations.prepaid_no_kyc
+                person = self.new_person(passport=kyc, email_share=0.7 if kyc else 0.0)
                 acc = self.new_account("individual", person)
                 tariff = rng.choice(["T-MINI", "T-START", "T-PLUS", "T-MAX"])
+                if not kyc:  # a prepaid SIM sold without identification
+                    person.situations.add("prepaid_no_kyc")
+                    tariff = rng.choice(["T-MINI", "T-START"])
                 self.add_line(person, acc, "holder", tariff)
                 made += 1
                 if rng.random() < cfg.multi_line_person_share and made < target:
                     self.add_line(person, acc, "holder", rng.choice(["T-MINI", "T-START"]))
                     made += 1
+                if kyc and rng.random() < cfg.situations.two_accounts and made < target:
+                    # A second contract of their own (e.g. a business line), same passport.
+                    second = self.new_account("individual", person)
+                    self.add_line(person, second, "holder", rng.choice(["T-PLUS", "T-MAX"]))
+                    person.situations.add("two_accounts")
+                    made += 1
+
+    def plan_contacts(self) -> None:
+        """Contacts that are not one person's: household emails of two account holders, a shop's
+        email on many contracts, placeholder emails typed at login, CRM records naming no line."""
+        rng, sit = self.rng, self.cfg.situations
+        holders = [
+            self.persons[a.holder]
+            for a in self.accounts.values()
+            if a.type == "individual" and self.persons[a.holder].passport
+        ]
+        rng.shuffle(holders)
+        n_pairs = int(len(holders) * sit.household_email / 2)
+        for i in range(n_pairs):
+            a, b = holders[2 * i], holders[2 * i + 1]
+            email = f"{a.last_name.lower()}.home{i + 1}@{rng.choice(MAIL_DOMAINS)}"
+            for p in (a, b):
+                p.email, p.contact_email = None, email
+                p.situations.add("household_email")
+        rest = holders[2 * n_pairs :]
+        # Groups of eight customers per shop: more lines than a person's email is ever on.
+        shop_holders = rest[: int(len(holders) * sit.shop_email) // 8 * 8]
+        for i in range(0, len(shop_holders), 8):
+            email = f"shop{i // 8 + 1}@dealer-{rng.randint(1, 99)}.uz"
+            for p in shop_holders[i : i + 8]:
+                p.email, p.contact_email = None, email
+                p.situations.add("shop_email")
+        for p in rest[len(shop_holders) :]:
+            if rng.random() < sit.passport_only_crm:
+                p.crm_names_line = False
+                p.situations.add("passport_only_crm")
+        for p in self.persons.values():
+            if p.app_user_id and rng.random() < sit.junk_email:
+                p.login_email = rng.choice(JUNK_LOGIN_EMAILS)
+                p.situations.add("junk_email")
 
     def plan_lifecycle(self) -> None:
-        """Recycling, port-outs and SIM swaps inside the window."""
-        cfg, rng = self.cfg, self.rng
+        """Recycling (some deactivations never sent, some late), port-outs and port-ins,
+        changes of holder without a deactivation, SIM swaps and takeovers inside the window."""
+        cfg, rng, sit = self.cfg, self.rng, self.cfg.situations
         existing = list(self.lines)
         window = cfg.days
         q = cfg.recycle_quarantine_days
@@ -315,27 +374,89 @@ class Operator:
                 )
                 if reissue >= self.end:
                     continue
-                new_line = Line(
-                    line.msisdn,
-                    self.new_iccid(),
-                    newcomer.key,
-                    acc.account_id,
-                    "holder",
-                    rng.choice(["T-MINI", "T-START"]),
-                    reissue,
-                    balance=0,
-                )
-                self.lines.append(new_line)
+                tags = {"recycled"}
+                r = rng.random()
+                if r < sit.unreported_deactivation:
+                    line.end_reported = False
+                    tags.add("unreported_deactivation")
+                elif r < sit.unreported_deactivation + sit.late_deactivation:
+                    line.end_late_by = reissue - line.end + timedelta(hours=rng.uniform(2, 30))
+                    tags.add("late_deactivation")
+                self._reissue(line, newcomer, acc, reissue, tags)
         for line in rng.sample(existing, int(len(existing) * cfg.port_out_share)):
             if line.end is None:
                 line.end = self.start + timedelta(
                     days=rng.randint(1, window - 1), seconds=rng.randint(0, 86399)
                 )
                 line.end_reason = "port_out"
+                # Whole seconds, as billing stamps them (a tenure starts at its event's time).
+                back = (line.end + timedelta(days=rng.uniform(2, 6))).replace(microsecond=0)
+                if back < self.end and rng.random() < sit.port_in:
+                    newcomer = self.new_person()
+                    acc = self.new_account("individual", newcomer)
+                    self._reissue(line, newcomer, acc, back, {"port_in"})
+        for line in rng.sample(existing, int(len(existing) * sit.ownership_change)):
+            if line.end is not None or line.swaps:
+                continue
+            at = (self.start + timedelta(days=rng.uniform(0.5, window - 1))).replace(microsecond=0)
+            acc = self.accounts[line.account_id]
+            if acc.type == "corporate":  # the company hands the line to a new employee
+                newcomer = self.new_person(
+                    passport=False, email_share=0.8, app_share=0.4, company=acc.company
+                )
+                new_acc, role = acc, "member"
+            else:  # the holder transfers the contract to someone else
+                newcomer = self.new_person()
+                new_acc, role = self.new_account("individual", newcomer), "holder"
+            line.end, line.end_reason, line.end_reported = at, "ownership_change", False
+            new_line = Line(
+                line.msisdn,
+                line.iccid,
+                newcomer.key,
+                new_acc.account_id,
+                role,
+                line.tariff_id,
+                at,
+                opened_by="ownership_change",
+            )
+            self.lines.append(new_line)
+            for p in (self.persons[line.person], newcomer):
+                p.situations.add("ownership_change")
         for line in rng.sample(existing, int(len(existing) * cfg.sim_swap_share)):
             at = self.start + timedelta(days=rng.uniform(0.5, window - 0.5))
             if line.end is None or at < line.end:
                 line.swaps.append((at, self.new_iccid()))
+                self.persons[line.person].situations.add("sim_swap")
+        victims = [ln for ln in existing if ln.end is None and self.persons[ln.person].app_user_id]
+        for line in rng.sample(victims, int(len(existing) * sit.sim_swap_takeover)):
+            if line.swaps:
+                continue
+            at = self.start + timedelta(days=rng.uniform(0.5, window - 1.5))
+            line.swaps.append((at, self.new_iccid()))
+            # A fraudster ported the number to their SIM and logs in with an app user of theirs.
+            fraudster = self.new_person(passport=False, email_share=1.0, app_share=1.0)
+            line.takeover = (at + timedelta(hours=rng.uniform(0.5, 20)), fraudster.key)
+            for p in (self.persons[line.person], fraudster):
+                p.situations.add("sim_swap_takeover")
+
+    def _reissue(
+        self, line: Line, newcomer: Person, acc: Account, at: datetime, tags: set[str]
+    ) -> None:
+        """The number `line` held starts a new tenure for `newcomer` on a new SIM at `at`."""
+        self.lines.append(
+            Line(
+                line.msisdn,
+                self.new_iccid(),
+                newcomer.key,
+                acc.account_id,
+                "holder",
+                self.rng.choice(["T-MINI", "T-START"]),
+                at,
+                balance=0,
+            )
+        )
+        for p in (self.persons[line.person], newcomer):
+            p.situations.update(tags)
 
     # ------------------------------------------------------------ events
 
@@ -356,16 +477,18 @@ class Operator:
         ts: datetime,
         language: str | None = None,
     ) -> Event:
-        """CRM contact details of a person, against an account and one of its lines."""
+        """CRM contact details of a person, against an account and (unless their record names
+        none) one of its lines."""
         return self.emit(
             "crm",
             "customer_update",
             ts,
             person.key,
             account_id=account_id,
-            msisdn=msisdn,
+            account_type=self.accounts[account_id].type,
+            msisdn=msisdn if person.crm_names_line else None,
             passport=person.passport,
-            email=person.email,
+            email=person.email or person.contact_email,
             first_name=person.first_name,
             last_name=person.last_name,
             preferred_language=language,
@@ -408,7 +531,7 @@ class Operator:
             acc = self.accounts[line.account_id]
             self.emit(
                 "billing",
-                "activation",
+                line.opened_by,  # activation, or ownership_change: no deactivation before it
                 line.start,
                 line.person,
                 msisdn=line.msisdn,
@@ -437,8 +560,21 @@ class Operator:
                     account_id=line.account_id,
                 )
                 iccid = new_iccid
-            if line.end is not None:
+            if line.takeover is not None:
+                at, key = line.takeover
+                fraudster = self.persons[key]
                 self.emit(
+                    "app",
+                    "login",
+                    at,
+                    key,
+                    app_user_id=fraudster.app_user_id,
+                    msisdn=line.msisdn,
+                    email=fraudster.email,
+                    platform="android",
+                )
+            if line.end is not None and line.end_reported:
+                ended = self.emit(
                     "billing",
                     "deactivation",
                     line.end,
@@ -448,6 +584,7 @@ class Operator:
                     account_id=line.account_id,
                     reason=line.end_reason,
                 )
+                ended.late_by = line.end_late_by
             self._consents(line)
 
     def _consents(self, line: Line) -> None:
@@ -464,7 +601,12 @@ class Operator:
                 continue
             key = rng.choice(["msisdn", "msisdn", "email", "account_id"])
             ident: dict[str, object] = {"msisdn": line.msisdn}
-            if key == "email" and person.email:
+            # By email only where the CRM knows it as theirs (an account holder's or a member's
+            # own record): a consent keyed by an email nothing links is nobody's.
+            crm_knows = self.accounts[line.account_id].type != "corporate" and (
+                line.role == "holder" or person.passport is not None
+            )
+            if key == "email" and person.email and crm_knows:
                 ident = {"email": person.email}
             elif key == "account_id" and self.accounts[line.account_id].type == "individual":
                 ident = {"account_id": line.account_id}
@@ -568,7 +710,7 @@ class Operator:
                         )
                     elif r < 0.85 and person.app_user_id:
                         if not logged_in or rng.random() < 0.05:
-                            email = person.email or person.shared_email
+                            email = person.login_email or person.email or person.shared_email
                             self.emit(
                                 "app",
                                 "login",
@@ -657,6 +799,8 @@ class Operator:
             delay = timedelta(seconds=rng.randint(1, 120))
             if rng.random() < self.cfg.late_event_share:
                 delay = timedelta(hours=rng.uniform(6, 72))
+            if e.late_by is not None:
+                delay = e.late_by
             e.arrival = max(e.ts, self.start) + delay
 
 
@@ -810,6 +954,7 @@ def generate(
     say = progress or (lambda step, done, total: None)
     op = Operator(cfg, country)
     op.build_population()
+    op.plan_contacts()
     op.plan_lifecycle()
     say("population", 1, 1)
     op.lifecycle_events()
@@ -938,6 +1083,9 @@ def _write_truth(op: Operator, folder: Path, events: list[dict[str, object]]) ->
             "passport": p.passport,
             "email": p.email,
             "shared_email": p.shared_email,
+            "contact_email": p.contact_email,
+            "login_email": p.login_email,
+            "situations": sorted(p.situations),
             "app_user_id": p.app_user_id,
             "first_name": p.first_name,
             "last_name": p.last_name,
@@ -965,6 +1113,8 @@ def _write_truth(op: Operator, folder: Path, events: list[dict[str, object]]) ->
                 "valid_from": ln.start,
                 "valid_to": ln.end,
                 "end_reason": ln.end_reason,
+                "opened_by": ln.opened_by,
+                "end_reported": ln.end_reported,
             }
         )
         start, iccid = ln.start, ln.iccid
@@ -995,4 +1145,8 @@ def _write_truth(op: Operator, folder: Path, events: list[dict[str, object]]) ->
         ("iccids", iccids),
         ("events", events),
     ):
-        pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
+        table = pa.Table.from_pylist(rows)
+        if "situations" in table.column_names:  # list<null> when no one has a situation
+            i = table.schema.get_field_index("situations")
+            table = table.set_column(i, "situations", table.column(i).cast(pa.list_(pa.string())))
+        pq.write_table(table, folder / f"{name}.parquet")

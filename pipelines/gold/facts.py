@@ -35,6 +35,9 @@ DAILY_SCHEMA = pa.schema(
         ("id_type", pa.string()),
         ("id_value", pa.string()),
         ("day", pa.date32()),
+        # The tenure the events were attributed to when ingested: on the day a number changes
+        # hands (a change of holder without a rest) it tells the two owners' usage apart.
+        ("tenure", TS),
         ("data_bytes", pa.int64()),
         ("data_sessions", pa.int64()),
         ("payments", pa.int64()),
@@ -43,7 +46,7 @@ DAILY_SCHEMA = pa.schema(
         ("events", pa.int64()),
     ]
 )
-COUNTERS = [f.name for f in DAILY_SCHEMA][3:]
+COUNTERS = [f.name for f in DAILY_SCHEMA][4:]
 
 FACTS_SCHEMA = pa.schema(
     [
@@ -157,7 +160,8 @@ def attribute(events: pl.DataFrame, tenures: pl.DataFrame) -> pl.DataFrame:
             .otherwise(None)
             .alias("node_key")
         )
-        .drop("_open", "start")
+        .rename({"_open": "_tenure"})
+        .drop("start")
     )
 
 
@@ -174,7 +178,10 @@ def daily_deltas(events: pl.DataFrame) -> pl.DataFrame:
         events.filter(pl.col("node_key").is_not_null())
         .with_columns(pl.col("event_ts").dt.date().alias("day"))
         .group_by(
-            pl.col("anchor_type").alias("id_type"), pl.col("anchor_value").alias("id_value"), "day"
+            pl.col("anchor_type").alias("id_type"),
+            pl.col("anchor_value").alias("id_value"),
+            "day",
+            pl.col("_tenure").alias("tenure"),
         )
         .agg(
             pl.when(session_end)
@@ -242,7 +249,7 @@ def fact_candidates(events: pl.DataFrame, cfg: ProfileCfg) -> pl.DataFrame:
     parts = [
         _facts(ev.filter(_is("billing", "payment")), pl.lit("balance"), pl.col("balance_after")),
         _facts(
-            ev.filter(_is("billing", "activation", "tariff_change")),
+            ev.filter(_is("billing", "activation", "ownership_change", "tariff_change")),
             pl.lit("tariff"),
             pl.col("tariff_id"),
         ),

@@ -274,8 +274,10 @@ def build_profiles(  # noqa: PLR0915 - one profile, read top-down
 
 def _owners(nodes: pl.DataFrame) -> pl.DataFrame:
     """Who owned each identifier when: a recyclable identifier's tenure runs from its start to
-    its end (open: null); other identifiers belong to their person throughout."""
-    return nodes.select(
+    its end (open: null); other identifiers belong to their person throughout. A household
+    contact is on several profiles but owns nothing: what arrives keyed by it (a consent given
+    by the household email) is no one person's."""
+    return nodes.filter(~pl.col("node_key").str.ends_with("#contact")).select(
         "person_id",
         "node_key",
         "id_type",
@@ -286,18 +288,27 @@ def _owners(nodes: pl.DataFrame) -> pl.DataFrame:
 
 
 def attribute_daily(daily: pl.DataFrame, nodes: pl.DataFrame) -> pl.DataFrame:
-    """Daily counters (folded per identifier and day) with the person whose tenure covers the
-    day; the day a number changes hands counts for both owners (operators rest a number for
-    months before reissuing it, so that day does not occur in practice)."""
-    folded = daily.group_by("id_type", "id_value", "day").agg(pl.col(c).sum() for c in COUNTERS)
+    """Daily counters (folded per identifier, day and tenure known at ingest) with the person
+    whose tenure covers the day. Where two tenures cover it (the number changed hands that day:
+    a change of holder without a rest), each row goes to the tenure it was attributed to at
+    ingest; a row whose ingest tenure is neither (its opening arrived later) counts for both."""
+    folded = daily.group_by("id_type", "id_value", "day", "tenure").agg(
+        pl.col(c).sum() for c in COUNTERS
+    )
     day = pl.col("day")
+    covering = folded.join(_owners(nodes), on=["id_type", "id_value"]).filter(
+        (pl.col("_from").is_null() | (day >= pl.col("_from").dt.date()))
+        & (pl.col("_to").is_null() | (day <= pl.col("_to").dt.date()))
+    )
+    row = ["id_type", "id_value", "day", "tenure"]
+    matched = pl.col("_from").is_not_null() & (pl.col("_from") == pl.col("tenure"))
+    covering = covering.with_columns(
+        pl.len().over(row).alias("_owners"), matched.any().over(row).alias("_matched")
+    )
     return (
-        folded.join(_owners(nodes), on=["id_type", "id_value"])
-        .filter(
-            (pl.col("_from").is_null() | (day >= pl.col("_from").dt.date()))
-            & (pl.col("_to").is_null() | (day <= pl.col("_to").dt.date()))
-        )
-        .unique(["person_id", "id_type", "id_value", "day"])
+        covering.filter((pl.col("_owners") == 1) | ~pl.col("_matched") | matched)
+        .group_by("person_id", "id_type", "id_value", "day")
+        .agg(pl.col(c).sum() for c in COUNTERS)
     )
 
 

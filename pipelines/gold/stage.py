@@ -48,7 +48,15 @@ from pipelines.gold.profile import (
     to_arrow,
 )
 from pipelines.identity.resolve import NO_TENURE
-from pipelines.identity.stage import ACCOUNTS, CHANGED_AT, LINKS, MAP, MERGES, RESOLVED
+from pipelines.identity.stage import (
+    ACCOUNTS,
+    CHANGED_AT,
+    LINKS,
+    MAP,
+    MERGES,
+    RESOLVED,
+    SUSPICIOUS,
+)
 from pipelines.lake import Lake
 from pipelines.reference import reference_schema
 
@@ -150,20 +158,38 @@ def refresh_gold(
         t: {_app(t, silver[s]): r[1] for s, r in moved.items()}
         for t in (DAILY, FACTS, OUTBOX, PROFILES)
     }
+    # The identity version too: re-derived handed-over days are part of these commits.
+    for t in (DAILY, FACTS):
+        txns[t][f"{t}<-{LINKS}"] = ev_target or 0
     meta = {"stage": "gold.refresh"}
+    handed = _handed_over_days(lake, ev_done, ev_target)
+    daily_rows, fact_rows = daily_deltas(events), fact_candidates(events, settings.profile)
+    if handed.height:
+        # Up to what this refresh reads; a source the gate holds, up to what gold has of it.
+        upto = {s: r[1] for s, r in ranges.items()}
+        for s, t in silver.items():
+            if s not in upto and (v := lake.committed(PROFILES, _app(PROFILES, t))) is not None:
+                upto[s] = v
+        redone = _rederived(lake, settings, silver, upto, handed)
+        daily_rows = pl.concat(
+            [
+                daily_rows.join(handed, on=["id_value", "day"], how="anti"),
+                _daily_corrections(lake, handed, daily_deltas(redone)),
+            ],
+            how="vertical_relaxed",
+        )
+        fact_rows = pl.concat(
+            [fact_rows, fact_candidates(redone, settings.profile)], how="vertical_relaxed"
+        )
     lake.append_once(
         DAILY,
-        _arrow(daily_deltas(events), DAILY_SCHEMA),
+        _arrow(daily_rows, DAILY_SCHEMA),
         txns[DAILY],
         stage="gold.daily_usage",
         metadata=meta,
     )
     lake.append_once(
-        FACTS,
-        _arrow(fact_candidates(events, settings.profile), FACTS_SCHEMA),
-        txns[FACTS],
-        stage="gold.facts",
-        metadata=meta,
+        FACTS, _arrow(fact_rows, FACTS_SCHEMA), txns[FACTS], stage="gold.facts", metadata=meta
     )
 
     day = today if wall else _event_clock(events, clock_done, today)
@@ -215,6 +241,63 @@ def _event_clock(events: pl.DataFrame, clock_done: int | None, today: date) -> d
     if events.height:
         known.append(events.select(pl.col("event_ts").max().dt.date()).item())
     return max(known) if known else today
+
+
+def _handed_over_days(lake: Lake, ev_done: int | None, ev_target: int | None) -> pl.DataFrame:
+    """(id_value, day) of numbers whose tenures changed since `ev_done` and that changed hands
+    within one day (a change of holder, a re-activation, with no rest between the tenures):
+    counters and latest values of that day were split by what was known when they arrived."""
+    if ev_target is None or ev_target == ev_done or not lake.exists(MAP):
+        return pl.DataFrame(schema={"id_value": pl.String, "day": pl.Date})
+    since = -1 if ev_done is None else ev_done
+    changed = lake.read_polars(
+        MAP, ["id_value"], (pl.col(CHANGED_AT) > since) & pl.col("tenure").is_not_null()
+    ).get_column("id_value")
+    tenures = lake.read_polars(
+        MAP, ["id_value", "tenure", "valid_to"], _in("id_value", changed.unique())
+    ).filter(pl.col("tenure").is_not_null())
+    return (
+        tenures.sort("id_value", "tenure")
+        .with_columns(pl.col("tenure").shift(-1).over("id_value").alias("_next"))
+        .filter(
+            pl.col("valid_to").is_not_null()
+            & pl.col("_next").is_not_null()
+            & (pl.col("_next").dt.date() == pl.col("valid_to").dt.date())
+        )
+        .select("id_value", pl.col("_next").dt.date().alias("day"))
+        .unique()
+    )
+
+
+def _rederived(
+    lake: Lake,
+    settings: Settings,
+    silver: dict[str, str],
+    versions: dict[str, int],
+    days: pl.DataFrame,
+) -> pl.DataFrame:
+    """Every silver event of those numbers on those days (up to `versions`), attributed with the
+    identity map as it is now."""
+    values = days.get_column("id_value").unique()
+    tables = []
+    for s, t in silver.items():
+        cols = lake.arrow_schema(t).names
+        if "msisdn" in cols and s in versions:
+            tables.append(lake.read_arrow(t, where=_in("msisdn", values), version=versions[s]))
+    events = anchored(events_frame(tables), settings.profile, list(settings.identity.tenures))
+    events = events.with_columns(pl.col("event_ts").dt.date().alias("_day")).join(
+        days.rename({"id_value": "anchor_value", "day": "_day"}), on=["anchor_value", "_day"]
+    )
+    return _attributed_with(lake, settings, events.drop("_day"))
+
+
+def _daily_corrections(lake: Lake, days: pl.DataFrame, redone: pl.DataFrame) -> pl.DataFrame:
+    """Counter rows that turn what the table holds for those (number, day) into `redone`: the
+    stored rows negated, then the re-derived ones (counters add up when read)."""
+    stored = lake.read_polars(DAILY, where=_in("id_value", days.get_column("id_value").unique()))
+    stored = stored.join(days, on=["id_value", "day"])
+    negated = stored.with_columns(-pl.col(c) for c in COUNTERS)
+    return pl.concat([negated, redone.select(stored.columns)], how="vertical_relaxed")
 
 
 def _new_events(
@@ -312,6 +395,7 @@ def profile_inputs(
             .filter(~pl.col("node_key").is_in(nodes.get_column("node_key").implode()))
         )
         nodes = pl.concat([nodes, account_nodes], how="diagonal_relaxed")
+    nodes = pl.concat([nodes, _contact_nodes(lake, persons)], how="diagonal_relaxed")
     keys = None if persons is None else _in("id_value", nodes.get_column("id_value").unique())
     in_window = pl.col("day") >= long_from
     daily = (
@@ -326,6 +410,34 @@ def profile_inputs(
     )
     refs = [_ref(lake, settings, t) for t in ("tariffs", "segments")]
     return ProfileInputs(nodes, daily, facts, *refs)
+
+
+def _contact_nodes(lake: Lake, persons: pl.Series | None) -> pl.DataFrame:
+    """Household contacts of `persons` (None: everyone) as identifiers of their profiles: a
+    contact is listed on each profile that uses it, yet maps to no person (its own node key, so
+    no usage or fact is ever attributed through it)."""
+    schema = {"node_key": pl.String, "id_type": pl.String, "id_value": pl.String}
+    if not lake.exists(LINKS):
+        return pl.DataFrame(schema={**schema, "person_id": pl.String})
+    links = lake.read_polars(
+        LINKS,
+        ["a_type", "a_value", "b_type", "b_value", "person_id", "b_person_id", "valid_to"],
+        pl.col("status") == "contact",
+    )
+    a_is_contact = pl.col("b_type") != "email"
+    found = links.select(
+        pl.when(a_is_contact).then("a_type").otherwise("b_type").alias("id_type"),
+        pl.when(a_is_contact).then("a_value").otherwise("b_value").alias("id_value"),
+        pl.when(a_is_contact).then("b_person_id").otherwise("person_id").alias("person_id"),
+        "valid_to",
+    ).filter(pl.col("person_id").is_not_null())
+    if persons is not None:
+        found = found.filter(pl.col("person_id").is_in(persons.implode()))
+    return found.unique(["id_type", "id_value", "person_id"]).with_columns(
+        pl.concat_str(
+            [pl.col("id_type"), pl.lit(":"), pl.col("id_value"), pl.lit("#contact")]
+        ).alias("node_key")
+    )
 
 
 def _ref(lake: Lake, settings: Settings, name: str) -> pl.DataFrame:
@@ -593,6 +705,24 @@ def _identity_events(
                 ("to_person_id", "ascending"),
             ]
         ).to_pylist():
+            if r["change"] == SUSPICIOUS:  # for the fraud team, profile or not
+                events.append(
+                    _event(
+                        "identity.suspicious_link",
+                        r["to_person_id"],
+                        f"{r['link_edge_key']}:{r['evidence_version']}",
+                        {
+                            "stranger_person_id": r["from_person_id"],
+                            "link_rule": r["link_rule"],
+                            "link_event_id": r["link_event_id"],
+                            "link_event_ts": r["link_event_ts"],
+                            "evidence_version": r["evidence_version"],
+                        },
+                        now,
+                        related=r["from_person_id"],
+                    )
+                )
+                continue
             if r["from_person_id"] not in had_profile:
                 continue
             key = f"{r['to_person_id']}:{r['evidence_version']}"
@@ -618,7 +748,7 @@ def _identity_events(
                         related=r["to_person_id"],
                     )
                 )
-            else:
+            elif r["change"] == "split":
                 events.append(
                     _event(
                         "profile.split",
@@ -692,7 +822,7 @@ def _rekeyed(lake: Lake, settings: Settings, facts: pl.DataFrame, settled: date)
 
 def _fold_daily(rows: pl.DataFrame) -> pl.DataFrame:
     return (
-        rows.group_by("id_type", "id_value", "day")
+        rows.group_by("id_type", "id_value", "day", "tenure")
         .agg([pl.col(c).sum() for c in COUNTERS])
         .with_columns(pl.col("payment_amount").cast(pl.Decimal(18, 2)))
         .sort("day", "id_type", "id_value")

@@ -47,6 +47,7 @@ def truth_identifiers(truth_root: Path) -> dict[str, str]:
     """Every identifier instance of the generated operator -> the person it belongs to."""
     truth: dict[str, str] = {}
     for p in pq.read_table(truth_root / "persons.parquet").to_pylist():
+        # A household or shop email (`contact_email`) is nobody's key, so it is not listed.
         for t in ("passport", "email", "app_user_id"):
             if p[t]:
                 truth[_key(t, p[t], None)] = p["person_key"]
@@ -82,6 +83,59 @@ def seen_values(evidence: pa.Table) -> set[str]:
         types, values = evidence.column(t).to_pylist(), evidence.column(v).to_pylist()
         seen.update(f"{a}:{b}" for a, b in zip(types, values, strict=True) if b is not None)
     return seen
+
+
+@dataclass(frozen=True)
+class SituationQuality:
+    """Pairwise precision and recall over the pairs that involve an identifier of the persons
+    the generator put in one situation (a household email, a SIM-swap takeover...)."""
+
+    situation: str
+    persons: int
+    identifiers: int
+    precision: float
+    recall: float
+
+
+def _pairs_touching(sizes: Counter[Any], inside: Counter[Any]) -> int:
+    """Pairs within each group that have at least one member counted in `inside`."""
+    return sum(
+        n * (n - 1) // 2 - (n - inside[g]) * (n - inside[g] - 1) // 2 for g, n in sizes.items()
+    )
+
+
+def by_situation(
+    predicted: Mapping[str, str], truth_root: Path, seen_values: set[str]
+) -> list[SituationQuality]:
+    """`SituationQuality` for every situation tagged in the truth's persons."""
+    truth = {k: p for k, p in truth_identifiers(truth_root).items() if value_of(k) in seen_values}
+    assigned = {k: predicted.get(k, f"unresolved:{k}") for k in truth}
+    tagged: dict[str, set[str]] = defaultdict(set)
+    for p in pq.read_table(truth_root / "persons.parquet").to_pylist():
+        for situation in p.get("situations") or []:
+            tagged[situation].add(p["person_key"])
+    out = []
+    for situation, persons in sorted(tagged.items()):
+        keys = [k for k in truth if truth[k] in persons]
+        mine = set(keys)
+        both = Counter((truth[k], assigned[k]) for k in truth)
+        both_in = Counter((truth[k], assigned[k]) for k in mine)
+        pred = Counter(assigned.values())
+        pred_in = Counter(assigned[k] for k in mine)
+        true = Counter(truth.values())
+        true_in = Counter(truth[k] for k in mine)
+        tp = _pairs_touching(both, both_in)
+        pp, tt = _pairs_touching(pred, pred_in), _pairs_touching(true, true_in)
+        out.append(
+            SituationQuality(
+                situation,
+                len(persons),
+                len(keys),
+                tp / pp if pp else 1.0,
+                tp / tt if tt else 1.0,
+            )
+        )
+    return out
 
 
 def evaluate(predicted: Mapping[str, str], truth_root: Path, seen_values: set[str]) -> Quality:

@@ -188,6 +188,75 @@ class _Person:
     shared_lines: dict[str, set[str]]  # account -> line values on family/corporate accounts
 
 
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """A merge link as the union pass reads it (`since`: its first evidence, microseconds)."""
+
+    i: int
+    at: str
+    av: str
+    bt: str
+    bv: str
+    na: str
+    nb: str
+    tier: int
+    since: int
+
+    def other(self, node: str) -> str:
+        return self.nb if node == self.na else self.na
+
+
+def frequent_values(evidence: pl.DataFrame, cfg: IdentityCfg) -> dict[tuple[str, str], str]:
+    """Values merge evidence puts on more distinct lines and accounts than
+    `max_lines_per_value` allows for their type, with the reason: placeholders typed on many
+    contracts, treated as junk (computed on whole regions, so both paths agree)."""
+    limits = cfg.max_lines_per_value
+    if not limits:
+        return {}
+    merge = evidence.filter(pl.col("kind") == "merge")
+    sides = pl.concat(
+        [
+            merge.select(
+                pl.col("a_type").alias("t"),
+                pl.col("a_value").alias("v"),
+                pl.col("b_type").alias("pt"),
+                pl.col("b_value").alias("pv"),
+            ),
+            merge.select(
+                pl.col("b_type").alias("t"),
+                pl.col("b_value").alias("v"),
+                pl.col("a_type").alias("pt"),
+                pl.col("a_value").alias("pv"),
+            ),
+        ]
+    )
+    limit = pl.col("t").replace_strict(limits, default=None, return_dtype=pl.Int64)
+    counts = (
+        sides.filter(pl.col("t").is_in(list(limits)) & pl.col("pt").is_in(["msisdn", "account_id"]))
+        .unique(["t", "v", "pt", "pv"])
+        .group_by("t", "v")
+        .agg(pl.len().alias("n"))
+        .filter(pl.col("n") > limit)
+    )
+    return {
+        (t, v): f"{t} {v!r} is on {n} lines and accounts; a value on more than {limits[t]} is "
+        f"treated as junk (conf/identity.yaml max_lines_per_value.{t})"
+        for t, v, n in counts.iter_rows()
+    }
+
+
+def _swap_windows(links: pl.DataFrame, cfg: IdentityCfg) -> dict[str, list[tuple[int, int]]]:
+    """Per number (tenure node): the guard windows (start, end in microseconds) of its swaps."""
+    guard = cfg.sim_swap_guard
+    width = int(guard.window_hours * 3.6e9)
+    out: dict[str, list[tuple[int, int]]] = {}
+    rows = links.filter(pl.col("rule") == guard.swap_rule).select("a_node", "b_node", "time")
+    for a, b, at in rows.iter_rows():
+        node = a if a.startswith("msisdn:") else b
+        out.setdefault(node, []).append((at, at + width))
+    return out
+
+
 @dataclass(frozen=True)
 class Resolution:
     links: pa.Table
@@ -291,7 +360,9 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         pl.all().first(), pl.col("time").min().alias("link_from")
     )
 
-    # Tenure ends: first closing at or after the start and before the next opening.
+    # Tenure ends: the first closing at or after the start, or (1 µs before) the next opening
+    # if that comes first (a re-activation or change of holder without a deactivation still
+    # ends the old tenure, so a number never has two open tenures).
     triples = (
         pl.concat(
             [
@@ -330,12 +401,9 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
             strategy="forward",
             check_sortedness=False,
         )
-        .with_columns(
-            pl.when(pl.col("next").is_null() | (pl.col("end") < pl.col("next")))
-            .then(pl.col("end"))
-            .otherwise(None)
-            .alias("end")
-        )
+        # Ended by the next opening: valid until just before it, so an event at that instant
+        # (the opening event itself) belongs to the new tenure alone.
+        .with_columns(pl.min_horizontal("end", pl.col("next") - 1).alias("end"))
         .select("t", "v", "start", "end")
     )
     links = (
@@ -381,7 +449,8 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         ]
     )
     values = mentions.select("t", "v").unique()
-    bad = [blocked.reason(t, v) is not None for t, v in values.iter_rows()]
+    frequent = frequent_values(df, cfg)
+    bad = [blocked.reason(t, v) is not None or (t, v) in frequent for t, v in values.iter_rows()]
     blocked_values = values.filter(pl.Series(bad, dtype=pl.Boolean))
     mentions = mentions.join(blocked_values, on=["t", "v"], how="anti")
     first_link = (
@@ -477,22 +546,26 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         .filter(pl.col("kind") == "merge")
         .sort(["tier", "rank", "edge_key"])
     )
-    for i, at, av, bt, bv, na, nb in merges.select(
-        "i", "a_type", "a_value", "b_type", "b_value", "a_node", "b_node"
-    ).iter_rows():
-        why = blocked.reason(at, av) or blocked.reason(bt, bv)
+    swaps = _swap_windows(lk, cfg)
+    contacts = set(cfg.contacts)
+
+    def junk(t: str, v: str) -> tuple[str, str] | None:
+        why = blocked.reason(t, v)
         if why:
-            status[i], code[i], reason[i] = "refused", "blocked", why
-            continue
+            return "blocked", why
+        return ("junk_frequent", frequent[(t, v)]) if (t, v) in frequent else None
+
+    def try_merge(i: int, na: str, nb: str) -> None:
+        """Accept link `i` and join its persons, unless that breaks a guardrail."""
         ra, rb = uf.find(na), uf.find(nb)
         status[i] = "accepted"
         if ra == rb:
-            continue
+            return
         refused = refusal(people[ra], people[rb])
         if refused:
             status[i] = "refused"
             code[i], reason[i] = refused
-            continue
+            return
         uf.union(ra, rb)
         root, other = (ra, rb) if uf.find(ra) == ra else (rb, ra)
         keep, gone = people[root], people.pop(other)
@@ -502,6 +575,90 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         for acct_id, lines in gone.shared_lines.items():
             keep.shared_lines.setdefault(acct_id, set()).update(lines)
 
+    def guarded(row: _Link) -> str | None:
+        """Why a link waits for corroboration: a new guarded identifier on a number soon
+        after its SIM swap (None: it does not)."""
+        for node, other_type in ((row.nb, row.at), (row.na, row.bt)):
+            if other_type not in cfg.sim_swap_guard.guarded:
+                continue
+            for at_, until in swaps.get(node, ()):
+                if at_ <= row.since <= until:
+                    hours = (row.since - at_) / 3.6e9
+                    return (
+                        f"{other_type} first seen on {node.split('@')[0]} {hours:.1f} h after its "
+                        f"SIM swap: not merged without a second, independent link "
+                        f"(identity.yaml sim_swap_guard.window_hours "
+                        f"{cfg.sim_swap_guard.window_hours:g})"
+                    )
+        return None
+
+    by_contact: dict[str, list[_Link]] = {}
+    waiting: list[tuple[_Link, str]] = []
+    for i, at, av, bt, bv, na, nb, tier, since in merges.select(
+        "i", "a_type", "a_value", "b_type", "b_value", "a_node", "b_node", "tier", "link_from"
+    ).iter_rows():
+        row = _Link(i, at, av, bt, bv, na, nb, tier, since)
+        junk_why = junk(at, av) or junk(bt, bv)
+        if junk_why:
+            status[i] = "refused"
+            code[i], reason[i] = junk_why
+        elif at in contacts or bt in contacts:
+            by_contact.setdefault(na if at in contacts else nb, []).append(row)
+        elif why := guarded(row):
+            waiting.append((row, why))
+        else:
+            try_merge(i, na, nb)
+
+    # Contacts, value by value, strongest evidence first: one person -> merged into it; several
+    # persons at the strongest tier -> a contact of each; weaker evidence from another person
+    # than the owner -> refused (someone else's contact).
+    def established(root: str) -> bool:
+        """A person of their own: holds a line, an account or a passport (not a bare app
+        user or email, which a contact may still join)."""
+        held = people[root].values
+        return any(held.get(t) for t in ("msisdn", "account_id", "passport"))
+
+    contact_nodes: set[str] = set()
+    for node, rows in by_contact.items():
+        owned = False
+        for tier in sorted({r.tier for r in rows}):
+            group = [r for r in rows if r.tier == tier]
+            others = {root for r in group if established(root := uf.find(r.other(node)))}
+            if not owned and len(others) > 1:
+                shown = node.split(":", 1)[1]
+                for r in rows:
+                    if r.tier >= tier:
+                        status[r.i], code[r.i] = "contact", "shared_contact"
+                        reason[r.i] = (
+                            f"{node.split(':')[0]} {shown!r} is used by {len(others)} persons "
+                            "(a household contact): a contact of each, never merging them "
+                            "(identity.yaml contacts)"
+                        )
+                contact_nodes.add(node)
+                break
+            for r in group:
+                theirs = uf.find(r.other(node))
+                if owned and theirs != uf.find(node) and established(theirs):
+                    status[r.i], code[r.i] = "refused", "shared_contact"
+                    reason[r.i] = (
+                        f"{node} belongs to another person by stronger evidence: not merged "
+                        "(identity.yaml contacts)"
+                    )
+                elif why := guarded(r):
+                    waiting.append((r, why))
+                else:
+                    try_merge(r.i, r.na, r.nb)
+            owned = owned or any(status[r.i] == "accepted" for r in group)
+
+    # SIM-swap guard last: a waiting link stands only where other links already joined its ends.
+    for row, why in waiting:
+        if uf.find(row.na) == uf.find(row.nb):
+            status[row.i] = "accepted"
+        else:
+            status[row.i], code[row.i], reason[row.i] = "refused", "sim_swap_guard", why
+
+    # A household contact, like a blocked or junk value, is nobody's key: no person of its own.
+    nodes = nodes.filter(~pl.col("node").is_in(sorted(contact_nodes)))
     node_keys = nodes.get_column("node").to_list()
     ranks = nodes.get_column("rank").to_list()
     founder: dict[str, tuple[int, str]] = {}

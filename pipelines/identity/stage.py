@@ -192,7 +192,13 @@ def _incremental(lake: Lake, settings: Settings, done: int, target: int) -> Iden
     resolution = resolve(gathered, cfg)
     regions = pa.chunked_array([old_regions, pc.unique(resolution.links.column("region"))])
     old_map = lake.read_arrow(MAP, where=_in("region", regions))
-    changes = person_changes(old_map, resolution, target)
+    changes = pa.concat_tables(
+        [
+            person_changes(old_map, resolution, target),
+            suspicious_links(old_links, resolution, target),
+            contact_changes(old_links, resolution, target),
+        ]
+    )
     write_identity(lake, resolution, changes, target, old_links=old_links, old_map=old_map)
     return _summary("incremental", new.num_rows, resolution, changes)
 
@@ -246,7 +252,14 @@ def rebuild_identity(
     resolution = resolve_on_spark(with_regions, settings.identity, spark)
     say(f"resolved {resolution.nodes.num_rows:,} identifiers ({_since(started)})")
     old_map = lake.read_arrow(MAP) if lake.exists(MAP) else NODES_SCHEMA.empty_table()
-    changes = person_changes(old_map, resolution, target)
+    old_links = lake.read_arrow(LINKS) if lake.exists(LINKS) else LINKS_SCHEMA.empty_table()
+    changes = pa.concat_tables(
+        [
+            person_changes(old_map, resolution, target),
+            suspicious_links(old_links, resolution, target),
+            contact_changes(old_links, resolution, target),
+        ]
+    )
     say(f"{changes.num_rows:,} merges and splits against the previous map ({_since(started)})")
     write_identity(lake, resolution, changes, target, full=True, old_map=old_map)
     say(f"identity tables written ({_since(started)})")
@@ -424,6 +437,58 @@ def person_changes(old_map: pa.Table, resolution: Resolution, version: int) -> p
             for q, n in sorted(targets_of_p.items()):
                 if q != p:
                     rows.append(_change("split", p, q, n, {}, now, version))
+    return pa.Table.from_pylist(rows, MERGES_SCHEMA)
+
+
+SUSPICIOUS = "suspicious_link"  # a change row: a link the SIM-swap guard held back
+CONTACT = "contact"  # a change row: a person gained or lost a household contact
+
+
+def contact_changes(old_links: pa.Table, resolution: Resolution, version: int) -> pa.Table:
+    """Change rows for persons whose household contacts (links with status `contact`) changed,
+    so gold rebuilds their profiles (no event: a contact is not an identity change)."""
+
+    def held(links: pa.Table) -> set[tuple[str, str]]:
+        rows = links.filter(pc.equal(links.column("status"), "contact"))
+        return {(r["edge_key"], str(contact_person(r))) for r in rows.to_pylist()}
+
+    new, old = held(resolution.links), held(old_links) if old_links.num_rows else set()
+    now = datetime.now(UTC)
+    persons = sorted({p for _, p in new ^ old if p != "None"})
+    return pa.Table.from_pylist(
+        [_change(CONTACT, p, p, 0, {}, now, version) for p in persons], MERGES_SCHEMA
+    )
+
+
+def contact_person(link: dict[str, object]) -> object:
+    """The person a contact link's contact belongs to: the side that is not the contact."""
+    return link["person_id"] if link["b_type"] == "email" else link["b_person_id"]
+
+
+def suspicious_links(old_links: pa.Table, resolution: Resolution, version: int) -> pa.Table:
+    """Change rows for links the SIM-swap guard refused that were not refused so before: the
+    new identifier's person (`from`) and the number's holder (`to`), for the fraud team."""
+    links = resolution.links
+    held = links.filter(pc.equal(links.column("reason_code"), "sim_swap_guard"))
+    if not held.num_rows:
+        return MERGES_SCHEMA.empty_table()
+    known = set()
+    if old_links.num_rows:
+        before = old_links.filter(pc.equal(old_links.column("reason_code"), "sim_swap_guard"))
+        known = set(before.column("edge_key").to_pylist())
+    now = datetime.now(UTC)
+    rows = []
+    for r in held.to_pylist():
+        if r["edge_key"] in known:
+            continue
+        # The number is the side whose node carries a tenure: its holder is the one at risk.
+        number_on_b = r["b_type"] == "msisdn"
+        stranger, holder = (
+            (r["person_id"], r["b_person_id"])
+            if number_on_b
+            else (r["b_person_id"], r["person_id"])
+        )
+        rows.append(_change(SUSPICIOUS, stranger, holder, 1, r, now, version))
     return pa.Table.from_pylist(rows, MERGES_SCHEMA)
 
 

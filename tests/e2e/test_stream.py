@@ -73,3 +73,102 @@ def test_stream_picks_up_new_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "stopped; every committed micro-batch is kept" in out
     assert "Traceback" not in out
     assert _silver_ids(lake) == {"first", "second"}
+
+
+def _event(source: str, event_type: str, event_id: str, **payload: object) -> str:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "source": source,
+            "event_type": event_type,
+            "event_ts": "2026-10-02T10:00:00Z",
+            "schema_version": 1,
+            **payload,
+        }
+    )
+
+
+def _drop(folder: Path, name: str, lines: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.rename(folder / name)
+
+
+def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_path: Path) -> None:
+    """A held source's rows reach gold as soon as the steward releases them: the running stream
+    notices the release; nobody has to send another file."""
+    from pipelines.config import load_settings
+    from pipelines.gold.stage import silver_ranges
+    from pipelines.status import gate_state
+
+    conf, root = _conf(tmp_path), tmp_path / "data"
+    settings = load_settings(conf, env={"CDP_DATA_ROOT": str(root)})
+    msisdn = "998901112233"
+    _drop(
+        root / "landing" / "billing",
+        "b-1.jsonl",
+        [
+            _event(
+                "billing",
+                "activation",
+                "b-act",
+                msisdn=msisdn,
+                iccid="8999801000000000019",
+                account_id="AC1",
+                account_type="individual",
+                line_role="holder",
+                tariff_id="T-MINI",
+            )
+        ],
+    )
+    _drop(root / "landing" / "network", "n-1.jsonl", [_line("first")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "stream"],
+        env=_env(conf, root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lake = Lake(root / "lake")
+
+    def network() -> tuple[int | None, int] | None:
+        return (
+            silver_ranges(lake, settings).get("network") if lake.exists("gold.profiles") else None
+        )
+
+    try:
+        assert _wait_for(lambda: (r := network()) is not None and r[0] == r[1], 180)
+        broken = [
+            _event(
+                "network",
+                "data_session_end",
+                f"n-bad-{i}",
+                msisdn=msisdn,
+                session_id=f"s{i}",
+                bytes_up=10,
+                bytes_down=-5,  # byte counters never go below zero: a blocking expectation
+                duration_s=60,
+            )
+            for i in range(10)
+        ]
+        _drop(root / "landing" / "network", "n-2.jsonl", broken)
+        assert _wait_for(lambda: gate_state(settings).get("network", {}).get("held"), 120)
+        held = network()
+        assert held is not None and held[0] is not None and held[0] < held[1]
+        released = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "quality", "release", "silver.network"],
+            env=_env(conf, root),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert released.returncode == 0, released.stdout + released.stderr
+        assert "the running pipeline promotes them" in released.stdout
+        assert _wait_for(lambda: (r := network()) is not None and r[0] == r[1], 60)
+        assert not gate_state(settings)["network"]["held"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "quality gate HELD network" in out

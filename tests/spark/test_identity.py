@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.identity.evidence import EVIDENCE
-from pipelines.identity.quality import assignment, evaluate, seen_values
+from pipelines.identity.quality import assignment, by_situation, evaluate, seen_values
 from pipelines.identity.resolve import Blocklist, regions_of
 from pipelines.identity.stage import (
     LINKS,
@@ -71,6 +71,54 @@ def test_matches_the_generated_truth(streamed: dict[str, Any]) -> None:
     assert q.pairwise_recall >= 0.99
     assert q.shared_accounts > 5 and q.collapsed_accounts == 0
     assert q.recycled_numbers >= 1 and q.recycled_merged == 0
+
+
+def test_every_identity_situation_holds_and_no_number_has_two_open_tenures(
+    streamed: dict[str, Any],
+) -> None:
+    """Each situation the generator made (household emails, CRM records naming no line, junk
+    logins, changes of holder, SIM-swap takeovers, ...) is resolved as its truth says."""
+    lake, settings = streamed["lake"], streamed["settings"]
+    seen = seen_values(lake.read_arrow(EVIDENCE))
+    rows = {
+        q.situation: q
+        for q in by_situation(assignment(streamed["map"]), settings.paths.truth_root, seen)
+    }
+    for name in ("household_email", "passport_only_crm", "junk_email", "ownership_change",
+                 "sim_swap_takeover", "prepaid_no_kyc", "recycled"):  # fmt: skip
+        assert name in rows and rows[name].identifiers > 0, name
+    for q in rows.values():
+        assert q.precision >= 0.999 and q.recall >= 0.99, q
+    current = streamed["map"].filter(
+        pc.and_(
+            pc.equal(streamed["map"]["id_type"], "msisdn"), pc.is_null(streamed["map"]["valid_to"])
+        )
+    )
+    assert len(pc.unique(current["id_value"])) == current.num_rows
+
+
+def test_a_takeover_is_refused_and_told_to_the_fraud_team(streamed: dict[str, Any]) -> None:
+    import pyarrow.parquet as pq
+
+    from pipelines.gold.stage import OUTBOX
+
+    lake, settings = streamed["lake"], streamed["settings"]
+    truth = settings.paths.truth_root
+    persons = pq.read_table(truth / "persons.parquet").to_pylist()
+    with_lines = set(pq.read_table(truth / "tenures.parquet")["person_key"].to_pylist())
+    strangers = {  # the takeover's fraudsters: an app user and an email, no line of their own
+        p["app_user_id"]
+        for p in persons
+        if "sim_swap_takeover" in p["situations"] and p["person_key"] not in with_lines
+    }
+    links = streamed["links"]
+    held = links.filter(pc.equal(links["reason_code"], "sim_swap_guard")).to_pylist()
+    assert strangers and {r["a_value"] for r in held} >= strangers
+    told = lake.read_arrow(OUTBOX).filter(
+        pc.equal(lake.read_arrow(OUTBOX)["event_type"], "identity.suspicious_link")
+    )
+    victims = {r["b_person_id"] for r in held if r["a_value"] in strangers}
+    assert victims <= set(told["person_id"].to_pylist())
 
 
 def test_spark_regions_equal_the_resolvers(spark: Any, streamed: dict[str, Any]) -> None:

@@ -116,3 +116,41 @@ def test_every_line_is_accounted_for(spark, billing_file: Settings) -> None:
     assert bronze == len(rows(billing_file, "silver.billing")) + len(
         rows(billing_file, "silver.quarantine")
     )
+
+
+def test_a_bad_optional_identifier_is_rejected_alone_and_the_line_still_counts(
+    spark, settings: Settings
+) -> None:
+    """A login with a junk (or malformed) email keeps its app user and line in silver, the email
+    dropped and recorded with its reason; a junk value in a required identifier still
+    quarantines the line, which cannot be attributed without it."""
+    login = {"app_user_id": "u-1", "msisdn": "998901234567", "platform": "android"}
+    land(
+        settings,
+        "app",
+        "app-00001.jsonl",
+        [
+            event("app", "login", "a-junk", **{**login, "email": "a@a.a"}),
+            event("app", "login", "a-pattern", **{**login, "email": "Test@example.com"}),
+            event("app", "login", "a-malformed", **{**login, "email": "ali@"}),
+            event("app", "login", "a-good", **{**login, "email": "Ali@Mail.uz"}),
+            event("app", "login", "a-line", **{**login, "msisdn": "000000000"}),
+        ],
+    )
+    ingest(spark, settings, ["app"])
+    silver = {r["event_id"]: r for r in rows(settings, "silver.app")}
+    assert set(silver) == {"a-junk", "a-pattern", "a-malformed", "a-good"}
+    for eid in ("a-junk", "a-pattern", "a-malformed"):
+        assert silver[eid]["email"] is None
+        assert (silver[eid]["app_user_id"], silver[eid]["msisdn"]) == ("u-1", "998901234567")
+    assert silver["a-good"]["email"] == "ali@mail.uz"
+    rejected = {r["event_id"]: r for r in rows(settings, "silver.rejected_fields")}
+    assert set(rejected) == {"a-junk", "a-pattern", "a-malformed"}
+    assert (rejected["a-junk"]["field"], rejected["a-junk"]["reason_code"]) == (
+        "email",
+        "junk_identifier",
+    )
+    assert rejected["a-junk"]["reason"] == 'email: junk identifier "a@a.a"'
+    assert rejected["a-malformed"]["reason"] == 'email: expected e-mail address, got "ali@"'
+    quarantined = {r["event_id"]: r["reason_code"] for r in rows(settings, "silver.quarantine")}
+    assert quarantined == {"a-line": "junk_identifier"}

@@ -112,11 +112,12 @@ def expected_profiles(
             if any(e.get("app_user_id") == info["app_user_id"] for e in evs) and info["app_user_id"]
             else []
         )
-        p["emails"] = (
-            [info["email"]]
-            if info["email"] and any(e.get("email") == info["email"] for e in evs)
-            else []
-        )
+        # Their own email, and a household email they share with another holder (a contact on
+        # both profiles); a shop's email on many contracts is junk, on nobody's.
+        own = [info["email"]] if info["email"] else []
+        if info.get("contact_email") and "household_email" in (info.get("situations") or []):
+            own.append(info["contact_email"])
+        p["emails"] = sorted(x for x in own if any(e.get("email") == x for e in evs))
 
         balances = {}
         for t in current:

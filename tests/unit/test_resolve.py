@@ -19,6 +19,9 @@ pytestmark = pytest.mark.unit
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 RULE_TIER = {
     "line_sim": 1,
+    "sim_swap": 1,
+    "crm_passport_account": 1,
+    "crm_email_passport": 2,
     "individual_holder": 1,
     "app_login_line": 1,
     "crm_passport": 1,
@@ -162,6 +165,21 @@ def test_recycled_number_second_owner_is_a_new_person(cfg: IdentityCfg) -> None:
     assert person_of(res, "account_id", "AC2") == {second}
 
 
+def test_reactivation_without_deactivation_closes_the_previous_tenure(cfg: IdentityCfg) -> None:
+    """Billing never sent the deactivation: the new activation ends the old tenure anyway, and
+    the number never has two open tenures."""
+    f = Feed()
+    f.activate("998903333333", "89998010000000000033", "AC1", 0)
+    f.link("app_login_line", "app_user_id:old", "msisdn:998903333333", 1)
+    f.activate("998903333333", "89998010000000000034", "AC2", 20)
+    f.link("app_login_line", "app_user_id:new", "msisdn:998903333333", 21)
+    res = resolve(f.table(), cfg)
+    assert one(person_of(res, "app_user_id", "old")) != one(person_of(res, "app_user_id", "new"))
+    tenures = res.nodes.filter(pc.equal(res.nodes.column("id_type"), "msisdn")).sort_by("tenure")
+    ended = T0 + timedelta(days=20) - timedelta(microseconds=1)  # just before the new one
+    assert tenures.column("valid_to").to_pylist() == [ended, None]
+
+
 def test_family_lines_never_merge_even_through_a_shared_email(cfg: IdentityCfg) -> None:
     f = Feed()
     f.activate("998903000001", "89998010000000000031", "FAM", 0, "family", "holder")
@@ -177,12 +195,81 @@ def test_family_lines_never_merge_even_through_a_shared_email(cfg: IdentityCfg) 
     assert holder != member
     assert person_of(res, "email", "home@mail.uz") == holder
     ((status, reason),) = link_status(res, "app_login_email")
+    # the CRM record makes it the holder's; the member's login cannot take it
     assert status == "refused"
-    assert "FAM" in (reason or "") and "different people" in (reason or "")
+    assert "home@mail.uz belongs to another person by stronger evidence" in (reason or "")
     accounts = account_view(res.links, res.nodes).to_pylist()
     assert accounts[0]["account_id"] == "FAM"
     assert accounts[0]["holder_person_id"] == one(holder)
     assert set(accounts[0]["member_person_ids"]) == holder | member
+
+
+def test_an_email_two_account_holders_share_is_a_contact_not_a_key(cfg: IdentityCfg) -> None:
+    """Two adults on separate individual accounts give the CRM one household email: they stay
+    two persons, and the email is nobody's key."""
+    f = Feed()
+    f.activate("998904000001", "89998010000000000041", "AC41", 0)
+    f.activate("998904000002", "89998010000000000042", "AC42", 0)
+    f.link("crm_passport", "passport:AA4000001", "msisdn:998904000001", 1)
+    f.link("crm_passport", "passport:AA4000002", "msisdn:998904000002", 1)
+    for n in ("1", "2"):
+        f.link("crm_email", "email:karimovs@mail.uz", f"msisdn:99890400000{n}", 1)
+    res = resolve(f.table(), cfg)
+    a, b = (one(person_of(res, "msisdn", f"99890400000{n}")) for n in ("1", "2"))
+    assert a != b
+    assert person_of(res, "email", "karimovs@mail.uz") == set()
+    assert {s for s, _ in link_status(res, "crm_email")} == {"contact"}
+    assert "used by 2 persons" in (link_status(res, "crm_email")[0][1] or "")
+
+
+def test_a_value_on_too_many_lines_is_junk_and_links_nothing(cfg: IdentityCfg) -> None:
+    """A shop typed its own email on seven customers' contracts (limit 6): flagged as junk
+    automatically, it merges no one."""
+    f = Feed()
+    for n in range(7):
+        f.activate(f"99890500000{n}", f"8999801000000000005{n}", f"AC5{n}", 0)
+        f.link("crm_email", "email:shop@dealer.uz", f"msisdn:99890500000{n}", 1)
+    res = resolve(f.table(), cfg)
+    assert len({one(person_of(res, "msisdn", f"99890500000{n}")) for n in range(7)}) == 7
+    statuses = link_status(res, "crm_email")
+    assert {s for s, _ in statuses} == {"refused"}
+    assert "is on 7 lines and accounts" in (statuses[0][1] or "")
+    assert person_of(res, "email", "shop@dealer.uz") == set()
+
+
+def test_a_crm_record_naming_no_line_links_through_passport_and_account(
+    cfg: IdentityCfg,
+) -> None:
+    f = Feed()
+    f.activate("998906000001", "89998010000000000061", "AC61", 0)
+    f.link("crm_passport_account", "passport:AB6000001", "account_id:AC61", 1)
+    f.link("crm_email_passport", "email:dilnoza@mail.uz", "passport:AB6000001", 1)
+    res = resolve(f.table(), cfg)
+    pid = one(person_of(res, "msisdn", "998906000001"))
+    assert person_of(res, "passport", "AB6000001") == person_of(res, "email", "dilnoza@mail.uz")
+    assert person_of(res, "passport", "AB6000001") == {pid}
+
+
+def test_a_new_app_user_right_after_a_sim_swap_is_not_merged(cfg: IdentityCfg) -> None:
+    """SIM-swap takeover: a stranger's app user logs in a few hours after the swap: refused and
+    reported; the owner's own app user, known before the swap, still counts."""
+    f = Feed()
+    f.activate("998907000001", "89998010000000000071", "AC71", 0)
+    f.link("app_login_line", "app_user_id:owner", "msisdn:998907000001", 1)
+    f.link("sim_swap", "msisdn:998907000001", "iccid:89998010000000000079", 5)
+    f._row(kind="opens", a_type="iccid", a_value="89998010000000000079",
+           valid_from=T0 + timedelta(days=5))  # fmt: skip
+    f.link("app_login_line", "app_user_id:stranger", "msisdn:998907000001", 5.2)
+    f.link("app_login_line", "app_user_id:owner", "msisdn:998907000001", 5.3)
+    f.link("app_login_line", "app_user_id:later", "msisdn:998907000001", 9)  # after the window
+    res = resolve(f.table(), cfg)
+    victim = one(person_of(res, "msisdn", "998907000001"))
+    assert person_of(res, "app_user_id", "owner") == {victim}
+    assert person_of(res, "app_user_id", "later") == {victim}
+    assert person_of(res, "app_user_id", "stranger") != {victim}
+    refused = res.links.filter(pc.equal(res.links.column("reason_code"), "sim_swap_guard"))
+    assert refused.column("a_value").to_pylist() == ["stranger"]
+    assert "4.8 h after its SIM swap" in refused.column("reason")[0].as_py()
 
 
 def test_second_passport_is_refused_with_the_guardrail_named(cfg: IdentityCfg) -> None:

@@ -18,7 +18,16 @@ pytestmark = pytest.mark.unit
 def _generate(root: Path, **overrides: object):
     settings = load_settings(PROJECT_ROOT / "conf", env={})
     cfg = settings.generator.model_copy(
-        update={"subscribers": 600, "days": 10, "files_per_source": 2, **overrides}
+        update={
+            "subscribers": 600,
+            "days": 10,
+            "files_per_source": 2,
+            "recycle_share": 0.03,  # enough recycled numbers for each way a tenure ends
+            "port_out_share": 0.02,
+            # a shop's group of eight customers needs more holders than 1% of this operator
+            "situations": settings.generator.situations.model_copy(update={"shop_email": 0.05}),
+            **overrides,
+        }
     )
     return generate(cfg, settings.identity.country, root / "landing", root / "truth")
 
@@ -78,9 +87,26 @@ def test_recycled_numbers_change_owner_after_quarantine(operator: Path) -> None:
     assert recycled
     for first, second in (r[:2] for r in recycled):
         assert first["person_key"] != second["person_key"]
-        assert first["valid_to"] is not None and second["valid_from"] > first["valid_to"]
+        assert first["valid_to"] is not None
+        if second["opened_by"] == "ownership_change":  # handed over: no gap, no deactivation
+            assert second["valid_from"] == first["valid_to"] and not first["end_reported"]
+        else:
+            assert second["valid_from"] > first["valid_to"]
     reasons = {t["end_reason"] for t in tenures}
-    assert "port_out" in reasons
+    assert {"port_out", "ownership_change"} <= reasons
+    assert any(not t["end_reported"] and t["end_reason"] != "ownership_change" for t in tenures)
+
+
+def test_every_identity_situation_is_made_and_tagged(operator: Path) -> None:
+    """Each situation the identity quality report scores has persons tagged in the truth."""
+    from pipelines.config import SituationShares
+
+    persons = pq.read_table(operator / "truth" / "persons.parquet").to_pylist()
+    tagged = {s for p in persons for s in p["situations"]}
+    wanted = set(SituationShares.model_fields) | {"recycled", "sim_swap"}
+    assert wanted - tagged == set(), "situations the generator did not make"
+    household = [p for p in persons if "household_email" in p["situations"]]
+    assert all(p["contact_email"] and p["email"] is None for p in household)
 
 
 def test_every_bad_kind_is_present_and_marked(operator: Path) -> None:
