@@ -214,21 +214,14 @@ def frequent_values(evidence: pl.DataFrame, cfg: IdentityCfg) -> dict[tuple[str,
     if not limits:
         return {}
     merge = evidence.filter(pl.col("kind") == "merge")
-    sides = pl.concat(
-        [
-            merge.select(
-                pl.col("a_type").alias("t"),
-                pl.col("a_value").alias("v"),
-                pl.col("b_type").alias("pt"),
-                pl.col("b_value").alias("pv"),
-            ),
-            merge.select(
-                pl.col("b_type").alias("t"),
-                pl.col("b_value").alias("v"),
-                pl.col("a_type").alias("pt"),
-                pl.col("a_value").alias("pv"),
-            ),
-        ]
+    sides = pl.concat(  # each value with its partner, from both ends of every link
+        merge.select(
+            pl.col(f"{me}_type").alias("t"),
+            pl.col(f"{me}_value").alias("v"),
+            pl.col(f"{other}_type").alias("pt"),
+            pl.col(f"{other}_value").alias("pv"),
+        )
+        for me, other in (("a", "b"), ("b", "a"))
     )
     limit = pl.col("t").replace_strict(limits, default=None, return_dtype=pl.Int64)
     counts = (

@@ -13,6 +13,7 @@ import pytest
 
 from bench.receiver import Receiver
 from pipelines.gold.profile import PROFILES
+from tests.api.conftest import may_use
 from tests.conftest import screenshot_path
 
 pytestmark = [pytest.mark.api, pytest.mark.e2e]
@@ -38,8 +39,12 @@ def test_build_count_save_and_push_a_segment_in_the_page(
     page.get_by_label("Condition 2 value").fill("0.2")
 
     profiles = served["lake"].read_polars(PROFILES)
+    # churn_risk decides only for persons who may be profiled (conf/policy.yaml)
     matching = profiles.filter(
-        pl.col("value_segment").is_not_null() & (pl.col("churn_risk") >= 0.2)
+        pl.col("value_segment").is_not_null()
+        & may_use(served, "value_segment")
+        & (pl.col("churn_risk") >= 0.2)
+        & may_use(served, "churn_risk")
     )
     reachable = matching.filter(pl.col("consent_marketing_granted").fill_null(False))
     assert reachable.height > 0

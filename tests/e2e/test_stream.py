@@ -47,18 +47,23 @@ def _silver_ids(lake: Lake) -> set[str]:
     return set(lake.read_arrow("silver.network", ["event_id"]).column("event_id").to_pylist())
 
 
-def test_stream_picks_up_new_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    conf, root = _conf(tmp_path), tmp_path / "data"
-    landing = root / "landing" / "network"
-    landing.mkdir(parents=True)
-    (landing / "n-1.jsonl").write_text(_line("first") + "\n")
-    proc = subprocess.Popen(
+def _stream(conf: Path, root: Path) -> subprocess.Popen[str]:
+    """`cdp stream` in a subprocess, its output captured."""
+    return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "stream"],
         env=_env(conf, root),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_stream_picks_up_new_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    conf, root = _conf(tmp_path), tmp_path / "data"
+    landing = root / "landing" / "network"
+    landing.mkdir(parents=True)
+    (landing / "n-1.jsonl").write_text(_line("first") + "\n")
+    proc = _stream(conf, root)
     lake = Lake(root / "lake")
     try:
         assert _wait_for(lambda: "first" in _silver_ids(lake), 120)
@@ -123,13 +128,7 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
         ],
     )
     _drop(root / "landing" / "network", "n-1.jsonl", [_line("first")])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "stream"],
-        env=_env(conf, root),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _stream(conf, root)
     lake = Lake(root / "lake")
 
     def network() -> tuple[int | None, int] | None:
