@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 SMALL := --subscribers 400 --days 7 --files-per-source 3
 
-.PHONY: run test serve lint java chromium install clean help
+.PHONY: run test serve lint java jvm chromium install clean help
 
 help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
@@ -26,10 +26,14 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --quiet
 	@touch $(STAMP)
 
-install: $(STAMP) java
+install: $(STAMP) java jvm
 
 java:
 	@scripts/ensure-java.sh
+
+# The pinned JVM artifacts (jvm/pom.xml: Delta) into .jvm/jars, with Maven.
+jvm: $(STAMP) java
+	@scripts/fetch-jvm.sh
 
 chromium:
 	@scripts/ensure-chromium.sh

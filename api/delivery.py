@@ -213,14 +213,11 @@ class Deliverer:
         done = self.store.cursor("outbox")
         if done is not None and done >= current:
             return False
-        files = self.lake.added_files(OUTBOX, done, current)
         types = [t for t in EVENT_TYPES if not t.startswith("segment.")]
-        frame = (
-            pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
-            .filter(pl.col("event_type").is_in(types))
-            .sort("occurred_at", maintain_order=True)
-            if files
-            else pl.DataFrame()
+        added = pl.from_arrow(self.lake.appended(OUTBOX, done, current))
+        assert isinstance(added, pl.DataFrame)
+        frame = added.filter(pl.col("event_type").is_in(types)).sort(
+            "occurred_at", maintain_order=True
         )
         rows = frame.to_dicts() if frame.height else []
         with self.store.engine.begin() as conn:

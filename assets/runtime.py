@@ -51,7 +51,7 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.lake = Lake(self.settings.paths.lake_root)
+        self.lake = Lake(self.settings.paths.lake_root, self.spark)
 
     def spark(self) -> SparkSession:
         from pipelines.spark import spark_session

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import polars as pl
-import pyarrow.parquet as pq
 
 from expectations.suites import MAP_PERSONS, SOURCE_HEALTH, Suite
 from pipelines.config import Settings
@@ -79,18 +78,15 @@ def pending_silver(
     if not lake.exists(table):
         return pl.DataFrame()
     span = silver_ranges(lake, settings).get(source)  # None: gold does not read this source
-    files: list[str] = []
-    if span:
-        done, target = span
-        if until and table in until:
-            target = min(target, until[table])
-        released = released_version(settings, table)
-        if released is not None and (done is None or released > done):
-            done = min(released, target)
-        files = lake.added_files(table, done, target)
-    if not files:
+    if not span:
         return pl.from_arrow(lake.arrow_schema(table).empty_table())  # type: ignore[return-value]
-    return pl.from_arrow(pq.read_table(files))  # type: ignore[return-value]
+    done, target = span
+    if until and table in until:
+        target = min(target, until[table])
+    released = released_version(settings, table)
+    if released is not None and (done is None or released > done):
+        done = min(released, target)
+    return pl.from_arrow(lake.appended(table, done, target))  # type: ignore[return-value]
 
 
 def source_health(lake: Lake, settings: Settings, now: datetime | None = None) -> pl.DataFrame:

@@ -135,14 +135,14 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
     from pipelines.reference import ReferenceFileError, load_reference
     from pipelines.spark import JavaMissingError, spark_session
 
-    lake = Lake(settings.paths.lake_root)
     try:
+        spark = spark_session(settings.engine)
+        lake = Lake(settings.paths.lake_root, spark)
         for load in load_reference(
             lake, settings.reference, settings.paths.landing_root / "reference"
         ):
             state = "loaded" if load.changed else "unchanged"
             console.print(f"{load.table}: {load.rows} rows ({state}, version {load.version})")
-        spark = spark_session(settings.engine)
     except (JavaMissingError, ReferenceFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -295,9 +295,9 @@ def identity_rebuild(conf: ConfOpt = None) -> None:
     from pipelines.spark import spark_session
 
     settings = _settings(conf)
-    lake = Lake(settings.paths.lake_root)
     with stage_lock(settings.paths.checkpoint_root, "identity"):
-        r = rebuild_identity(spark_session(settings.engine), lake, settings)
+        spark = spark_session(settings.engine)
+        r = rebuild_identity(spark, Lake(settings.paths.lake_root, spark), settings)
     console.print(
         f"identity rebuilt: {r.identifiers:,} identifiers in {r.persons:,} persons, "
         f"{r.merges} merges, {r.splits} splits, {r.refused} refused links in {r.seconds:.1f} s"
@@ -311,10 +311,12 @@ def profiles_rebuild(conf: ConfOpt = None) -> None:
     from pipelines.gold.stage import rebuild_gold
     from pipelines.ingest import stage_lock
     from pipelines.lake import Lake
+    from pipelines.spark import spark_session
 
     settings = _settings(conf)
     with stage_lock(settings.paths.checkpoint_root, "identity"):
-        r = rebuild_gold(Lake(settings.paths.lake_root), settings, progress=console.print)
+        lake = Lake(settings.paths.lake_root, spark_session(settings.engine))
+        r = rebuild_gold(lake, settings, progress=console.print)
     console.print(
         f"profiles rebuilt (windows end {r.clock_day}): {r.persons:,} persons, {r.created:,} "
         f"created, {r.updated:,} updated, {r.removed:,} removed in {r.seconds:.1f} s"

@@ -1,63 +1,49 @@
-"""The lake: every Delta read and write goes through here (delta-rs; no Delta jars on the JVM).
+"""The lake: every Delta read and write goes through here.
 
-The interface is deliberately narrow (append, upsert, overwrite, read, changes) so its body can
-change for a cluster (executors write Parquet, the driver commits) without touching any stage.
-Appends are
-idempotent: each carries an app transaction (app id + version), and a version already committed for
-that app id is skipped, so a replayed micro-batch never duplicates rows.
+Writes run on Spark with delta-spark (executors write the Parquet files, Delta commits the log);
+readers without a JVM (the API, checks, other engines) read the same tables with delta-rs.
+The interface is deliberately narrow (append, upsert, overwrite, read, changes) so a stage does
+not care which engine wrote a table.
+
+Writes are idempotent: each carries app transactions (app id + version) and one already committed
+is skipped, so a replayed micro-batch never duplicates rows. Delta records one app transaction
+per commit; a write that advances several (a stage reading four silver tables) records one
+table-local progress number instead, whose map of app versions is written next to the table
+before the commit (see `_Progress`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
-import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import polars as pl
 import pyarrow as pa
-from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
-# Tables stay readable by every Delta reader (Spark, delta-rs, Polars, DuckDB).
-TABLE_CONFIG = {"delta.enableDeletionVectors": "false"}
-# Row groups of 64k rows let Spark split one file across cores (it splits at row groups).
-ROW_GROUP_ROWS = 64 * 1024
-WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
-# Tables rewritten by MERGE every micro-batch (a batch's persons sit in every file): dictionary
-# encoding of their high-cardinality columns costs more than it saves, and LZ4 decodes fastest.
-# Measured on 1M profiles: a 10k-row MERGE takes 1.3 s instead of 3.6 s (docs/profiles.md).
-REWRITE_WRITER = WriterProperties(
-    max_row_group_size=ROW_GROUP_ROWS,
-    compression="LZ4_RAW",
-    default_column_properties=ColumnProperties(dictionary_enabled=False),
-)
-REWRITTEN_TABLES = frozenset({"gold.profiles"})
-FILE_ROWS = 64 * 1024  # rows per file of a rewritten table
+# Rows per file a driver-side table is written as (larger tables spread over every core).
+FILE_ROWS = 256 * 1024
+# Columns never worth statistics: long, unique and never filtered on.
+NO_STATS = frozenset({"raw_line"})
+# The app id of a multi-source write's table-local progress number.
+PROGRESS_APP = "cdp.progress"
+PROGRESS_KEPT = 10  # older progress maps kept
+PROGRESS_DIR = "_cdp_progress"  # inside the table folder: Delta and VACUUM skip `_` folders
+CHANGE_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
 
-# Bronze's raw lines and line keys are all distinct: a dictionary tried first for them cost ~20% of
-# the write and a file 10% larger than plain encoding (731k network lines: 0.47 -> 0.36 s).
-BRONZE_WRITER = WriterProperties(
-    max_row_group_size=ROW_GROUP_ROWS,
-    compression="ZSTD",
-    column_properties={
-        c: ColumnProperties(dictionary_enabled=False) for c in ("raw_line", "event_id", "line_id")
-    },
-)
-
-
-def _writer(table: str) -> WriterProperties:
-    if table.startswith("bronze."):
-        return BRONZE_WRITER
-    return REWRITE_WRITER if table in REWRITTEN_TABLES else WRITER
+class LakeWriteError(RuntimeError):
+    """A write to the lake could not run (no Spark session in this process)."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +51,25 @@ class Changes:
     """Rows a table gained between two versions, as a Spark frame, and the version they end at."""
 
     frame: DataFrame
-    files: list[str]
     to_version: int
+
+
+Rows: TypeAlias = pa.Table | DataFrame
 
 
 class Lake:
     """Delta tables under one root, named `layer.table` (for example `silver.billing`)."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(
+        self, root: Path | str, spark: SparkSession | Callable[[], SparkSession] | None = None
+    ) -> None:
+        """`spark` writes (a session, or a function that starts one on the first write); without
+        it the process's active session does, and a reader-only process needs none."""
         self.root = Path(root)
+        self._spark = spark
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    # ------------------------------------------------------------ metadata (delta-rs)
 
     def uri(self, table: str) -> str:
         layer, _, name = table.partition(".")
@@ -108,12 +103,37 @@ class Lake:
     def committed(self, table: str, app_id: str) -> int | None:
         """Highest app-transaction version committed to `table` by `app_id`, if any."""
         dt = self.table(table)
-        return None if dt is None else dt.transaction_version(app_id)
+        return None if dt is None else self._committed(table, dt, app_id)
+
+    def _committed(self, table: str, dt: DeltaTable, app_id: str) -> int | None:
+        done = [dt.transaction_version(app_id), self._progress(table).done(dt).get(app_id)]
+        return max((v for v in done if v is not None), default=None)
+
+    def last_metadata(self, table: str) -> dict[str, Any]:
+        """The stage metadata of the table's newest commit ({} when it has none)."""
+        dt = self.table(table)
+        last = dt.history(1) if dt is not None else []
+        text = last[0].get("userMetadata") if last else None
+        return json.loads(text) if text else {}
+
+    # ------------------------------------------------------------ writes (delta-spark)
+
+    @property
+    def spark(self) -> SparkSession:
+        if callable(self._spark):
+            self._spark = self._spark()
+        spark = self._spark or SparkSession.getActiveSession()
+        if spark is None:
+            raise LakeWriteError(
+                f"writing to the lake at {self.root} needs a Spark session (delta-spark); "
+                "this process has none: start one with pipelines.spark.spark_session()"
+            )
+        return spark
 
     def append(
         self,
         table: str,
-        data: pa.Table,
+        data: Rows,
         *,
         app_id: str,
         txn_version: int,
@@ -126,7 +146,7 @@ class Lake:
     def append_once(
         self,
         table: str,
-        data: pa.Table,
+        data: Rows,
         txns: dict[str, int],
         *,
         stage: str,
@@ -135,173 +155,184 @@ class Lake:
         """Append `data` in one commit that records every app transaction in `txns`; skipped
         (returns False) when all of them are already committed at or past those versions; with
         no transactions it always appends."""
-        with self._locks[table]:
-            dt = self.table(table)  # one log read serves both the check and the create decision
-            if dt is not None and _all_done(dt, txns):
-                return False
-            write_deltalake(
-                self.uri(table),
-                data,
-                mode="append",
-                # a new contract version may add a column; rows without it read as null
-                schema_mode="merge" if dt is not None else None,
-                commit_properties=_props(stage, txns, metadata),
-                writer_properties=_writer(table),
-                configuration=TABLE_CONFIG if dt is None else None,
-            )
-            return True
-
-    def upsert(
-        self,
-        table: str,
-        rows: pa.Table,
-        key: str,
-        *,
-        delete_keys: list[str],
-        stage: str,
-        txns: dict[str, int] | None = None,
-        metadata: dict[str, Any] | None = None,
-        current: pl.DataFrame | None = None,
-    ) -> None:
-        """In one commit: insert or replace `rows` by `key`, and delete the rows whose key is in
-        `delete_keys` (and not in `rows`). Creates the table on first use; skipped when every
-        app transaction in `txns` is already committed. `current`: the table's current rows,
-        when the caller has just read them (a full rewrite then does not read them again)."""
-        with self._locks[table]:
-            dt = self.table(table)
-            if dt is not None and _all_done(dt, txns):
-                return
-            props = _props(stage, txns or {}, metadata)
-            if table in REWRITTEN_TABLES and (
-                dt is None or rows.num_rows + len(delete_keys) >= len(dt.file_uris())
-            ):
-                # Enough keys to touch every file anyway: one sorted copy-on-write pass.
-                self._rewrite(table, dt, rows, key, delete_keys, props, current)
-                return
-            if dt is None:
-                write_deltalake(
-                    self.uri(table),
-                    rows,
-                    mode="append",
-                    commit_properties=props,
-                    writer_properties=_writer(table),
-                    configuration=TABLE_CONFIG,
-                )
-                return
-            keep = set(rows.column(key).to_pylist())
-            gone = [k for k in dict.fromkeys(delete_keys) if k not in keep]
-            deletes = pa.table(
-                {
-                    name: pa.array(gone, rows.schema.field(key).type)
-                    if name == key
-                    else pa.nulls(len(gone), rows.schema.field(name).type)
-                    for name in rows.schema.names
-                }
-            )
-            ops = pa.array(["upsert"] * rows.num_rows + ["delete"] * len(gone), pa.string())
-            source = pa.concat_tables([rows, deletes]).append_column("_op", ops)
-            (
-                dt.merge(
-                    source,
-                    f"t.{key} = s.{key}",
-                    source_alias="s",
-                    target_alias="t",
-                    writer_properties=_writer(table),
-                    commit_properties=props,
-                )
-                .when_matched_delete("s._op = 'delete'")
-                .when_matched_update_all("s._op = 'upsert'", except_cols=["_op"])
-                .when_not_matched_insert_all("s._op = 'upsert'", except_cols=["_op"])
-                .execute()
-            )
-
-    def recluster(self, table: str, key: str, *, stage: str) -> None:
-        """Rewrite a table sorted by `key` into files of FILE_ROWS rows (after many small MERGEs
-        have fragmented it); same rows, one new version."""
-        with self._locks[table]:
-            dt = self._existing(table)
-            empty = pa.schema(dt.schema().to_arrow()).empty_table()
-            self._rewrite(table, dt, empty, key, [], _props(stage, {}, None), None)
-
-    def _rewrite(
-        self,
-        table: str,
-        dt: DeltaTable | None,
-        rows: pa.Table,
-        key: str,
-        delete_keys: list[str],
-        props: CommitProperties,
-        current: pl.DataFrame | None,
-    ) -> None:
-        """Copy-on-write of the whole table in one pass: the current rows minus those replaced
-        or deleted, plus `rows`, sorted by `key` into files of FILE_ROWS rows whose key ranges
-        do not overlap (so a later MERGE of a few keys rewrites only their files), committed as
-        one overwrite carrying the app transactions."""
-        uri = self.uri(table)
-        new = pl.from_arrow(rows)
-        assert isinstance(new, pl.DataFrame)
-        if dt is None:
-            DeltaTable.create(uri, rows.schema, configuration=TABLE_CONFIG)
-            dt = DeltaTable(uri)
-            merged = new.sort(key)
-        else:
-            gone = pl.concat(
-                [new.get_column(key), pl.Series(key, delete_keys, dtype=new.schema[key])]
-            )
-            stays = ~pl.col(key).is_in(gone.implode())
-            kept = (
-                current.filter(stays)
-                if current is not None
-                else pl.scan_delta(uri, version=dt.version()).filter(stays).collect()
-            )
-            merged = pl.concat([kept, new.select(kept.columns).cast(kept.schema)]).sort(key)
-
-        def write(start: int) -> AddAction:
-            part = merged.slice(start, FILE_ROWS)
-            name = f"part-{uuid.uuid4()}.parquet"
-            path = Path(uri) / name
-            part.write_parquet(
-                path, compression="lz4", row_group_size=ROW_GROUP_ROWS, statistics=True
-            )
-            bounds = part.select(pl.col(key).min().alias("lo"), pl.col(key).max().alias("hi"))
-            stats = {
-                "numRecords": part.height,
-                "minValues": {key: bounds.item(0, "lo")},
-                "maxValues": {key: bounds.item(0, "hi")},
-                "nullCount": {key: part.get_column(key).null_count()},
-            }
-            return AddAction(
-                name, path.stat().st_size, {}, int(time.time() * 1000), True, json.dumps(stats)
-            )
-
-        actions: list[AddAction | RemoveAction] = [
-            write(start) for start in range(0, max(merged.height, 1), FILE_ROWS)
-        ]
-        dt.create_write_transaction(
-            actions, mode="overwrite", schema=dt.schema(), commit_properties=props
-        )
+        return self._write(table, data, "append", txns, stage, metadata)
 
     def overwrite(
         self,
         table: str,
-        data: pa.Table,
+        data: Rows,
         *,
         stage: str,
         metadata: dict[str, Any] | None = None,
         txns: dict[str, int] | None = None,
     ) -> None:
         """Replace the table's content in one new version (reference loads, full recomputes)."""
+        self._write(table, data, "overwrite", txns or {}, stage, metadata)
+
+    def _write(
+        self,
+        table: str,
+        data: Rows,
+        mode: str,
+        txns: dict[str, int],
+        stage: str,
+        metadata: dict[str, Any] | None,
+    ) -> bool:
         with self._locks[table]:
-            props = _props(stage, txns or {}, metadata)
-            write_deltalake(
-                self.uri(table),
-                data,
-                mode="overwrite",
-                schema_mode="overwrite",
-                commit_properties=props,
-                writer_properties=_writer(table),
-                configuration=TABLE_CONFIG if not self.exists(table) else None,
+            dt = self.table(table)
+            if dt is not None and self._all_done(table, dt, txns):
+                return False
+            self._save(table, dt, data, mode, txns, stage, metadata)
+            return True
+
+    def _save(
+        self,
+        table: str,
+        dt: DeltaTable | None,
+        data: Rows,
+        mode: str,
+        txns: dict[str, int],
+        stage: str,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        """One delta-spark write of `data` (`dt`: the table before it, None when new)."""
+        frame = self._frame(data)
+        writer = (
+            frame.write.format("delta")
+            .mode(mode)
+            .option("userMetadata", _user_metadata(stage, metadata))
+            .option("overwriteSchema" if mode == "overwrite" else "mergeSchema", "true")
+        )
+        if dt is None:
+            for key, value in _creation_properties(frame.columns).items():
+                writer = writer.option(key, value)
+        progress = self._progress(table)
+        txn = progress.prepare(dt, txns)
+        if txn is not None:
+            writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+        writer.save(self.uri(table))
+        progress.settle(txn)
+
+    def upsert(
+        self,
+        table: str,
+        rows: Rows,
+        key: str,
+        *,
+        delete_keys: list[str],
+        stage: str,
+        txns: dict[str, int] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """In one Delta MERGE: insert or replace `rows` by `key`, and delete the rows whose key
+        is in `delete_keys` (and not in `rows`). Creates the table on first use; skipped when
+        every app transaction in `txns` is already committed."""
+        txns = txns or {}
+        with self._locks[table]:
+            dt = self.table(table)
+            if dt is None:
+                self._save(table, None, rows, "append", txns, stage, metadata)
+                return
+            if self._all_done(table, dt, txns):
+                return
+            source = self._merge_source(self._frame(rows), key, delete_keys)
+            columns = [c for c in source.columns if c != "_op"]
+            # The MERGE runs in its own session: Delta takes a MERGE's app transaction and
+            # commit metadata from session settings, which must not leak into other writes.
+            session = self.spark.newSession()
+            view = f"cdp_merge_{uuid.uuid4().hex}"
+            source.createOrReplaceGlobalTempView(view)
+            progress = self._progress(table)
+            try:
+                txn = progress.prepare(dt, txns)
+                if txn is not None:
+                    session.conf.set("spark.databricks.delta.write.txnAppId", txn[0])
+                    session.conf.set("spark.databricks.delta.write.txnVersion", str(txn[1]))
+                session.conf.set(
+                    "spark.databricks.delta.commitInfo.userMetadata",
+                    _user_metadata(stage, metadata),
+                )
+                from delta.tables import DeltaTable as SparkDeltaTable
+
+                values: dict[str, str | Column] = {c: f"s.`{c}`" for c in columns}
+                (
+                    SparkDeltaTable.forPath(session, self.uri(table))
+                    .alias("t")
+                    .merge(
+                        session.table(f"global_temp.{view}").alias("s"), f"t.`{key}` = s.`{key}`"
+                    )
+                    .whenMatchedDelete("s._op = 'delete'")
+                    .whenMatchedUpdate("s._op = 'upsert'", set=values)
+                    .whenNotMatchedInsert("s._op = 'upsert'", values=values)
+                    .execute()
+                )
+                progress.settle(txn)
+            finally:
+                self.spark.catalog.dropGlobalTempView(view)
+
+    def _merge_source(self, rows: DataFrame, key: str, delete_keys: list[str]) -> DataFrame:
+        """`rows` tagged `upsert`, plus one `delete` row (other columns null) per key to drop
+        that `rows` does not hold."""
+        from pyspark.sql import functions as F
+
+        upserts = rows.withColumn("_op", F.lit("upsert"))
+        if not delete_keys:
+            return upserts
+        key_type = rows.schema[key].dataType
+        gone = (
+            self.spark.createDataFrame([(k,) for k in dict.fromkeys(delete_keys)], [key])
+            .select(F.col(key).cast(key_type).alias(key))
+            .join(rows.select(key), key, "left_anti")
+        )
+        deletes = gone.select(
+            *[
+                F.col(key) if f.name == key else F.lit(None).cast(f.dataType).alias(f.name)
+                for f in rows.schema.fields
+            ],
+            F.lit("delete").alias("_op"),
+        )
+        return upserts.unionByName(deletes)
+
+    def recluster(self, table: str, key: str, *, stage: str) -> None:
+        """Compact a table's small files into large ones clustered by `key` (Delta OPTIMIZE
+        ZORDER BY): same rows, one new version, and a MERGE of a few keys then rewrites few
+        files."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        with self._locks[table]:
+            self._existing(table)
+            session = self.spark.newSession()
+            session.conf.set(
+                "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, None)
             )
+            SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeZOrderBy(key)
+
+    def _frame(self, data: Rows) -> DataFrame:
+        """`data` as a Spark frame: a driver-side Arrow table is sliced over the cores."""
+        if isinstance(data, DataFrame):
+            return data
+        spark = self.spark
+        ready = _spark_ready(data)
+        if not ready.num_rows:  # PySpark cannot take an Arrow column without chunks
+            return spark.createDataFrame([], from_arrow_schema(ready.schema))
+        frame = spark.createDataFrame(ready)
+        parts = max(
+            1, min(spark.sparkContext.defaultParallelism, math.ceil(data.num_rows / FILE_ROWS))
+        )
+        return frame.coalesce(parts)
+
+    def _progress(self, table: str) -> _Progress:
+        return _Progress(Path(self.uri(table)) / PROGRESS_DIR)
+
+    def _all_done(self, table: str, dt: DeltaTable, txns: dict[str, int]) -> bool:
+        """True when `txns` is not empty and every app transaction in it is committed at or past
+        its version: the write it guards already happened."""
+        return bool(txns) and all(
+            (done := self._committed(table, dt, app)) is not None and done >= v
+            for app, v in txns.items()
+        )
+
+    # ------------------------------------------------------------ reads
 
     def read_arrow(
         self,
@@ -310,12 +341,8 @@ class Lake:
         where: pl.Expr | None = None,
         version: int | None = None,
     ) -> pa.Table:
-        """A snapshot (current, or `version`), optionally only the rows matching `where`.
-
-        Reads go through Polars: it pushes the predicate down to Parquet statistics and reads the
-        string-view columns delta-rs MERGE writes, which pyarrow's dataset filters cannot compare
-        yet. (pyarrow's dataset reader also left a native thread behind that aborted the process
-        at exit after large multi-file reads.)"""
+        """A snapshot (current, or `version`), optionally only the rows matching `where`, read
+        with Polars over delta-rs: it pushes the predicate down to the files' statistics."""
         dt = self._existing(table, version)
         frame, schema = self._scan(dt, table, columns, where)
         return frame.collect().to_arrow().cast(schema)
@@ -336,7 +363,7 @@ class Lake:
     def _scan(
         self, dt: DeltaTable, table: str, columns: list[str] | None, where: pl.Expr | None
     ) -> tuple[pl.LazyFrame, pa.Schema]:
-        schema = pa.schema(dt.schema().to_arrow())
+        schema = self._schema(dt)
         frame = pl.scan_delta(self.uri(table), version=dt.version())
         if where is not None:
             frame = frame.filter(where)
@@ -345,16 +372,20 @@ class Lake:
             schema = pa.schema([schema.field(c) for c in columns])
         return frame, schema
 
-    def arrow_schema(self, table: str) -> pa.Schema:
-        dt = self._existing(table)
+    @staticmethod
+    def _schema(dt: DeltaTable) -> pa.Schema:
         return pa.schema(dt.schema().to_arrow())
+
+    def arrow_schema(self, table: str) -> pa.Schema:
+        return self._schema(self._existing(table))
 
     def read_spark(
         self, spark: SparkSession, table: str, columns: list[str] | None = None
     ) -> DataFrame:
-        """The table's current snapshot as a Spark frame, read from its active Parquet files."""
-        dt = self._existing(table)
-        return self._frame(spark, dt, dt.file_uris(), columns)
+        """The table's current snapshot as a Spark frame."""
+        self._existing(table)
+        frame = spark.read.format("delta").load(self.uri(table))
+        return frame.select(*columns) if columns else frame
 
     def changes(
         self,
@@ -363,69 +394,138 @@ class Lake:
         since_version: int | None,
         until_version: int | None = None,
     ) -> Changes:
-        """Rows appended after `since_version` (None: from the start) up to `until_version`
-        (None: the current version).
-
-        Works on append-only tables (bronze): the rows are those of files active now that were
-        not active at `since_version`. A rewrite (compaction, delete) in that range is refused
-        rather than replayed as new rows.
-        """
+        """Rows inserted after `since_version` (None: from the start) up to `until_version`
+        (None: the current version), from the table's Change Data Feed: compaction adds no
+        rows to it, and rows a DELETE or MERGE rewrote are not replayed as new."""
         dt = self._existing(table, until_version)
-        files = self._added(dt, table, since_version)
-        return Changes(self._frame(spark, dt, files, None), files, dt.version())
-
-    def added_files(self, table: str, since_version: int | None, until_version: int) -> list[str]:
-        """Parquet files an append-only table gained after `since_version` up to
-        `until_version` (for small increments read without Spark)."""
-        dt = self._existing(table, until_version)
-        return self._added(dt, table, since_version)
-
-    def _added(self, dt: DeltaTable, table: str, since_version: int | None) -> list[str]:
-        current = dt.version()
-        if since_version is not None and since_version >= current:
-            return []
-        if since_version is not None:
-            # Only the commits after `since_version`: a long stream has thousands of versions.
-            for entry in dt.history(limit=current - since_version):
-                v, op = entry.get("version", -1), entry.get("operation")
-                if since_version < v <= current and op not in ("WRITE", "CREATE TABLE"):
-                    raise RuntimeError(
-                        f"{table}: version {v} is a {op}, not an append; "
-                        "incremental reads of an append-only table cannot replay it"
-                    )
-        now = set(dt.file_uris())
-        before: set[str] = set()
-        if since_version is not None:
-            before = set(DeltaTable(self.uri(table), version=since_version).file_uris())
-        return sorted(now - before)
-
-    @staticmethod
-    def _frame(
-        spark: SparkSession, dt: DeltaTable, files: list[str], columns: list[str] | None
-    ) -> DataFrame:
-        schema = from_arrow_schema(pa.schema(dt.schema().to_arrow()))
-        if dt.metadata().partition_columns:
-            raise NotImplementedError("partitioned tables are not read through Spark yet")
+        until = dt.version()
+        start = 0 if since_version is None else since_version + 1
+        if start > until:
+            empty = spark.read.format("delta").load(self.uri(table)).limit(0)
+            return Changes(empty, until)
         frame = (
-            spark.read.schema(schema).parquet(*files)
-            if files
-            else spark.createDataFrame([], schema)
+            spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", start)
+            .option("endingVersion", until)
+            .load(self.uri(table))
+            .where("_change_type = 'insert'")
+            .drop(*CHANGE_COLUMNS)
         )
-        return frame.select(*columns) if columns else frame
+        return Changes(frame, until)
+
+    def appended(
+        self,
+        table: str,
+        since_version: int | None,
+        until_version: int,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Rows inserted after `since_version` up to `until_version`, read without Spark
+        (delta-rs's Change Data Feed): for small increments in processes without a JVM."""
+        dt = self._existing(table, until_version)
+        schema = self._schema(dt)
+        if columns:
+            schema = pa.schema([schema.field(c) for c in columns])
+        start = 0 if since_version is None else since_version + 1
+        if start > dt.version():
+            return schema.empty_table()
+        reader = dt.load_cdf(
+            starting_version=start,
+            ending_version=dt.version(),
+            columns=[*(columns or schema.names), "_change_type"],
+            predicate="_change_type = 'insert'",
+        )
+        rows = pa.table(reader)
+        return rows.select(schema.names).cast(schema)
 
 
-def _all_done(dt: DeltaTable, txns: dict[str, int] | None) -> bool:
-    """True when `txns` is not empty and every app transaction in it is committed at or past
-    its version: the write it guards already happened."""
-    return bool(txns) and all(
-        (done := dt.transaction_version(app)) is not None and done >= v
-        for app, v in (txns or {}).items()
-    )
+class _Progress:
+    """A table's progress map for writes that advance several app transactions at once.
+
+    Such a write commits with the single app transaction (PROGRESS_APP, n); the map of every
+    app's version as of n is written to `n.json` before the commit (atomically, by rename).
+    A map whose n never committed is ignored and overwritten by the next attempt, so a crash
+    between the two steps loses nothing and replays nothing."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _file(self, n: int) -> Path:
+        return self.folder / f"{n}.json"
+
+    def done(self, dt: DeltaTable | None) -> dict[str, int]:
+        n = dt.transaction_version(PROGRESS_APP) if dt is not None else None
+        if n is None:
+            return {}
+        path = self._file(n)
+        if not path.exists():
+            raise RuntimeError(
+                f"{path}: the progress map of committed write {n} is missing; the table's "
+                "folder was copied without its _cdp_progress folder"
+            )
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+
+    def prepare(self, dt: DeltaTable | None, txns: dict[str, int]) -> tuple[str, int] | None:
+        """The app transaction to commit `txns` with (None: none to record)."""
+        if not txns:
+            return None
+        if len(txns) == 1:
+            return next(iter(txns.items()))
+        current = dt.transaction_version(PROGRESS_APP) if dt is not None else None
+        done = self.done(dt)
+        merged = {**done, **{a: max(v, done.get(a, v)) for a, v in txns.items()}}
+        n = (current or 0) + 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{n}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(merged, sort_keys=True))
+        tmp.replace(self._file(n))
+        return PROGRESS_APP, n
+
+    def settle(self, txn: tuple[str, int] | None) -> None:
+        """After the commit of progress number n: maps well before n are no longer read (the
+        last few stay for readers holding an older snapshot)."""
+        if txn is None or txn[0] != PROGRESS_APP:
+            return
+        for old in self.folder.glob("*.json"):
+            if old.stem.isdigit() and int(old.stem) < txn[1] - PROGRESS_KEPT:
+                old.unlink(missing_ok=True)
 
 
-def _props(stage: str, txns: dict[str, int], metadata: dict[str, Any] | None) -> CommitProperties:
-    """Commit properties naming the stage, with the app transactions that make it idempotent."""
-    return CommitProperties(
-        app_transactions=[Transaction(app, v) for app, v in txns.items()] or None,
-        custom_metadata={"stage": stage, **(metadata or {})},
-    )
+def _user_metadata(stage: str, metadata: dict[str, Any] | None) -> str:
+    """The commit's metadata (the stage that wrote it and its own fields), as Delta stores it."""
+    return json.dumps({"stage": stage, **(metadata or {})}, sort_keys=True, default=str)
+
+
+def _creation_properties(columns: list[str]) -> dict[str, str]:
+    """Per-table properties set when a table is created: statistics on every column readers
+    filter on (all but NO_STATS); the lake-wide ones are session defaults (pipelines.spark)."""
+    stats = [c for c in columns if c not in NO_STATS]
+    if len(stats) == len(columns):
+        return {"delta.dataSkippingNumIndexedCols": "-1"}
+    return {"delta.dataSkippingStatsColumns": ",".join(f"`{c}`" for c in stats)}
+
+
+def _spark_ready(data: pa.Table) -> pa.Table:
+    """Arrow types Spark cannot take from Arrow replaced by the ones it can (same values)."""
+    fields = [pa.field(f.name, _spark_type(f.type), f.nullable) for f in data.schema]
+    target = pa.schema(fields)
+    return data if target == data.schema else data.cast(target)
+
+
+def _spark_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_dictionary(t):
+        return _spark_type(t.value_type)
+    if pa.types.is_null(t):
+        return pa.string()
+    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_list(t):
+        return pa.list_(pa.field(t.value_field.name, _spark_type(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _spark_type(f.type), f.nullable) for f in t])
+    if pa.types.is_timestamp(t) and t.unit == "ns":
+        return pa.timestamp("us", t.tz)
+    return t

@@ -104,8 +104,7 @@ def load_reference(lake: Lake, contract: ReferenceContract, folder: Path) -> lis
         table = f"ref.{name}"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         current = lake.table(table)
-        last = current.history(1) if current is not None else []
-        if current is not None and last and last[0].get("source_sha256") == digest:
+        if current is not None and lake.last_metadata(table).get("source_sha256") == digest:
             out.append(RefLoad(table, current.count(), current.version(), False))
             continue
         data = parse_reference(path, spec)

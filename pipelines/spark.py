@@ -12,6 +12,9 @@ from pyspark.sql import SparkSession
 from pipelines.config import PROJECT_ROOT, EngineCfg
 
 LOG4J = PROJECT_ROOT / "conf" / "log4j2.properties"
+# The pinned JVM artifacts (jvm/pom.xml), fetched by `make install`; never downloaded at run time.
+JVM_JARS = PROJECT_ROOT / ".jvm" / "jars"
+DELTA_DEFAULTS = "spark.databricks.delta.properties.defaults"
 
 
 class JavaMissingError(RuntimeError):
@@ -36,6 +39,21 @@ def check_java() -> None:
         raise JavaMissingError(f"`{java} -version` failed ({exc}).\n{JAVA_HELP}") from exc
 
 
+class JvmArtifactsMissingError(RuntimeError):
+    """The pinned JVM artifacts (Delta) are not installed: Spark could not read or write Delta."""
+
+
+def jvm_jars() -> list[str]:
+    """The jars every session loads (Delta and its dependencies), from the project's folder."""
+    jars = sorted(str(j) for j in JVM_JARS.glob("*.jar"))
+    if not any("delta-spark" in j for j in jars):
+        raise JvmArtifactsMissingError(
+            f"no Delta jars in {JVM_JARS}: the pinned JVM artifacts (jvm/pom.xml) are fetched "
+            "by `make install` (scripts/fetch-jvm.sh, with Maven); run it once."
+        )
+    return jars
+
+
 def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     """Get or create the process's Spark session with the project's settings."""
     check_java()
@@ -51,6 +69,24 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     builder = (
         SparkSession.builder.master(cfg.spark_master)
         .appName(app_name)
+        .config("spark.jars", ",".join(jvm_jars()))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config(
+            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        )
+        # Every reader of the lake (delta-rs, Polars, DuckDB, pandas) reads microsecond
+        # timestamps; Spark's default INT96 overflows nanoseconds for years past 2262.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.sql.parquet.compression.codec", "zstd")
+        # The lake's table properties (docs/lake.md): set on every table this session creates.
+        .config(f"{DELTA_DEFAULTS}.enableChangeDataFeed", "true")
+        .config(f"{DELTA_DEFAULTS}.enableDeletionVectors", "false")
+        .config(f"{DELTA_DEFAULTS}.checkpointInterval", "50")
+        .config(f"{DELTA_DEFAULTS}.logRetentionDuration", "interval 30 days")
+        .config(f"{DELTA_DEFAULTS}.deletedFileRetentionDuration", "interval 7 days")
+        # Delta rebuilds a table's state from its log in this many tasks (default 50): few
+        # tasks for the small logs of frequently committed tables.
+        .config("spark.databricks.delta.snapshotPartitions", str(cfg.shuffle_partitions))
         .config("spark.ui.enabled", str(cfg.ui_enabled).lower())
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.driver.memory", cfg.driver_memory)

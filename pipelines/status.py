@@ -17,7 +17,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, select
 
 from pipelines.config import Settings
@@ -278,10 +277,7 @@ def sla_status(
 
 
 def _oldest_added(lake: Lake, table: str, done: int, target: int) -> datetime | None:
-    files = lake.added_files(table, done, target)
-    if not files:
-        return None
-    value = pq.read_table(files, columns=["_ingest_ts"]).column("_ingest_ts")
+    value = lake.appended(table, done, target, ["_ingest_ts"]).column("_ingest_ts")
     oldest = pc.min(value).as_py()
     return oldest if isinstance(oldest, datetime) else None
 

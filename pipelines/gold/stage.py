@@ -22,7 +22,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines.config import PolicyCfg, Settings
 from pipelines.gold.facts import (
@@ -303,12 +302,8 @@ def _daily_corrections(lake: Lake, days: pl.DataFrame, redone: pl.DataFrame) -> 
 def _new_events(
     lake: Lake, silver: dict[str, str], moved: dict[str, tuple[int | None, int]]
 ) -> pl.DataFrame:
-    """Silver rows added in each moved source's range (read from the added files)."""
-    tables = [
-        pq.read_table(f)
-        for s, (done, target) in moved.items()
-        for f in lake.added_files(silver[s], done, target)
-    ]
+    """Silver rows added in each moved source's range (from its Change Data Feed)."""
+    tables = [lake.appended(silver[s], done, target) for s, (done, target) in moved.items()]
     return events_frame(tables)
 
 
@@ -516,7 +511,6 @@ def _write_profiles(
             stage="gold.profiles",
             txns=table_txns,
             metadata=meta,
-            current=current,
         )
     result.by_type = dict(sorted(Counter(str(e["event_type"]) for e in events).items()))
     result.created = result.by_type.get("profile.created", 0)

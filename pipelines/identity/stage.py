@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -152,10 +151,7 @@ def refresh_identity(
 
 
 def _new_evidence(lake: Lake, since: int, until: int) -> pa.Table:
-    files = lake.added_files(EVIDENCE, since, until)
-    if not files:
-        return EVIDENCE_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(f).cast(EVIDENCE_SCHEMA) for f in files)
+    return lake.appended(EVIDENCE, since, until).cast(EVIDENCE_SCHEMA)
 
 
 def _values(table: pa.Table) -> pa.Array:

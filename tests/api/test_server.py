@@ -46,22 +46,30 @@ def test_reloads_under_concurrent_requests_fail_none(served: Any) -> None:
                 served["server"].port,
                 _lookups(served, rows),
                 concurrency=16,
-                seconds=6,
+                seconds=20,
                 warmup=0,
             )
         )
     )
     load.start()
     for row in rows[:4]:
-        time.sleep(1.0)
+        time.sleep(0.5)
         row["profile_version"] += 1
         new_version(lake, row)
+    written = lake.version(PROFILES)
+    assert written is not None
+    deadline = time.monotonic() + 15
+    while _snapshot_version(served) < written and time.monotonic() < deadline:
+        time.sleep(0.1)
+    reloaded_under_load = load.is_alive()
     load.join()
     result = got["result"]
+    assert written >= before + 4
+    assert _snapshot_version(served) == written  # every new version was loaded
+    assert reloaded_under_load, "the last reload finished after the load stopped"
     assert result.requests > 1000
     assert not result.errors
     assert dict(result.statuses) == {200: result.requests}
-    assert _snapshot_version(served) >= before + 4  # every new version was loaded
 
 
 def test_memory_stays_flat_across_reloads(served: Any) -> None:
