@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -71,7 +72,9 @@ def _ladder(
         _noop(parsed.select(*[F.col("m")[f] for f in names], F.size("m")))
 
     def validated(lines: DataFrame, contract: SourceContract) -> DataFrame:
-        return validate_events(to_bronze(lines, contract.source), contract, rules, explain=False)
+        return validate_events(
+            to_bronze(lines, contract.source, datetime.now(UTC), 0), contract, rules, explain=False
+        )
 
     rounds = itertools.count()
     return {

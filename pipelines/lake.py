@@ -109,6 +109,15 @@ class Lake:
         done = [dt.transaction_version(app_id), self._progress(table).done(dt).get(app_id)]
         return max((v for v in done if v is not None), default=None)
 
+    def rows_written(self, table: str, version: int) -> int:
+        """Rows the commit at `version` wrote (its operation metrics), without reading them."""
+        dt = self._existing(table)
+        for commit in dt.history(dt.version() - version + 1):
+            if commit.get("version") == version:
+                metrics = commit.get("operationMetrics") or {}
+                return int(metrics.get("numOutputRows", 0))
+        raise FileNotFoundError(f"{table} has no commit {version} in its log any more")
+
     def last_metadata(self, table: str) -> dict[str, Any]:
         """The stage metadata of the table's newest commit ({} when it has none)."""
         dt = self.table(table)

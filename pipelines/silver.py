@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
-import numpy as np
-import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -562,266 +558,153 @@ def validate_events(
     return frame
 
 
-def bronze_rows(validated: pa.Table, source: str) -> pa.Table:
-    """The bronze table's rows out of a validated batch: raw line, the event id silver read,
-    and the ingest metadata (what bronze stores, and what the wording pass re-reads)."""
-    return pa.table(
-        {
-            "raw_line": validated.column("raw_line"),
-            "event_id": validated.column("event_id"),
-            "source": pa.repeat(pa.scalar(source, pa.string()), validated.num_rows),
-            "file_path": validated.column("_file"),
-            "ingest_ts": validated.column("_ingest_ts"),
-            "batch_id": validated.column("_batch_id"),
-            "line_id": validated.column("_line_id"),
-        }
+def bronze_frame(checked: DataFrame, source: str) -> DataFrame:
+    """The bronze table's rows out of a checked batch: raw line, the event id silver read, and
+    the ingest metadata (what bronze stores, and what the wording pass re-reads)."""
+    return checked.select(
+        "raw_line",
+        "event_id",
+        F.lit(source).alias("source"),
+        F.col("_file").alias("file_path"),
+        F.col("_ingest_ts").alias("ingest_ts"),
+        F.col("_batch_id").alias("batch_id"),
+        F.col("_line_id").alias("line_id"),
     )
 
 
-@dataclass(frozen=True)
-class BatchStamp:
-    """A micro-batch's constants: when it was ingested and its streaming batch id."""
+def check_lines(bronze: DataFrame, contract: SourceContract, rules: ValidationRules) -> DataFrame:
+    """Every bronze line parsed and checked, kept on the executors for the batch's writes.
 
-    ingest_ts: datetime
-    batch_id: int
-
-
-def stamp_batch(batch: pa.Table, stamp: BatchStamp, rules: ValidationRules) -> pa.Table:
-    """Set the batch constants Spark's pass left null, then judge the one rule that needs them.
-
-    The future-time rule is the contract's last: it applies to lines no other rule rejected, with
-    the same test as the Spark check (`event_ts` more than the allowed skew after ingest time).
+    The reasons are coded but not worded here: the wording (about thirty message expressions
+    and the list of every rule broken) cost a quarter of the pass when every line paid for it,
+    so `_worded` words the rejected lines alone in a second pass.
     """
-    for name, value in (("_ingest_ts", stamp.ingest_ts), ("_batch_id", stamp.batch_id)):
-        i = batch.schema.get_field_index(name)
-        kind = batch.schema.field(i).type
-        batch = batch.set_column(i, name, pa.repeat(pa.scalar(value, kind), batch.num_rows))
-    limit = pa.scalar(
-        stamp.ingest_ts + timedelta(minutes=rules.max_future_skew_minutes),
-        batch.schema.field("event_ts").type,
+    return validate_events(bronze, contract, rules, explain=False).persist(
+        StorageLevel.MEMORY_AND_DISK
     )
-    future = pc.and_(
-        pc.is_null(batch.column("_reason_code")),
-        pc.fill_null(pc.greater(batch.column("event_ts"), limit), False),
-    )
-    if not pc.any(future).as_py():
-        return batch
-    code = pc.if_else(future, pa.scalar("future_event_time"), batch.column("_reason_code"))
-    return batch.set_column(batch.schema.get_field_index("_reason_code"), "_reason_code", code)
 
 
-def check_batch(
-    bronze: DataFrame,
-    contract: SourceContract,
-    rules: ValidationRules,
-    stamp: BatchStamp | None = None,
-) -> pa.Table:
-    """Parse and check every line in one Spark pass and collect the result; a rejected line
-    has its reason code, and `word_reasons` adds what the steward reads.
-
-    With `stamp`, `bronze` leaves `ingest_ts` and `batch_id` null and they are set on the
-    collected rows (`stamp_batch`): Spark writes literal numbers and timestamps into the code it
-    generates, so constants in the plan meant compiling and warming up new code every
-    micro-batch (~20% of the pass).
-    """
-    batch = validate_events(bronze, contract, rules, explain=False).toArrow()
-    return batch if stamp is None else stamp_batch(batch, stamp, rules)
-
-
-def word_reasons(
-    batch: pa.Table, contract: SourceContract, rules: ValidationRules, spark: SparkSession
-) -> pa.Table:
-    """Word the reasons of a checked batch's rejected lines, in a second Spark pass over those
-    lines alone: the wording (about thirty message expressions and the list of every rule
-    broken) cost a quarter of the main pass when every line paid for it."""
-    rejected = batch.filter(pc.is_valid(batch.column("_reason_code")))
-    if rejected.num_rows == 0:
-        return batch
-    lines = spark.createDataFrame(bronze_rows(rejected, contract.source))
-    worded = (
-        validate_events(lines, contract, rules)
-        .select("_batch_id", "_line_id", "_reason", "_details")
-        .toArrow()
-    )
-    keyed = pl.from_arrow(batch.select(["_batch_id", "_line_id"]))
-    assert isinstance(keyed, pl.DataFrame)
-    words = pl.from_arrow(worded)
-    assert isinstance(words, pl.DataFrame)
-    joined = keyed.join(words, on=["_batch_id", "_line_id"], how="left", maintain_order="left")
-    out = batch
-    for name in ("_reason", "_details"):
-        i = out.schema.get_field_index(name)
-        out = out.set_column(
-            i, name, joined.get_column(name).to_arrow().cast(out.schema.field(i).type)
-        )
-    return out
-
-
-def validate_batch(bronze: DataFrame, contract: SourceContract, rules: ValidationRules) -> pa.Table:
-    """Every bronze line validated and collected, the rejected ones with their reasons worded."""
-    checked = check_batch(bronze, contract, rules)
-    return word_reasons(checked, contract, rules, bronze.sparkSession)
-
-
-def mark_duplicates(batch: pa.Table, in_silver: pa.Array) -> pa.Table:
-    """Give valid lines whose event id silver already holds (`in_silver`), or that an earlier
-    valid line of this batch carried, the `duplicate` reason.
-
-    The first valid line of an id (by ingest time, batch, line) wins, so a broken line that the
-    source resends corrected under the same id is not lost. Works on the collected batch: a
-    hash over the ids, where a Spark aggregation and join had cost as much as the validation.
-    """
-    lines = pl.from_arrow(batch.select(["event_id", "_reason_code", *LINE_COLUMNS]))
-    assert isinstance(lines, pl.DataFrame)
-    # Only lines whose id repeats among valid lines, or that silver holds, need ranking.
-    suspects = (
-        lines.with_row_index("_row")
-        .filter(pl.col("_reason_code").is_null())
-        .with_columns(pl.col("event_id").is_in(pl.Series(in_silver).implode()).alias("_in_silver"))
-        .filter(pl.col("event_id").is_duplicated() | pl.col("_in_silver"))
-    )
-    verdicts = (
-        suspects.sort(list(LINE_COLUMNS))
-        .with_columns((~pl.col("event_id").is_first_distinct()).alias("_repeat"))
-        .filter(pl.col("_in_silver") | pl.col("_repeat"))
-    )
-    if verdicts.is_empty():
-        return batch
-    shown = pl.lit('duplicate event_id "') + pl.col("event_id").str.slice(0, 40) + pl.lit('"')
-    why = verdicts.sort("_row").select(
-        "_row",
-        pl.when(pl.col("_in_silver"))
-        .then(shown + pl.lit(" (already in silver)"))
-        .otherwise(shown + pl.lit(" (repeated earlier in this batch)"))
-        .alias("_why"),
-    )
-    flagged = np.zeros(batch.num_rows, dtype=bool)
-    flagged[why["_row"].to_numpy()] = True
-    mask = pa.array(flagged)
-    message = pc.replace_with_mask(
-        batch.column("_reason").combine_chunks(), mask, why["_why"].to_arrow().cast(pa.string())
-    )
-    code = pc.if_else(mask, pa.scalar("duplicate"), batch.column("_reason_code"))
-    out = batch.set_column(batch.schema.get_field_index("_reason_code"), "_reason_code", code)
-    return out.set_column(out.schema.get_field_index("_reason"), "_reason", message)
+def _worded(checked: DataFrame, contract: SourceContract, rules: ValidationRules) -> DataFrame:
+    """The rejected lines of a checked batch with their reasons worded for the steward."""
+    rejected = checked.where(F.col("_reason_code").isNotNull())
+    return validate_events(bronze_frame(rejected, contract.source), contract, rules)
 
 
 def silver_columns(contract: SourceContract) -> list[str]:
     return [*ENVELOPE_FIELDS, *contract.silver_columns(), *LINEAGE]
 
 
-@dataclass(frozen=True)
-class SplitBatch:
-    """A validated batch routed to its four tables."""
+def _judged(checked: DataFrame, lake: Lake, contract: SourceContract) -> DataFrame:
+    """The valid lines with `_duplicate` set: the reason a line is a duplicate (null if not).
 
-    silver: pa.Table
-    quarantine: pa.Table
-    drift: pa.Table
-    rejected: pa.Table  # identifier fields of silver lines rejected alone
-
-
-def split_validated(batch: pa.Table, contract: SourceContract, bronze_version: int) -> SplitBatch:
-    """Route an already-validated batch (one Spark pass, collected once) to silver, quarantine
-    and the drift counts, so no wide frame is cached or computed twice."""
-    rejected = pc.is_valid(batch.column("_reason_code"))
-    # Select before filtering: the filter then copies the silver columns, not the raw lines.
-    good = batch.select(silver_columns(contract)).filter(pc.invert(rejected))
-    bad = batch.filter(rejected)
-    quarantine = _stamped(
-        {
-            "event_id": bad.column("event_id"),
-            "event_type": bad.column("event_type"),
-            "reason_code": bad.column("_reason_code"),
-            "reason": bad.column("_reason"),
-            "details": bad.column("_details"),
-            "raw_line": bad.column("raw_line"),
-            "file_path": bad.column("_file"),
-            "ingest_ts": bad.column("_ingest_ts"),
-        },
-        contract,
-        bronze_version,
+    A valid line is a duplicate when silver already holds its event id, or an earlier valid line
+    of the batch carried it: the first by ingest time, batch and line wins, so a broken line the
+    source resends corrected under the same id is not lost. Ids are first compared by a 64-bit
+    hash (a cheap aggregate over every line); only the lines whose hash repeats or that silver
+    holds are judged by the id itself and joined back, so a batch without duplicates joins a
+    handful of rows.
+    """
+    line = F.struct(*LINE_COLUMNS)
+    valid = checked.where(F.col("_reason_code").isNull()).withColumn("_h", F.xxhash64("event_id"))
+    suspects = valid.groupBy("_h").count().where("count > 1").select("_h")
+    silver = silver_table(contract)
+    held: DataFrame | None = None
+    if lake.exists(silver):
+        held = (
+            lake.read_spark(checked.sparkSession, silver, ["event_id"])
+            .withColumn("_h", F.xxhash64("event_id"))
+            .join(valid.select("_h"), "_h", "left_semi")
+            .select("event_id")
+            .distinct()
+        )
+        suspects = suspects.unionByName(held.select(F.xxhash64("event_id").alias("_h")))
+    ids = valid.join(suspects.distinct(), "_h", "left_semi").select("event_id", line.alias("_line"))
+    marks = (
+        ids.groupBy("event_id")
+        .agg(F.count(F.lit(1)).alias("_n"), F.min("_line").alias("_first"))
+        .select("event_id", F.when(F.col("_n") > 1, F.col("_first")).alias("_first"))
     )
-    kept = batch.filter(pc.invert(rejected))
-    return SplitBatch(
-        good,
-        quarantine,
-        _drift(batch, contract, bronze_version),
-        _rejected(kept, contract, bronze_version),
+    if held is not None:
+        marks = marks.join(held.withColumn("_held", F.lit(True)), "event_id", "left")
+    else:
+        marks = marks.withColumn("_held", F.lit(None).cast("boolean"))
+    shown = F.concat(F.lit('duplicate event_id "'), F.substring("event_id", 1, 40), F.lit('"'))
+    why = F.when(F.col("_held"), F.concat(shown, F.lit(" (already in silver)"))).when(
+        F.col("_first").isNotNull() & (line != F.col("_first")),
+        F.concat(shown, F.lit(" (repeated earlier in this batch)")),
+    )
+    return valid.drop("_h").join(marks, "event_id", "left").withColumn("_duplicate", why)
+
+
+def _stamped(rows: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
+    """A quarantine, drift or rejected-fields frame: source first, then `rows`' columns, then
+    contract and bronze versions, so every row says which contract judged it and which bronze
+    range it came from."""
+    return rows.select(
+        F.lit(contract.source).alias("source"),
+        "*",
+        F.lit(contract.latest_version).cast("int").alias("contract_version"),
+        F.lit(bronze_version).cast("bigint").alias("bronze_version"),
     )
 
 
-def _rejected(kept: pa.Table, contract: SourceContract, bronze_version: int) -> pa.Table:
+def _quarantine(
+    worded: DataFrame, duplicates: DataFrame, contract: SourceContract, bronze_version: int
+) -> DataFrame:
+    """Rejected lines with their worded reasons, and the duplicates, as quarantine rows."""
+
+    def rows(frame: DataFrame, code: Column, reason: Column, details: Column) -> DataFrame:
+        return frame.select(
+            "event_id",
+            "event_type",
+            code.alias("reason_code"),
+            reason.alias("reason"),
+            details.alias("details"),
+            "raw_line",
+            F.col("_file").alias("file_path"),
+            F.col("_ingest_ts").alias("ingest_ts"),
+        )
+
+    bad = rows(worded, F.col("_reason_code"), F.col("_reason"), F.col("_details"))
+    dup = rows(duplicates, F.lit("duplicate"), F.col("_duplicate"), F.lit(None).cast("string"))
+    return _stamped(bad.unionByName(dup), contract, bronze_version)
+
+
+def _rejected(kept: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
     """One row per identifier field rejected alone on a line that reached silver."""
-    rows = kept.filter(pc.is_valid(kept.column("_rejected_fields")))
-    fields = pc.list_flatten(rows.column("_rejected_fields"))
-    parent = pc.list_parent_indices(rows.column("_rejected_fields"))
+    rows = kept.select(
+        "event_id",
+        "event_type",
+        F.explode("_rejected_fields").alias("_f"),
+        F.col("_ingest_ts").alias("ingest_ts"),
+    )
     return _stamped(
-        {
-            "event_id": pc.take(rows.column("event_id"), parent),
-            "event_type": pc.take(rows.column("event_type"), parent),
-            "field": pc.struct_field(fields, "field"),
-            "reason_code": pc.struct_field(fields, "reason_code"),
-            "reason": pc.struct_field(fields, "reason"),
-            "ingest_ts": pc.take(rows.column("_ingest_ts"), parent),
-        },
+        rows.select(
+            "event_id",
+            "event_type",
+            F.col("_f.field").alias("field"),
+            F.col("_f.reason_code").alias("reason_code"),
+            F.col("_f.reason").alias("reason"),
+            "ingest_ts",
+        ),
         contract,
         bronze_version,
     )
 
 
-def _drift(batch: pa.Table, contract: SourceContract, bronze_version: int) -> pa.Table:
+def _drift(checked: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
     """Unknown fields of this batch per field: events, first/last seen, an example event id."""
-    unknown = batch.column("_unknown_fields")
-    lengths = pc.fill_null(pc.list_value_length(unknown), 0)
-    has = pc.greater(lengths, 0)
-    rows = batch.filter(has)
-    fields = pc.list_flatten(rows.column("_unknown_fields"))
-    parent = pc.list_parent_indices(rows.column("_unknown_fields"))
-    exploded = pa.table(
-        {
-            "field": fields,
-            "event_id": pc.take(rows.column("event_id"), parent),
-            "event_type": pc.take(rows.column("event_type"), parent),
-            "ts": pc.take(rows.column("_ingest_ts"), parent),
-        }
+    exploded = checked.select(
+        F.explode("_unknown_fields").alias("field"), "event_id", "event_type", "_ingest_ts"
     )
-    agg = exploded.group_by("field").aggregate(
-        [
-            ("field", "count"),
-            ("ts", "min"),
-            ("ts", "max"),
-            ("event_id", "min"),
-            ("event_type", "distinct"),
-        ]
+    agg = exploded.groupBy("field").agg(
+        F.count(F.lit(1)).alias("events"),
+        F.min("_ingest_ts").alias("first_seen"),
+        F.max("_ingest_ts").alias("last_seen"),
+        F.min("event_id").alias("example_event_id"),
+        F.array_sort(F.collect_set("event_type")).alias("event_types"),
     )
-    return _stamped(
-        {
-            "field": agg.column("field"),
-            "events": pc.cast(agg.column("field_count"), pa.int64()),
-            "first_seen": agg.column("ts_min"),
-            "last_seen": agg.column("ts_max"),
-            "example_event_id": agg.column("event_id_min"),
-            "event_types": agg.column("event_type_distinct"),
-        },
-        contract,
-        bronze_version,
-    )
-
-
-def _stamped(
-    columns: dict[str, pa.Array | pa.ChunkedArray], contract: SourceContract, bronze_version: int
-) -> pa.Table:
-    """A quarantine or drift table: source first, then `columns`, then contract and bronze
-    versions, so every row says which contract judged it and which bronze range it came from."""
-    n = len(next(iter(columns.values())))
-    return pa.table(
-        {
-            "source": pa.array([contract.source] * n, pa.string()),
-            **columns,
-            "contract_version": pa.array([contract.latest_version] * n, pa.int32()),
-            "bronze_version": pa.array([bronze_version] * n, pa.int64()),
-        }
-    )
+    return _stamped(agg, contract, bronze_version)
 
 
 @dataclass
@@ -867,55 +750,92 @@ def refresh_silver(
     changes = lake.changes(spark, bronze, since, max(ahead) if ahead else None)
     if since is not None and changes.to_version <= since:
         return SilverResult(source)
-    batch = validate_batch(changes.frame, contract, rules)
-    return commit_silver(lake, contract, batch, changes.to_version)
+    checked = check_lines(changes.frame, contract, rules)
+    try:
+        return commit_silver(lake, contract, rules, checked, changes.to_version)
+    finally:
+        checked.unpersist()
+
+
+def _counts(checked: DataFrame) -> dict[str, int]:
+    """Lines of a checked batch with unknown fields (`drift`) and valid lines with identifier
+    fields rejected alone (`rejected`): one small aggregate, to skip empty commits."""
+    row = checked.select(
+        F.count(F.when(F.size("_unknown_fields") > 0, 1)).alias("drift"),
+        F.count(
+            F.when(F.col("_reason_code").isNull() & F.col("_rejected_fields").isNotNull(), 1)
+        ).alias("rejected"),
+    ).first()
+    assert row is not None
+    return row.asDict()
 
 
 def commit_silver(
-    lake: Lake, contract: SourceContract, batch: pa.Table, bronze_version: int
+    lake: Lake,
+    contract: SourceContract,
+    rules: ValidationRules,
+    checked: DataFrame,
+    bronze_version: int,
 ) -> SilverResult:
-    """Judge duplicates in a validated batch (all bronze rows up to `bronze_version` that silver
-    has not consumed), then append silver, quarantine and drift, each once for that version."""
+    """Judge duplicates in a checked batch (all bronze rows up to `bronze_version` that silver
+    has not consumed), then append quarantine, drift, rejected fields and silver, each once for
+    that version. Everything stays on the executors; the driver reads back the small tables'
+    new rows to report counts."""
     silver = silver_table(contract)
     app_ids = _app_ids(contract)
-    in_silver = pa.array([], pa.string())
-    if lake.exists(silver) and batch.num_rows:
-        ids = pl.Series(batch.column("event_id").drop_null())
-        in_silver = lake.read_arrow(
-            silver, ["event_id"], pl.col("event_id").is_in(ids.implode())
-        ).column("event_id")
-    out = split_validated(mark_duplicates(batch, in_silver), contract, bronze_version)
+    judged = _judged(checked, lake, contract)
+    kept = judged.where(F.col("_duplicate").isNull())
+    counts = _counts(checked)
+    quarantine = _quarantine(
+        _worded(checked, contract, rules),
+        judged.where(F.col("_duplicate").isNotNull()),
+        contract,
+        bronze_version,
+    )
+    outputs = [(QUARANTINE, quarantine, True)]
+    # Drift and rejected fields are rare: an empty batch of them is not worth a commit once
+    # the table exists (their watermarks only ever tell a crash apart from a finished batch).
+    outputs.append((DRIFT, _drift(checked, contract, bronze_version), counts["drift"] > 0))
+    outputs.append((REJECTED, _rejected(kept, contract, bronze_version), counts["rejected"] > 0))
+    outputs.append((silver, kept.select(silver_columns(contract)), True))
     meta = {"bronze_version": str(bronze_version)}
     stage = f"silver.{contract.source}"
-    for table, rows in (
-        (QUARANTINE, out.quarantine),
-        (DRIFT, out.drift),
-        (REJECTED, out.rejected),
-        (silver, out.silver),
-    ):
+    written: dict[str, int | None] = {}  # table -> its version before this batch's commit
+    for table, rows, needed in outputs:
         # Silver last: its app transaction is the watermark of what has been consumed.
-        lake.append(
+        before = lake.version(table)
+        if (needed or before is None) and lake.append(
             table,
             rows,
             app_id=app_ids[table],
             txn_version=bronze_version,
             stage=stage,
             metadata=meta,
-        )
-    reasons = (
-        out.quarantine.group_by("reason_code").aggregate([("reason_code", "count")]).to_pylist()
-    )
+        ):
+            written[table] = before
+    silver_version = lake.version(silver)
+    assert silver_version is not None
     return SilverResult(
         contract.source,
         bronze_version,
-        out.silver.num_rows,
-        {r["reason_code"]: r["reason_code_count"] for r in reasons},
-        dict(
-            zip(
-                out.drift.column("field").to_pylist(),
-                out.drift.column("events").to_pylist(),
-                strict=True,
-            )
-        ),
-        dict(collections.Counter(out.rejected.column("field").to_pylist())),
+        lake.rows_written(silver, silver_version) if silver in written else 0,
+        _tally(lake, written, QUARANTINE, "reason_code"),
+        _tally(lake, written, DRIFT, "field", "events"),
+        _tally(lake, written, REJECTED, "field"),
     )
+
+
+def _tally(
+    lake: Lake, written: dict[str, int | None], table: str, key: str, weight: str | None = None
+) -> dict[str, int]:
+    """Per `key`, the rows (or the sum of `weight`) this batch's commit added to `table`: read
+    back from the commit, these tables are small."""
+    if table not in written:
+        return {}
+    version = lake.version(table)
+    assert version is not None
+    columns = [key] if weight is None else [key, weight]
+    out: collections.Counter[str] = collections.Counter()
+    for r in lake.appended(table, written[table], version, columns).to_pylist():
+        out[r[key]] += 1 if weight is None else r[weight]
+    return dict(out)
