@@ -293,6 +293,8 @@ def _rederived(
 def _daily_corrections(lake: Lake, days: pl.DataFrame, redone: pl.DataFrame) -> pl.DataFrame:
     """Counter rows that turn what the table holds for those (number, day) into `redone`: the
     stored rows negated, then the re-derived ones (counters add up when read)."""
+    if not lake.exists(DAILY):  # nothing derived yet: the re-derived rows are the whole story
+        return redone
     stored = lake.read_polars(DAILY, where=_in("id_value", days.get_column("id_value").unique()))
     stored = stored.join(days, on=["id_value", "day"])
     negated = stored.with_columns(-pl.col(c) for c in COUNTERS)
