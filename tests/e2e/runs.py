@@ -16,6 +16,12 @@ from pipelines.config import PROJECT_ROOT
 from pipelines.lake import Lake
 
 CDP = [sys.executable, "-m", "pipelines.cli"]
+# One landing file per micro-batch on two local cores: a run has many commits to stop between.
+ONE_FILE_PER_BATCH: dict[str, Any] = {
+    "max_files_per_trigger": 1,
+    "spark_master": "local[2]",
+    "driver_memory": "1g",
+}
 
 
 def conf_with(tmp: Path, **engine: Any) -> Path:

@@ -13,14 +13,13 @@ import pytest
 
 from pipelines.lake import Lake
 from tests.conftest import settings_for
-from tests.e2e.runs import CDP, cdp_env, conf_with, snapshot
+from tests.e2e.runs import CDP, ONE_FILE_PER_BATCH, cdp_env, conf_with, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_sigkill_mid_run_then_restart_equals_clean_run(tmp_path: Path) -> None:
-    # One file per micro-batch, so a run has many commits to die between.
-    conf = conf_with(tmp_path, max_files_per_trigger=1, spark_master="local[2]", driver_memory="1g")
+    conf = conf_with(tmp_path, **ONE_FILE_PER_BATCH)
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     subprocess.run(
         [*CDP, "generate", "--subscribers", "150", "--days", "4", "--files-per-source", "5"],

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.lake import Lake
-from tests.e2e.test_crash_restart import _conf, _env
+from tests.e2e.runs import ONE_FILE_PER_BATCH, cdp_env, conf_with
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ def _stream(conf: Path, root: Path) -> subprocess.Popen[str]:
     """`cdp stream` in a subprocess, its output captured."""
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "stream"],
-        env=_env(conf, root),
+        env=cdp_env(conf, root),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -59,7 +59,7 @@ def _stream(conf: Path, root: Path) -> subprocess.Popen[str]:
 
 
 def test_stream_picks_up_new_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    conf, root = _conf(tmp_path), tmp_path / "data"
+    conf, root = conf_with(tmp_path, **ONE_FILE_PER_BATCH), tmp_path / "data"
     landing = root / "landing" / "network"
     landing.mkdir(parents=True)
     (landing / "n-1.jsonl").write_text(_line("first") + "\n")
@@ -107,7 +107,7 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
     from pipelines.gold.stage import silver_ranges
     from pipelines.status import gate_state
 
-    conf, root = _conf(tmp_path), tmp_path / "data"
+    conf, root = conf_with(tmp_path, **ONE_FILE_PER_BATCH), tmp_path / "data"
     settings = load_settings(conf, env={"CDP_DATA_ROOT": str(root)})
     msisdn = "998901112233"
     _drop(
@@ -157,7 +157,7 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
         assert held is not None and held[0] is not None and held[0] < held[1]
         released = subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "quality", "release", "silver.network"],
-            env=_env(conf, root),
+            env=cdp_env(conf, root),
             capture_output=True,
             text=True,
             timeout=120,
