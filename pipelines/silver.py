@@ -594,8 +594,11 @@ def silver_columns(contract: SourceContract) -> list[str]:
     return [*ENVELOPE_FIELDS, *contract.silver_columns(), *LINEAGE]
 
 
-def _judged(checked: DataFrame, lake: Lake, contract: SourceContract) -> DataFrame:
-    """The valid lines with `_duplicate` set: the reason a line is a duplicate (null if not).
+def _judged(
+    checked: DataFrame, lake: Lake, contract: SourceContract
+) -> tuple[DataFrame, DataFrame]:
+    """The valid lines with `_duplicate` set: the reason a line is a duplicate (null if not),
+    and the persisted marks that say so (the caller unpersists them).
 
     A valid line is a duplicate when silver already holds its event id, or an earlier valid line
     of the batch carried it: the first by ingest time, batch and line wins, so a broken line the
@@ -633,7 +636,9 @@ def _judged(checked: DataFrame, lake: Lake, contract: SourceContract) -> DataFra
         F.col("_first").isNotNull() & (line != F.col("_first")),
         F.concat(shown, F.lit(" (repeated earlier in this batch)")),
     )
-    return valid.drop("_h").join(marks, "event_id", "left").withColumn("_duplicate", why)
+    # The marks are small and three writes join them: computed once, kept on the executors.
+    marks = marks.persist(StorageLevel.MEMORY_AND_DISK)
+    return valid.drop("_h").join(marks, "event_id", "left").withColumn("_duplicate", why), marks
 
 
 def _stamped(rows: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
@@ -770,6 +775,55 @@ def _counts(checked: DataFrame) -> dict[str, int]:
     return row.asDict()
 
 
+def _append_outputs(
+    lake: Lake,
+    contract: SourceContract,
+    rules: ValidationRules,
+    bronze_version: int,
+    judged: DataFrame,
+    side: DataFrame,
+    app_ids: dict[str, str],
+) -> dict[str, int | None]:
+    """Append quarantine, drift, rejected fields and silver (last: its app transaction is the
+    watermark of what has been consumed); returns each written table's version before."""
+    silver = silver_table(contract)
+    counts = _counts(side)
+    duplicate = F.col("_duplicate").isNotNull()
+    dup_lines = judged.where(duplicate).select(*LINE_COLUMNS)
+    kept_side = side.where(
+        F.col("_reason_code").isNull() & F.col("_rejected_fields").isNotNull()
+    ).join(dup_lines, list(LINE_COLUMNS), "left_anti")
+    outputs = [
+        (
+            QUARANTINE,
+            _quarantine(
+                _worded(side, contract, rules), judged.where(duplicate), contract, bronze_version
+            ),
+            True,
+        ),
+        # Drift and rejected fields are rare: an empty batch of them is not worth a commit once
+        # the table exists (their watermarks only ever tell a crash apart from a finished batch).
+        (DRIFT, _drift(side, contract, bronze_version), counts["drift"] > 0),
+        (REJECTED, _rejected(kept_side, contract, bronze_version), counts["rejected"] > 0),
+        (silver, judged.where(~duplicate).select(silver_columns(contract)), True),
+    ]
+    meta = {"bronze_version": str(bronze_version)}
+    stage = f"silver.{contract.source}"
+    written: dict[str, int | None] = {}
+    for table, rows, needed in outputs:
+        before = lake.version(table)
+        if (needed or before is None) and lake.append(
+            table,
+            rows,
+            app_id=app_ids[table],
+            txn_version=bronze_version,
+            stage=stage,
+            metadata=meta,
+        ):
+            written[table] = before
+    return written
+
+
 def commit_silver(
     lake: Lake,
     contract: SourceContract,
@@ -783,36 +837,18 @@ def commit_silver(
     new rows to report counts."""
     silver = silver_table(contract)
     app_ids = _app_ids(contract)
-    judged = _judged(checked, lake, contract)
-    kept = judged.where(F.col("_duplicate").isNull())
-    counts = _counts(checked)
-    quarantine = _quarantine(
-        _worded(checked, contract, rules),
-        judged.where(F.col("_duplicate").isNotNull()),
-        contract,
-        bronze_version,
-    )
-    outputs = [(QUARANTINE, quarantine, True)]
-    # Drift and rejected fields are rare: an empty batch of them is not worth a commit once
-    # the table exists (their watermarks only ever tell a crash apart from a finished batch).
-    outputs.append((DRIFT, _drift(checked, contract, bronze_version), counts["drift"] > 0))
-    outputs.append((REJECTED, _rejected(kept, contract, bronze_version), counts["rejected"] > 0))
-    outputs.append((silver, kept.select(silver_columns(contract)), True))
-    meta = {"bronze_version": str(bronze_version)}
-    stage = f"silver.{contract.source}"
-    written: dict[str, int | None] = {}  # table -> its version before this batch's commit
-    for table, rows, needed in outputs:
-        # Silver last: its app transaction is the watermark of what has been consumed.
-        before = lake.version(table)
-        if (needed or before is None) and lake.append(
-            table,
-            rows,
-            app_id=app_ids[table],
-            txn_version=bronze_version,
-            stage=stage,
-            metadata=meta,
-        ):
-            written[table] = before
+    judged, marks = _judged(checked, lake, contract)
+    # The few lines the small tables come from, so their writes do not re-scan the batch.
+    side = checked.where(
+        F.col("_reason_code").isNotNull()
+        | (F.size("_unknown_fields") > 0)
+        | F.col("_rejected_fields").isNotNull()
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        written = _append_outputs(lake, contract, rules, bronze_version, judged, side, app_ids)
+    finally:
+        side.unpersist()
+        marks.unpersist()
     silver_version = lake.version(silver)
     assert silver_version is not None
     return SilverResult(
