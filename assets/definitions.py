@@ -1,5 +1,5 @@
 """The Definitions object: the asset graph, the jobs that run it, the landing-zone sensor and
-the schedules (full recompute with comparison, reference loads)."""
+the schedules (full recompute with comparison, reference loads, lake maintenance)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from assets.graph import (
     gold_assets,
     identity_assets,
     ingest_assets,
+    maintenance_assets,
     recompute_checks,
     reference_assets,
 )
@@ -22,6 +23,7 @@ EVERYTHING = "materialize_everything"
 INGEST = "ingest_and_promote"
 RECOMPUTE = "full_recompute"
 REFERENCE = "reference_load"
+MAINTENANCE = "lake_maintenance"
 
 
 def landing_files(settings: Settings) -> dict[str, float]:
@@ -43,10 +45,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     identity = identity_assets(rt)
     gold = gold_assets(rt)
     checks = recompute_checks(rt)
+    maintenance = maintenance_assets(rt)
 
     everything = dg.define_asset_job(
         EVERYTHING,
-        selection=dg.AssetSelection.all(),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(maintenance),
         description="Reference, ingestion, identity and profiles from whatever is landed.",
     )
     promote = dg.define_asset_job(
@@ -62,6 +65,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     reference_job = dg.define_asset_job(
         REFERENCE, selection=dg.AssetSelection.assets(reference), description="Reference loads."
+    )
+    maintenance_job = dg.define_asset_job(
+        MAINTENANCE,
+        selection=dg.AssetSelection.assets(maintenance),
+        description="Compaction and VACUUM of every Delta table.",
     )
 
     @dg.sensor(
@@ -81,9 +89,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         )
 
     return dg.Definitions(
-        assets=[reference, ingest, identity, gold],
+        assets=[reference, ingest, identity, gold, maintenance],
         asset_checks=checks,
-        jobs=[everything, promote, recompute, reference_job],
+        jobs=[everything, promote, recompute, reference_job, maintenance_job],
         sensors=[landing_sensor],
         schedules=[
             dg.ScheduleDefinition(
@@ -97,6 +105,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 cron_schedule="0 2 * * *",
                 execution_timezone="UTC",
                 name="daily_reference_load",
+            ),
+            dg.ScheduleDefinition(
+                job=maintenance_job,
+                cron_schedule="0 4 * * *",
+                execution_timezone="UTC",
+                name="nightly_lake_maintenance",
             ),
         ],
         executor=dg.in_process_executor,  # one Spark session for the whole run

@@ -23,7 +23,7 @@ from pipelines.gold.stage import OUTBOX
 from pipelines.identity.evidence import EVIDENCE
 from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
 from pipelines.ingest import StageBusyError
-from pipelines.silver import DRIFT, QUARANTINE, silver_table
+from pipelines.silver import DRIFT, QUARANTINE, REJECTED, silver_table
 
 T = TypeVar("T")
 SOURCE_HEALTH_CHECK = "quarantine_rate_within_sla"
@@ -384,3 +384,55 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
         )
 
     return [identity_recompute, profiles_recompute]
+
+
+def maintenance_assets(rt: Runtime) -> dg.AssetsDefinition:
+    """Nightly compaction and clean-up of every table, so micro-batches do not leave thousands
+    of small files and replaced files do not pile up past their retention."""
+    from pipelines.ingest import stage_lock
+
+    settings = rt.settings
+    # Written by the ingest queries with blind appends, which never conflict with a compaction:
+    # these are compacted while the stream runs. The rest is written under the identity lock.
+    appended = {f"bronze.{s}" for s in settings.sources} | {
+        silver_table(settings.contract(s)) for s in settings.sources
+    }
+    appended |= {QUARANTINE, DRIFT, REJECTED}
+
+    @dg.asset(
+        key=["ops", "lake_maintenance"],
+        group_name="maintenance",
+        kinds={"spark", "delta"},
+        description="Delta OPTIMIZE (bin-packing small files) and VACUUM (files older than "
+        "each table's delta.deletedFileRetentionDuration) on every table of the lake.",
+    )
+    def lake_maintenance(context: AssetExecutionContext) -> dg.MaterializeResult:
+        tables = rt.lake.tables()
+        files: dict[str, tuple[int, int, int]] = {}
+
+        def tidy(names: list[str]) -> None:
+            for t in names:
+                before, after = rt.lake.compact(t, stage="maintenance")
+                files[t] = (before, after, rt.lake.vacuum(t))
+                context.log.info(f"{t}: {before} -> {after} files, {files[t][2]} vacuumed")
+
+        tidy([t for t in tables if t in appended])
+        rest = [t for t in tables if t not in appended]
+        skipped = ""
+        try:
+            with stage_lock(settings.paths.checkpoint_root, "identity"):
+                tidy(rest)
+        except StageBusyError as exc:
+            skipped = f"{len(rest)} tables skipped until the next run: {exc}"
+            context.log.warning(skipped)
+        return dg.MaterializeResult(
+            metadata={
+                "tables": len(files),
+                "files_before": sum(f[0] for f in files.values()),
+                "files_after": sum(f[1] for f in files.values()),
+                "files_vacuumed": sum(f[2] for f in files.values()),
+                "skipped": skipped or "none",
+            }
+        )
+
+    return lake_maintenance

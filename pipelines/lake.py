@@ -92,6 +92,11 @@ class Lake:
     def exists(self, table: str) -> bool:
         return DeltaTable.is_deltatable(self.uri(table))
 
+    def tables(self) -> list[str]:
+        """Every Delta table under the root, as `layer.name`."""
+        logs = self.root.glob("*/*/_delta_log")
+        return sorted(f"{log.parent.parent.name}.{log.parent.name}" for log in logs)
+
     def file_count(self, table: str) -> int:
         dt = self.table(table)
         return 0 if dt is None else len(dt.file_uris())
@@ -315,6 +320,35 @@ class Lake:
                 "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, None)
             )
             SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeZOrderBy(key)
+
+    def compact(self, table: str, *, stage: str) -> tuple[int, int]:
+        """Bin-pack a table's small files into large ones (Delta OPTIMIZE): the same rows in
+        a version that changes no data, so the Change Data Feed and the stages reading it see
+        nothing new. Returns the file count before and after."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        with self._locks[table]:
+            before = self.file_count(table)
+            session = self.spark.newSession()
+            session.conf.set(
+                "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, None)
+            )
+            SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeCompaction()
+            return before, self.file_count(table)
+
+    def vacuum(self, table: str) -> int:
+        """Delete the files no version within the table's `delta.deletedFileRetentionDuration`
+        still references (Delta VACUUM); returns how many Parquet files went."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        def data_files() -> int:
+            files = Path(self.uri(table)).rglob("*.parquet")
+            return sum(1 for f in files if "_delta_log" not in f.parts)
+
+        with self._locks[table]:
+            before = data_files()
+            SparkDeltaTable.forPath(self.spark, self.uri(table)).vacuum()
+            return before - data_files()
 
     def _frame(self, data: Rows) -> DataFrame:
         """`data` as a Spark frame: a driver-side Arrow table is sliced over the cores."""

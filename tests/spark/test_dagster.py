@@ -15,7 +15,14 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from assets.definitions import EVERYTHING, INGEST, RECOMPUTE, REFERENCE, build_definitions
+from assets.definitions import (
+    EVERYTHING,
+    INGEST,
+    MAINTENANCE,
+    RECOMPUTE,
+    REFERENCE,
+    build_definitions,
+)
 from assets.runtime import key_of
 from pipelines.gold.profile import PROFILES
 from pipelines.gold.stage import OUTBOX
@@ -50,10 +57,14 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluat
 
 def test_definitions_resolve_every_job_sensor_and_schedule(small: dict[str, Any]) -> None:
     defs: dg.Definitions = small["defs"]
-    for job in (EVERYTHING, INGEST, RECOMPUTE, REFERENCE):
+    for job in (EVERYTHING, INGEST, RECOMPUTE, REFERENCE, MAINTENANCE):
         assert defs.resolve_job_def(job).name == job
     assert {s.name for s in defs.sensors} == {"landing_sensor"}
-    assert {s.name for s in defs.schedules} == {"nightly_full_recompute", "daily_reference_load"}
+    assert {s.name for s in defs.schedules} == {
+        "nightly_full_recompute",
+        "daily_reference_load",
+        "nightly_lake_maintenance",
+    }
     keys = {"/".join(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}
     settings = small["settings"]
     for s in settings.sources:
@@ -252,3 +263,27 @@ def test_rows_committed_while_the_gate_runs_wait_for_the_next_gate(small: dict[s
     assert done == gate.until["silver.network"] < current
     again = promotion_gate(Quality(settings, lake))
     assert next(o for o in again.outcomes if o.table == "silver.network").rows >= 1
+
+
+def test_nightly_maintenance_compacts_every_table_and_changes_no_row(small: dict[str, Any]) -> None:
+    lake = Lake(small["settings"].paths.lake_root)
+    tables = lake.tables()
+    assert len(tables) >= 15
+    before = {t: (lake.version(t), lake.file_count(t), lake.read_arrow(t).num_rows) for t in tables}
+    result = (
+        small["defs"].resolve_job_def(MAINTENANCE).execute_in_process(instance=small["instance"])
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("ops__lake_maintenance")[0].metadata
+    assert meta["tables"].value == len(tables) and meta["skipped"].value == "none"
+    compacted = 0
+    for t, (version, files, rows) in before.items():
+        assert lake.read_arrow(t).num_rows == rows, t
+        assert lake.file_count(t) <= files, t
+        if files > 1:
+            compacted += 1
+            assert lake.file_count(t) == 1, t
+            current = lake.version(t)
+            assert current is not None and version is not None
+            assert lake.appended(t, version, current).num_rows == 0, t  # nothing new to read
+    assert compacted >= 5

@@ -73,3 +73,27 @@ def test_upsert_replaces_and_deletes_by_key(spark: Any, tmp_path: Path) -> None:
     got = {r["person_id"]: r["tier"] for r in lake.read_arrow("gold.p").to_pylist()}
     assert got == {"p1": "a", "p2": "B", "p4": "d"}
     assert lake.committed("gold.p", "g") == 2
+
+
+def test_compaction_keeps_rows_and_vacuum_removes_only_what_retention_allows(
+    spark: Any, tmp_path: Path
+) -> None:
+    lake = Lake(tmp_path)
+    for v in range(4):
+        _append(lake, 3, v)
+    before = lake.version("silver.t")
+    assert before is not None and lake.file_count("silver.t") == 4  # one file per append
+    assert lake.compact("silver.t", stage="test") == (4, 1)
+    after = lake.version("silver.t")
+    assert after == before + 1
+    assert lake.read_arrow("silver.t").num_rows == 12
+    assert lake.appended("silver.t", before, after).num_rows == 0  # no new rows in the feed
+    # Within the 7-day retention the replaced files stay: the old version still reads.
+    assert lake.vacuum("silver.t") == 0
+    assert lake.read_arrow("silver.t", version=before).num_rows == 12
+    spark.sql(
+        f"ALTER TABLE delta.`{lake.uri('silver.t')}` "
+        "SET TBLPROPERTIES ('delta.deletedFileRetentionDuration' = 'interval 0 seconds')"
+    )
+    assert lake.vacuum("silver.t") == 4  # the four replaced files, not the compacted one
+    assert lake.read_arrow("silver.t").num_rows == 12
