@@ -251,9 +251,7 @@ class Lake:
                 return
             source = self._merge_source(self._frame(rows), key, delete_keys)
             columns = [c for c in source.columns if c != "_op"]
-            # The MERGE runs in its own session: Delta takes a MERGE's app transaction and
-            # commit metadata from session settings, which must not leak into other writes.
-            session = self.spark.newSession()
+            session = self._session(stage, metadata)
             view = f"cdp_merge_{uuid.uuid4().hex}"
             source.createOrReplaceGlobalTempView(view)
             progress = self._progress(table)
@@ -262,10 +260,6 @@ class Lake:
                 if txn is not None:
                     session.conf.set("spark.databricks.delta.write.txnAppId", txn[0])
                     session.conf.set("spark.databricks.delta.write.txnVersion", str(txn[1]))
-                session.conf.set(
-                    "spark.databricks.delta.commitInfo.userMetadata",
-                    _user_metadata(stage, metadata),
-                )
                 from delta.tables import DeltaTable as SparkDeltaTable
 
                 values: dict[str, str | Column] = {c: f"s.`{c}`" for c in columns}
@@ -283,6 +277,16 @@ class Lake:
                 progress.settle(txn)
             finally:
                 self.spark.catalog.dropGlobalTempView(view)
+
+    def _session(self, stage: str, metadata: dict[str, Any] | None = None) -> SparkSession:
+        """A session of its own for a MERGE or OPTIMIZE: Delta takes their commit metadata (and
+        a MERGE's app transaction) from session settings, which must not leak into other
+        writes."""
+        session = self.spark.newSession()
+        session.conf.set(
+            "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, metadata)
+        )
+        return session
 
     def _merge_source(self, rows: DataFrame, key: str, delete_keys: list[str]) -> DataFrame:
         """`rows` tagged `upsert`, plus one `delete` row (other columns null) per key to drop
@@ -315,10 +319,7 @@ class Lake:
 
         with self._locks[table]:
             self._existing(table)
-            session = self.spark.newSession()
-            session.conf.set(
-                "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, None)
-            )
+            session = self._session(stage)
             SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeZOrderBy(key)
 
     def compact(self, table: str, *, stage: str) -> tuple[int, int]:
@@ -329,10 +330,7 @@ class Lake:
 
         with self._locks[table]:
             before = self.file_count(table)
-            session = self.spark.newSession()
-            session.conf.set(
-                "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, None)
-            )
+            session = self._session(stage)
             SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeCompaction()
             return before, self.file_count(table)
 

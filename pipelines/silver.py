@@ -596,9 +596,9 @@ def silver_columns(contract: SourceContract) -> list[str]:
 
 def _judged(
     checked: DataFrame, lake: Lake, contract: SourceContract
-) -> tuple[DataFrame, DataFrame]:
+) -> tuple[DataFrame, list[DataFrame]]:
     """The valid lines with `_duplicate` set: the reason a line is a duplicate (null if not),
-    and the persisted marks that say so (the caller unpersists them).
+    and the small frames persisted to say so (the caller unpersists them).
 
     A valid line is a duplicate when silver already holds its event id, or an earlier valid line
     of the batch carried it: the first by ingest time, batch and line wins, so a broken line the
@@ -619,6 +619,7 @@ def _judged(
             .join(valid.select("_h"), "_h", "left_semi")
             .select("event_id")
             .distinct()
+            .persist(StorageLevel.MEMORY_AND_DISK)  # joined twice: silver is scanned once
         )
         suspects = suspects.unionByName(held.select(F.xxhash64("event_id").alias("_h")))
     ids = valid.join(suspects.distinct(), "_h", "left_semi").select("event_id", line.alias("_line"))
@@ -638,7 +639,8 @@ def _judged(
     )
     # The marks are small and three writes join them: computed once, kept on the executors.
     marks = marks.persist(StorageLevel.MEMORY_AND_DISK)
-    return valid.drop("_h").join(marks, "event_id", "left").withColumn("_duplicate", why), marks
+    judged = valid.drop("_h").join(marks, "event_id", "left").withColumn("_duplicate", why)
+    return judged, [marks] if held is None else [marks, held]
 
 
 def _stamped(rows: DataFrame, contract: SourceContract, bronze_version: int) -> DataFrame:
@@ -837,7 +839,7 @@ def commit_silver(
     new rows to report counts."""
     silver = silver_table(contract)
     app_ids = _app_ids(contract)
-    judged, marks = _judged(checked, lake, contract)
+    judged, persisted = _judged(checked, lake, contract)
     # The few lines the small tables come from, so their writes do not re-scan the batch.
     side = checked.where(
         F.col("_reason_code").isNotNull()
@@ -847,8 +849,8 @@ def commit_silver(
     try:
         written = _append_outputs(lake, contract, rules, bronze_version, judged, side, app_ids)
     finally:
-        side.unpersist()
-        marks.unpersist()
+        for frame in (side, *persisted):
+            frame.unpersist()
     silver_version = lake.version(silver)
     assert silver_version is not None
     return SilverResult(
