@@ -31,6 +31,8 @@ from deltalake.exceptions import TableNotFoundError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from pipelines.tagged import spark_ready
+
 # Rows per file a driver-side table is written as (larger tables spread over every core).
 FILE_ROWS = 256 * 1024
 # Columns never worth statistics: long, unique and never filtered on.
@@ -210,7 +212,7 @@ class Lake:
         metadata: dict[str, Any] | None,
     ) -> None:
         """One delta-spark write of `data` (`dt`: the table before it, None when new)."""
-        frame = self._frame(data)
+        frame = self.frame(data)
         writer = (
             frame.write.format("delta")
             .mode(mode)
@@ -249,7 +251,7 @@ class Lake:
                 return
             if self._all_done(table, dt, txns):
                 return
-            source = self._merge_source(self._frame(rows), key, delete_keys)
+            source = self._merge_source(self.frame(rows), key, delete_keys)
             columns = [c for c in source.columns if c != "_op"]
             session = self._session(stage, metadata)
             view = f"cdp_merge_{uuid.uuid4().hex}"
@@ -348,7 +350,7 @@ class Lake:
             SparkDeltaTable.forPath(self.spark, self.uri(table)).vacuum()
             return before - data_files()
 
-    def _frame(self, data: Rows) -> DataFrame:
+    def frame(self, data: Rows) -> DataFrame:
         """`data` as a Spark frame: a driver-side Arrow table is sliced over the cores."""
         if isinstance(data, DataFrame):
             return data
@@ -421,12 +423,27 @@ class Lake:
         return self._schema(self._existing(table))
 
     def read_spark(
-        self, spark: SparkSession, table: str, columns: list[str] | None = None
+        self,
+        spark: SparkSession,
+        table: str,
+        columns: list[str] | None = None,
+        version: int | None = None,
     ) -> DataFrame:
-        """The table's current snapshot as a Spark frame."""
+        """The table's snapshot (current, or `version`) as a Spark frame."""
         self._existing(table)
-        frame = spark.read.format("delta").load(self.uri(table))
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        frame = reader.load(self.uri(table))
         return frame.select(*columns) if columns else frame
+
+    def rows(self, table: str) -> int:
+        """Rows in the table's current snapshot, from the log's file statistics (no scan)."""
+        dt = self.table(table)
+        if dt is None:
+            return 0
+        counts = pa.table(dt.get_add_actions()).column("num_records")
+        return int(pa.compute.sum(counts).as_py() or 0)
 
     def changes(
         self,
@@ -549,24 +566,5 @@ def _creation_properties(columns: list[str]) -> dict[str, str]:
 
 def _spark_ready(data: pa.Table) -> pa.Table:
     """Arrow types Spark cannot take from Arrow replaced by the ones it can (same values)."""
-    fields = [pa.field(f.name, _spark_type(f.type), f.nullable) for f in data.schema]
-    target = pa.schema(fields)
+    target = spark_ready(data.schema)
     return data if target == data.schema else data.cast(target)
-
-
-def _spark_type(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return pa.string()
-    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-        return pa.binary()
-    if pa.types.is_dictionary(t):
-        return _spark_type(t.value_type)
-    if pa.types.is_null(t):
-        return pa.string()
-    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_list(t):
-        return pa.list_(pa.field(t.value_field.name, _spark_type(t.value_type)))
-    if pa.types.is_struct(t):
-        return pa.struct([pa.field(f.name, _spark_type(f.type), f.nullable) for f in t])
-    if pa.types.is_timestamp(t) and t.unit == "ns":
-        return pa.timestamp("us", t.tz)
-    return t

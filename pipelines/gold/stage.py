@@ -14,29 +14,37 @@ the next run finishes exactly the range the interrupted run had started.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import reduce
 
 import polars as pl
 import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipelines.config import PolicyCfg, Settings
 from pipelines.gold.facts import (
     COUNTERS,
     DAILY,
     DAILY_SCHEMA,
+    EVENT_SCHEMA,
     FACTS,
     FACTS_SCHEMA,
+    TENURE_SCHEMA,
+    anchor_columns,
     anchored,
     attribute,
     daily_deltas,
     events_frame,
+    events_spark,
     fact_candidates,
     fact_key,
-    latest,
+    latest_spark,
 )
 from pipelines.gold.profile import (
     BOOKKEEPING,
@@ -58,12 +66,16 @@ from pipelines.identity.stage import (
 )
 from pipelines.lake import Lake
 from pipelines.reference import reference_schema
+from pipelines.tagged import apply_grouped, combined, kind_of, tag_frames, tag_tables, untag
 
 OUTBOX = "ops.outbox"
 IDENTITY_APP = f"{PROFILES}<-{LINKS}"
 CLOCK_APP = f"{PROFILES}@clock_day"  # version = the clock day's ordinal
 COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they have this many
-BUILD_CHUNK = 200_000  # persons built at once (bounds a full rebuild's memory)
+# Rows one Python worker call takes at once (bounds its memory; more groups than cores only
+# when there is that much).
+EVENTS_PER_GROUP = 500_000
+PERSONS_PER_GROUP = 50_000
 SETTLE_DAYS = 2  # facts older than this are folded per tenure node (its tenure is known by then)
 
 OUTBOX_SCHEMA = pa.schema(
@@ -77,6 +89,11 @@ OUTBOX_SCHEMA = pa.schema(
         ("occurred_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# Change events numbered in the order they were made (the outbox keeps that order).
+SEQUENCED = pa.schema([*OUTBOX_SCHEMA, pa.field("_seq", pa.int64())])
+PERSON_SCHEMA = pa.schema([("person_id", pa.string())])
+# What attribution gives back per group of anchors.
+ATTRIBUTED = combined({"daily": DAILY_SCHEMA, "fact": FACTS_SCHEMA})
 NODE_COLUMNS = [
     "node_key",
     "id_type",
@@ -152,7 +169,30 @@ def refresh_gold(
     if not moved and ev_done == ev_target and not (wall and clock_done != today.toordinal()):
         return GoldResult(seconds=time.perf_counter() - started)
 
-    events = _attributed(lake, settings, _new_events(lake, silver, moved))
+    events = _new_events(lake, silver, moved).persist()
+    try:
+        state = (ev_done, ev_target, clock_done)
+        result = _refresh(lake, settings, events, silver, ranges, moved, state, today, wall)
+    finally:
+        events.unpersist()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _refresh(
+    lake: Lake,
+    settings: Settings,
+    events: DataFrame,
+    silver: dict[str, str],
+    ranges: dict[str, tuple[int | None, int]],
+    moved: dict[str, tuple[int | None, int]],
+    state: tuple[int | None, int | None, int | None],
+    today: date,
+    wall: bool,
+) -> GoldResult:
+    """`refresh_gold` once it knows there is work: `events` are the new silver rows, `state`
+    the identity versions the profiles reflect and read up to, and the clock day they end on."""
+    ev_done, ev_target, clock_done = state
     txns = {
         t: {_app(t, silver[s]): r[1] for s, r in moved.items()}
         for t in (DAILY, FACTS, OUTBOX, PROFILES)
@@ -161,45 +201,46 @@ def refresh_gold(
     for t in (DAILY, FACTS):
         txns[t][f"{t}<-{LINKS}"] = ev_target or 0
     meta = {"stage": "gold.refresh"}
-    handed = _handed_over_days(lake, ev_done, ev_target)
-    daily_rows, fact_rows = daily_deltas(events), fact_candidates(events, settings.profile)
-    if handed.height:
-        # Up to what this refresh reads; a source the gate holds, up to what gold has of it.
-        upto = {s: r[1] for s, r in ranges.items()}
-        for s, t in silver.items():
-            if s not in upto and (v := lake.committed(PROFILES, _app(PROFILES, t))) is not None:
-                upto[s] = v
-        redone = _rederived(lake, settings, silver, upto, handed)
-        daily_rows = pl.concat(
-            [
-                daily_rows.join(handed, on=["id_value", "day"], how="anti"),
-                _daily_corrections(lake, handed, daily_deltas(redone)),
-            ],
-            how="vertical_relaxed",
-        )
-        fact_rows = pl.concat(
-            [fact_rows, fact_candidates(redone, settings.profile)], how="vertical_relaxed"
-        )
-    lake.append_once(
-        DAILY,
-        _arrow(daily_rows, DAILY_SCHEMA),
-        txns[DAILY],
-        stage="gold.daily_usage",
-        metadata=meta,
-    )
-    lake.append_once(
-        FACTS, _arrow(fact_rows, FACTS_SCHEMA), txns[FACTS], stage="gold.facts", metadata=meta
-    )
+    stats = events.agg(F.count(F.lit(1)).alias("n"), F.max("event_ts").alias("newest")).first()
+    assert stats is not None
+    spark = lake.spark
+    attributed = _attributed(
+        lake, settings, events, _buckets(spark, stats.n, EVENTS_PER_GROUP)
+    ).persist()
+    try:
+        daily_rows = kind_of(attributed, "daily", DAILY_SCHEMA)
+        fact_rows = kind_of(attributed, "fact", FACTS_SCHEMA)
+        handed = _handed_over_days(lake, ev_done, ev_target)
+        if handed.height:
+            # Up to what this refresh reads; a source the gate holds, up to what gold has of it.
+            upto = {s: r[1] for s, r in ranges.items()}
+            for s, t in silver.items():
+                if s not in upto and (v := lake.committed(PROFILES, _app(PROFILES, t))) is not None:
+                    upto[s] = v
+            redone = _rederived(lake, settings, silver, upto, handed)
+            corrections = _arrow(
+                _daily_corrections(lake, handed, daily_deltas(redone)), DAILY_SCHEMA
+            )
+            daily_rows = daily_rows.join(
+                lake.frame(handed.to_arrow()), ["id_value", "day"], "left_anti"
+            ).unionByName(lake.frame(corrections))
+            fact_rows = fact_rows.unionByName(
+                lake.frame(_arrow(fact_candidates(redone, settings.profile), FACTS_SCHEMA))
+            )
+        lake.append_once(DAILY, daily_rows, txns[DAILY], stage="gold.daily_usage", metadata=meta)
+        lake.append_once(FACTS, fact_rows, txns[FACTS], stage="gold.facts", metadata=meta)
+    finally:
+        attributed.unpersist()
 
-    day = today if wall else _event_clock(events, clock_done, today)
+    newest = stats.newest.date() if stats.newest is not None else None
+    day = today if wall else _event_clock(newest, clock_done, today)
     full = clock_done is None or day.toordinal() != clock_done
     _with_state(txns, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal()})
-    result = GoldResult(mode="full" if full else "incremental", events=events.height, clock_day=day)
-    persons = None if full else _touched(lake, events, ev_done, ev_target)
+    result = GoldResult(mode="full" if full else "incremental", events=stats.n, clock_day=day)
+    persons = None if full else _touched(lake, settings, events, ev_done, ev_target)
     _write_profiles(lake, settings, persons, day, (ev_done, ev_target), txns, result)
     if full:
         _compact(lake, settings, day)
-    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -234,11 +275,11 @@ def _ranges(
     return ranges
 
 
-def _event_clock(events: pl.DataFrame, clock_done: int | None, today: date) -> date:
+def _event_clock(newest: date | None, clock_done: int | None, today: date) -> date:
     """The day the windows end on: the newest event day seen so far (never moves back)."""
     known = [date.fromordinal(clock_done)] if clock_done is not None else []
-    if events.height:
-        known.append(events.select(pl.col("event_ts").max().dt.date()).item())
+    if newest is not None:
+        known.append(newest)
     return max(known) if known else today
 
 
@@ -303,20 +344,71 @@ def _daily_corrections(lake: Lake, days: pl.DataFrame, redone: pl.DataFrame) -> 
 
 def _new_events(
     lake: Lake, silver: dict[str, str], moved: dict[str, tuple[int | None, int]]
-) -> pl.DataFrame:
+) -> DataFrame:
     """Silver rows added in each moved source's range (from its Change Data Feed)."""
-    tables = [lake.appended(silver[s], done, target) for s, (done, target) in moved.items()]
-    return events_frame(tables)
+    spark = lake.spark
+    frames = [
+        lake.changes(spark, silver[s], done, target).frame for s, (done, target) in moved.items()
+    ]
+    return events_spark(spark, frames)
 
 
-def _attributed(lake: Lake, settings: Settings, events: pl.DataFrame) -> pl.DataFrame:
-    """Events with their anchor and the tenure node the current map gives it."""
-    return _attributed_with(
-        lake, settings, anchored(events, settings.profile, list(settings.identity.tenures))
+def _bucket(column: str, buckets: int) -> Column:
+    """The group a row goes to: rows with the same value of `column` always meet."""
+    return F.pmod(F.xxhash64(F.col(column)), F.lit(buckets))
+
+
+def _buckets(spark: SparkSession, rows: int, per_bucket: int) -> int:
+    """Groups for `rows`: at least one per core, and none larger than `per_bucket` rows."""
+    return max(spark.sparkContext.defaultParallelism, math.ceil(rows / per_bucket))
+
+
+def _attributed(lake: Lake, settings: Settings, events: DataFrame, buckets: int) -> DataFrame:
+    """Daily counters and fact candidates of `events` (a tagged frame of `ATTRIBUTED`): each
+    event goes to the tenure node the current map gives its anchor, in Python workers that
+    each take the events and tenures of a share of the anchors."""
+    recyclable: list[str] = list(settings.identity.tenures)
+    anchor_type, anchor_value = anchor_columns(settings.profile)
+    events = events.withColumn("_anchor", anchor_value).withColumn("_anchor_type", anchor_type)
+    values = (
+        events.where(F.col("_anchor_type").isin(recyclable))
+        .select(F.col("_anchor").alias("id_value"))
+        .distinct()
     )
+    tenures = (
+        lake.read_spark(lake.spark, MAP, ["id_type", "id_value", "tenure"])
+        .where(F.col("id_type").isin(recyclable) & F.col("tenure").isNotNull())
+        .join(values, "id_value", "left_semi")
+    )
+    frame = tag_frames(
+        {
+            "event": events.withColumn("_bucket", _bucket("_anchor", buckets)).drop(
+                "_anchor", "_anchor_type"
+            ),
+            "tenure": tenures.withColumn("_bucket", _bucket("id_value", buckets)),
+        },
+        ["_bucket"],
+    )
+    profile = settings.profile
+
+    def attribute_group(group: pa.Table) -> pa.Table:
+        rows = attribute(
+            anchored(_pl(untag(group, "event", EVENT_SCHEMA)), profile, recyclable),
+            _pl(untag(group, "tenure", TENURE_SCHEMA)),
+        )
+        return tag_tables(
+            {
+                "daily": _arrow(daily_deltas(rows), DAILY_SCHEMA),
+                "fact": _arrow(fact_candidates(rows, profile), FACTS_SCHEMA),
+            },
+            ATTRIBUTED,
+        )
+
+    return apply_grouped(frame, "_bucket", attribute_group, ATTRIBUTED)
 
 
 def _attributed_with(lake: Lake, settings: Settings, anchored_rows: pl.DataFrame) -> pl.DataFrame:
+    """A few anchored rows (a handed-over day's events) attributed on the driver."""
     recyclable: list[str] = list(settings.identity.tenures)
     values = (
         anchored_rows.filter(pl.col("anchor_type").is_in(recyclable))
@@ -340,100 +432,131 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def _touched(
-    lake: Lake, events: pl.DataFrame, ev_done: int | None, ev_target: int | None
-) -> pl.Series:
+    lake: Lake, settings: Settings, events: DataFrame, ev_done: int | None, ev_target: int | None
+) -> DataFrame:
     """Persons whose profile this batch may change: every owner of the events' identifiers (an
     account without a person counts for its holder), persons whose identifiers changed, and
     both sides of every merge and split."""
-    anchors = events.select("anchor_type", "anchor_value").drop_nulls().unique()
-    values = anchors.get_column("anchor_value")
-    found = _pl(lake.read_arrow(MAP, ["id_type", "id_value", "person_id"], _in("id_value", values)))
-    persons = [found.get_column("person_id")]
-    orphans = anchors.join(
-        found.rename({"id_type": "anchor_type", "id_value": "anchor_value"}),
-        on=["anchor_type", "anchor_value"],
-        how="anti",
+    spark = lake.spark
+    anchor_type, anchor_value = anchor_columns(settings.profile)
+    anchors = (
+        events.select(anchor_type.alias("id_type"), anchor_value.alias("id_value"))
+        .dropna()
+        .distinct()
     )
-    accounts = orphans.filter(pl.col("anchor_type") == "account_id").get_column("anchor_value")
-    if accounts.len() and lake.exists(ACCOUNTS):
-        holders = _pl(lake.read_arrow(ACCOUNTS, ["holder_person_id"], _in("account_id", accounts)))
-        persons.append(holders.get_column("holder_person_id"))
+    ids = lake.read_spark(spark, MAP, ["id_type", "id_value", "person_id"])
+    persons = [anchors.join(ids, ["id_type", "id_value"]).select("person_id")]
+    if lake.exists(ACCOUNTS):
+        orphans = anchors.where(F.col("id_type") == "account_id").join(
+            ids, ["id_type", "id_value"], "left_anti"
+        )
+        holders = lake.read_spark(spark, ACCOUNTS, ["account_id", "holder_person_id"])
+        persons.append(
+            orphans.join(holders, orphans.id_value == holders.account_id).select(
+                F.col("holder_person_id").alias("person_id")
+            )
+        )
     if ev_target is not None and ev_target != ev_done:
         since = -1 if ev_done is None else ev_done
-        moved = _pl(lake.read_arrow(MAP, ["person_id"], pl.col(CHANGED_AT) > since))
-        persons.append(moved.get_column("person_id"))
+        moved = lake.read_spark(spark, MAP, ["person_id", CHANGED_AT])
+        persons.append(moved.where(F.col(CHANGED_AT) > since).select("person_id"))
         if lake.exists(MERGES):
-            changes = _pl(
-                lake.read_arrow(
-                    MERGES, ["from_person_id", "to_person_id"], pl.col("evidence_version") > since
-                )
-            )
-            persons += [changes.get_column("from_person_id"), changes.get_column("to_person_id")]
-    return pl.concat([p.cast(pl.String) for p in persons]).drop_nulls().unique().sort()
+            changes = lake.read_spark(spark, MERGES).where(F.col("evidence_version") > since)
+            persons += [
+                changes.select(F.col(c).alias("person_id"))
+                for c in ("from_person_id", "to_person_id")
+            ]
+    union = reduce(DataFrame.unionByName, persons)
+    return union.where(F.col("person_id").isNotNull()).distinct()
 
 
-def profile_inputs(
-    lake: Lake, settings: Settings, persons: pl.Series | None, long_from: date
-) -> ProfileInputs:
-    """Everything the profiles of `persons` (None: everyone) are built from."""
-    where = None if persons is None else _in("person_id", persons)
-    nodes = lake.read_polars(MAP, NODE_COLUMNS, where)
+def _everyone(lake: Lake) -> DataFrame:
+    """Every person of the map, and every person with a profile (to remove those gone)."""
+    spark = lake.spark
+    persons = lake.read_spark(spark, MAP, ["person_id"])
+    if lake.exists(PROFILES):
+        persons = persons.unionByName(lake.read_spark(spark, PROFILES, ["person_id"]))
+    return persons.distinct()
+
+
+def _profile_frame(
+    lake: Lake, settings: Settings, persons: DataFrame, buckets: int, long_from: date
+) -> DataFrame:
+    """Everything the profiles of `persons` are built from, tagged and grouped by person: their
+    identity nodes (and the other owners' nodes of their identifiers, which decide who a day of a
+    number handed over that day belongs to), account and household-contact nodes, the daily
+    counters and facts of those identifiers, and their stored profiles."""
+    spark = lake.spark
+    mine = persons.select("person_id", _bucket("person_id", buckets).alias("_bucket"))
+    ids = lake.read_spark(spark, MAP, NODE_COLUMNS)
+    own = ids.join(mine, "person_id")
+    keys = own.select("id_type", "id_value", "_bucket").distinct()
+    others = ids.join(keys, ["id_type", "id_value"]).join(
+        mine, ["person_id", "_bucket"], "left_anti"
+    )
+    nodes = [own, others, _contact_nodes(lake, mine)]
     if lake.exists(ACCOUNTS):
-        held = None if persons is None else _in("holder_person_id", persons)
-        account_nodes = (
-            lake.read_polars(ACCOUNTS, ["account_id", "holder_person_id"], held)
-            .filter(pl.col("holder_person_id").is_not_null())
+        held = (
+            lake.read_spark(spark, ACCOUNTS, ["account_id", "holder_person_id"])
+            .where(F.col("holder_person_id").isNotNull())
             .select(
-                pl.concat_str([pl.lit("account_id:"), pl.col("account_id")]).alias("node_key"),
-                pl.lit("account_id").alias("id_type"),
-                pl.col("account_id").alias("id_value"),
-                pl.col("holder_person_id").alias("person_id"),
+                F.concat(F.lit("account_id:"), F.col("account_id")).alias("node_key"),
+                F.lit("account_id").alias("id_type"),
+                F.col("account_id").alias("id_value"),
+                F.col("holder_person_id").alias("person_id"),
             )
-            .filter(~pl.col("node_key").is_in(nodes.get_column("node_key").implode()))
+            .join(mine, "person_id")
+            .join(own.select("node_key", "_bucket"), ["node_key", "_bucket"], "left_anti")
         )
-        nodes = pl.concat([nodes, account_nodes], how="diagonal_relaxed")
-    nodes = pl.concat([nodes, _contact_nodes(lake, persons)], how="diagonal_relaxed")
-    keys = None if persons is None else _in("id_value", nodes.get_column("id_value").unique())
-    in_window = pl.col("day") >= long_from
-    daily = (
-        lake.read_polars(DAILY, where=in_window if keys is None else keys & in_window)
-        if lake.exists(DAILY)
-        else _pl(DAILY_SCHEMA.empty_table())
-    )
-    facts = (
-        lake.read_polars(FACTS, where=keys)
-        if lake.exists(FACTS)
-        else _pl(FACTS_SCHEMA.empty_table())
-    )
-    refs = [_ref(lake, settings, t) for t in ("tariffs", "segments")]
-    return ProfileInputs(nodes, daily, facts, *refs)
+        nodes.append(held)
+    node_rows = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), nodes)
+    values = node_rows.select("id_value", "_bucket").distinct()
+    frames = {"person": mine, "node": node_rows}
+    if lake.exists(DAILY):
+        daily = lake.read_spark(spark, DAILY).where(F.col("day") >= F.lit(long_from))
+        frames["daily"] = daily.join(values, "id_value")
+    if lake.exists(FACTS):
+        frames["fact"] = lake.read_spark(spark, FACTS).join(values, "id_value")
+    if lake.exists(PROFILES):
+        frames["stored"] = lake.read_spark(spark, PROFILES).join(mine, "person_id")
+    return tag_frames(frames, ["_bucket"])
 
 
-def _contact_nodes(lake: Lake, persons: pl.Series | None) -> pl.DataFrame:
-    """Household contacts of `persons` (None: everyone) as identifiers of their profiles: a
-    contact is listed on each profile that uses it, yet maps to no person (its own node key, so
-    no usage or fact is ever attributed through it)."""
-    schema = {"node_key": pl.String, "id_type": pl.String, "id_value": pl.String}
+def _contact_nodes(lake: Lake, mine: DataFrame) -> DataFrame:
+    """Household contacts of the persons of `mine` as identifiers of their profiles: a contact
+    is listed on each profile that uses it, yet maps to no person (its own node key, so no
+    usage or fact is ever attributed through it)."""
+    spark = lake.spark
     if not lake.exists(LINKS):
-        return pl.DataFrame(schema={**schema, "person_id": pl.String})
-    links = lake.read_polars(
+        schema = "node_key string, id_type string, id_value string, person_id string, _bucket long"
+        return spark.createDataFrame([], schema)
+    links = lake.read_spark(
+        spark,
         LINKS,
-        ["a_type", "a_value", "b_type", "b_value", "person_id", "b_person_id", "valid_to"],
-        pl.col("status") == "contact",
-    )
-    a_is_contact = pl.col("b_type") != "email"
+        [
+            "a_type",
+            "a_value",
+            "b_type",
+            "b_value",
+            "person_id",
+            "b_person_id",
+            "valid_to",
+            "status",
+        ],
+    ).where(F.col("status") == "contact")
+    a_is_contact = F.col("b_type") != "email"
     found = links.select(
-        pl.when(a_is_contact).then("a_type").otherwise("b_type").alias("id_type"),
-        pl.when(a_is_contact).then("a_value").otherwise("b_value").alias("id_value"),
-        pl.when(a_is_contact).then("b_person_id").otherwise("person_id").alias("person_id"),
+        F.when(a_is_contact, F.col("a_type")).otherwise(F.col("b_type")).alias("id_type"),
+        F.when(a_is_contact, F.col("a_value")).otherwise(F.col("b_value")).alias("id_value"),
+        F.when(a_is_contact, F.col("b_person_id")).otherwise(F.col("person_id")).alias("person_id"),
         "valid_to",
-    ).filter(pl.col("person_id").is_not_null())
-    if persons is not None:
-        found = found.filter(pl.col("person_id").is_in(persons.implode()))
-    return found.unique(["id_type", "id_value", "person_id"]).with_columns(
-        pl.concat_str(
-            [pl.col("id_type"), pl.lit(":"), pl.col("id_value"), pl.lit("#contact")]
-        ).alias("node_key")
+    ).where(F.col("person_id").isNotNull())
+    return (
+        found.join(mine, "person_id")
+        .dropDuplicates(["id_type", "id_value", "person_id"])
+        .withColumn(
+            "node_key", F.concat(F.col("id_type"), F.lit(":"), F.col("id_value"), F.lit("#contact"))
+        )
     )
 
 
@@ -444,10 +567,53 @@ def _ref(lake: Lake, settings: Settings, name: str) -> pl.DataFrame:
     return _pl(reference_schema(settings.reference.tables[name]).empty_table())
 
 
+def _profiled(
+    lake: Lake, settings: Settings, inputs: DataFrame, day: date, now: datetime
+) -> DataFrame:
+    """Per group of persons, in Python workers: their new profiles, diffed with the stored
+    ones into the rows to write, the change events and the persons gone (tagged `profiled`)."""
+    schema = profile_schema(settings.policy)
+    nodes_schema = pa.schema([lake.arrow_schema(MAP).field(c) for c in NODE_COLUMNS])
+    out = profiled_schema(schema)
+    tariffs, segments = (_ref(lake, settings, t) for t in ("tariffs", "segments"))
+    profile, scores, policy = settings.profile, settings.scores, settings.policy
+    threshold = profile.churn_alert_threshold
+
+    def profile_group(group: pa.Table) -> pa.Table:
+        mine = untag(group, "person", PERSON_SCHEMA).column("person_id")
+        inputs = ProfileInputs(
+            _pl(untag(group, "node", nodes_schema)),
+            _pl(untag(group, "daily", DAILY_SCHEMA)),
+            _pl(untag(group, "fact", FACTS_SCHEMA)),
+            tariffs,
+            segments,
+        )
+        built = build_profiles(inputs, day, profile, scores, policy)
+        new = built.filter(_in("person_id", pl.Series(mine.to_pylist(), dtype=pl.String)))
+        stored = _pl(untag(group, "stored", schema))
+        rows, gone, events = diff_profiles(stored, new, schema, now, threshold, policy)
+        numbered = [{**e, "_seq": i} for i, e in enumerate(events)]
+        return tag_tables(
+            {
+                "profile": rows,
+                "event": pa.Table.from_pylist(numbered, SEQUENCED),
+                "gone": pa.table({"person_id": pa.array(gone, pa.string())}),
+            },
+            out,
+        )
+
+    return apply_grouped(inputs, "_bucket", profile_group, out)
+
+
+def profiled_schema(schema: pa.Schema) -> pa.Schema:
+    """What each group of persons gives back: profile rows, change events, persons gone."""
+    return combined({"profile": schema, "event": SEQUENCED, "gone": PERSON_SCHEMA})
+
+
 def _write_profiles(
     lake: Lake,
     settings: Settings,
-    persons: pl.Series | None,
+    persons: DataFrame | None,
     day: date,
     identity: tuple[int | None, int | None],
     txns: dict[str, dict[str, int]],
@@ -456,69 +622,72 @@ def _write_profiles(
     """Build the profiles of `persons` (None: all), diff them with the stored rows, write the
     outbox events and then the changed rows (profiles last: their commit is the watermark).
     `identity` is the (done, target) evidence range whose merges and splits are reported."""
+    spark = lake.spark
     schema = profile_schema(settings.policy)
     long_from = day - timedelta(days=settings.profile.windows.long_days - 1)
-    exists = lake.exists(PROFILES)
-    if persons is None:
-        everyone = [lake.read_polars(MAP, ["person_id"]).get_column("person_id")]
-        if exists:
-            everyone.append(lake.read_polars(PROFILES, ["person_id"]).get_column("person_id"))
-        persons = pl.concat(everyone).unique().sort()
-    result.persons = persons.len()
-    # When the write will touch every file anyway, read the stored table once (the rewrite
-    # reuses it); otherwise read only the touched persons' rows.
-    current = (
-        lake.read_polars(PROFILES)
-        if exists and persons.len() >= lake.file_count(PROFILES)
-        else None
-    )
-    now = datetime.now(UTC)
-    parts: list[pa.Table] = []
-    gone: list[str] = []
-    events: list[dict[str, object]] = []
-    had_profile: set[str] = set()
-    # Bounded memory: a full rebuild builds the persons a slice at a time.
-    for start in range(0, persons.len(), BUILD_CHUNK):
-        chunk = persons.slice(start, BUILD_CHUNK)
-        mine = _in("person_id", chunk)
-        if current is not None:
-            stored = current.filter(mine)
-        elif exists:
-            stored = lake.read_polars(PROFILES, where=mine)
+    persons = (_everyone(lake) if persons is None else persons).persist()
+    try:
+        result.persons = persons.count()
+        buckets = _buckets(spark, result.persons, PERSONS_PER_GROUP)
+        inputs = _profile_frame(lake, settings, persons, buckets, long_from)
+        now = datetime.now(UTC)
+        out = _profiled(lake, settings, inputs, day, now).persist()
+    finally:
+        persons.unpersist()
+    try:
+        gone = [r.person_id for r in kind_of(out, "gone", PERSON_SCHEMA).collect()]
+        changes = kind_of(out, "event", SEQUENCED)
+        counts = Counter(
+            {r.event_type: r["count"] for r in changes.groupBy("event_type").count().collect()}
+        )
+        identity_events = _identity_events(lake, *identity, gone, now)
+        counts.update(str(e["event_type"]) for e in identity_events)
+        lake.append_once(
+            OUTBOX,
+            _ordered_outbox(lake, changes, identity_events),
+            txns[OUTBOX],
+            stage="gold.outbox",
+        )
+        rows = kind_of(out, "profile", schema)
+        table_txns = txns[PROFILES]
+        meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
+        if lake.exists(PROFILES) and not gone and rows.isEmpty():
+            lake.append_once(
+                PROFILES, schema.empty_table(), table_txns, stage="gold.profiles", metadata=meta
+            )
         else:
-            stored = _pl(schema.empty_table())
-        inputs = profile_inputs(lake, settings, chunk, long_from)
-        new = build_profiles(inputs, day, settings.profile, settings.scores, settings.policy)
-        rows, chunk_gone, chunk_events = diff_profiles(
-            stored, new, schema, now, settings.profile.churn_alert_threshold, settings.policy
-        )
-        parts.append(rows)
-        gone += chunk_gone
-        events += chunk_events
-        had_profile.update(stored.get_column("person_id").to_list())
-    rows = pa.concat_tables(parts) if parts else schema.empty_table()
-    events += _identity_events(lake, *identity, gone, had_profile, now)
-    outbox = pa.Table.from_pylist(events, OUTBOX_SCHEMA)
-    lake.append_once(OUTBOX, outbox, txns[OUTBOX], stage="gold.outbox")
-    table_txns = txns[PROFILES]
-    meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
-    if lake.exists(PROFILES) and rows.num_rows == 0 and not gone:
-        lake.append_once(PROFILES, rows, table_txns, stage="gold.profiles", metadata=meta)
-    else:
-        lake.upsert(
-            PROFILES,
-            rows,
-            "person_id",
-            delete_keys=gone,
-            stage="gold.profiles",
-            txns=table_txns,
-            metadata=meta,
-        )
-    result.by_type = dict(sorted(Counter(str(e["event_type"]) for e in events).items()))
+            lake.upsert(
+                PROFILES,
+                rows,
+                "person_id",
+                delete_keys=gone,
+                stage="gold.profiles",
+                txns=table_txns,
+                metadata=meta,
+            )
+    finally:
+        out.unpersist()
+    result.by_type = dict(sorted(counts.items()))
     result.created = result.by_type.get("profile.created", 0)
     result.updated = result.by_type.get("profile.updated", 0)
     result.removed = len(gone)
-    result.outbox = len(events)
+    result.outbox = sum(counts.values())
+
+
+def _ordered_outbox(
+    lake: Lake, changes: DataFrame, identity_events: list[dict[str, object]]
+) -> DataFrame:
+    """The outbox rows in delivery order, in one file: each person's profile changes in person
+    order, then identity's merges, splits and removals in the order they happened."""
+    later = [{**e, "_seq": i} for i, e in enumerate(identity_events)]
+    rows = changes.withColumn("_part", F.lit(0)).unionByName(
+        lake.frame(pa.Table.from_pylist(later, SEQUENCED)).withColumn("_part", F.lit(1))
+    )
+    return (
+        rows.coalesce(1)
+        .sortWithinPartitions("_part", F.when(F.col("_part") == 0, F.col("person_id")), "_seq")
+        .select(*OUTBOX_SCHEMA.names)
+    )
 
 
 def _with_state(txns: dict[str, dict[str, int]], state: dict[str, int]) -> None:
@@ -680,12 +849,12 @@ def _identity_events(
     ev_done: int | None,
     ev_target: int | None,
     gone: list[str],
-    had_profile: set[str],
     now: datetime,
 ) -> list[dict[str, object]]:
     """Merges and splits identity recorded since the last refresh, of persons that had a
     profile (a person merged before its first profile was written is nobody's news); a removed
-    profile that was not merged into another is `profile.removed`."""
+    profile that was not merged into another is `profile.removed`. Read before the profiles
+    are written (a few rows: the changes of one refresh)."""
     events: list[dict[str, object]] = []
     merged: set[str] = set()
     if ev_target is not None and ev_target != ev_done and lake.exists(MERGES):
@@ -693,6 +862,16 @@ def _identity_events(
         rows = lake.read_arrow(
             MERGES,
             where=(pl.col("evidence_version") > since) & (pl.col("evidence_version") <= ev_target),
+        )
+        froms = rows.column("from_person_id").to_pylist()
+        had_profile = (
+            set(
+                lake.read_arrow(PROFILES, ["person_id"], _in("person_id", froms))
+                .column(0)
+                .to_pylist()
+            )
+            if froms and lake.exists(PROFILES)
+            else set()
         )
         for r in rows.sort_by(
             [
@@ -769,35 +948,64 @@ def _compact(lake: Lake, settings: Settings, day: date) -> None:
     fewer and larger files (app transactions are kept). Facts are re-keyed to the tenure the
     current identity map gives their time before folding, so two owners of a recycled number
     are never folded together."""
+    spark = lake.spark
     for table in (DAILY, FACTS):
-        dt = lake.table(table)
-        if dt is None or len(dt.file_uris()) < COMPACT_AFTER_FILES:
+        if lake.file_count(table) < COMPACT_AFTER_FILES:
             continue
-        version = dt.version()
-        rows = _pl(lake.read_arrow(table, version=version))
+        version = lake.version(table)
+        rows = lake.read_spark(spark, table, version=version)
         if table == DAILY:
-            folded = _arrow(_fold_daily(rows), DAILY_SCHEMA)
+            folded = _fold_daily(rows)
         else:
             settled = day - timedelta(days=SETTLE_DAYS)
-            folded = _arrow(latest(_rekeyed(lake, settings, rows, settled)), FACTS_SCHEMA)
+            folded = latest_spark(_rekeyed(lake, settings, rows, settled))
         lake.overwrite(
             table, folded, stage="gold.compact", metadata={"compacted_version": str(version)}
         )
 
 
-def _rekeyed(lake: Lake, settings: Settings, facts: pl.DataFrame, settled: date) -> pl.DataFrame:
-    """Facts with `node_key` (and the fact_key of line facts) from the current map's tenures;
-    facts older than `settled` lose the day from their key, so they fold to one row."""
+def _rekeyed(lake: Lake, settings: Settings, facts: DataFrame, settled: date) -> DataFrame:
+    """Facts with `node_key` (and the fact_key of line facts) from the current map's tenures
+    (in Python workers, a share of the identifiers each); facts older than `settled` lose the
+    day from their key, so they fold to one row."""
+    recyclable: list[str] = list(settings.identity.tenures)
+    buckets = _buckets(lake.spark, lake.rows(FACTS), EVENTS_PER_GROUP)
+    tenures = lake.read_spark(lake.spark, MAP, ["id_type", "id_value", "tenure"]).where(
+        F.col("id_type").isin(recyclable) & F.col("tenure").isNotNull()
+    )
+    frame = tag_frames(
+        {
+            "fact": facts.withColumn("_bucket", _bucket("id_value", buckets)),
+            "tenure": tenures.withColumn("_bucket", _bucket("id_value", buckets)),
+        },
+        ["_bucket"],
+    )
+    out = combined({"fact": FACTS_SCHEMA})
+
+    def rekey_group(group: pa.Table) -> pa.Table:
+        facts = _pl(untag(group, "fact", FACTS_SCHEMA))
+        tenures = _pl(untag(group, "tenure", TENURE_SCHEMA))
+        rekeyed = rekey_facts(facts, tenures, recyclable, settled)
+        return tag_tables({"fact": _arrow(rekeyed, FACTS_SCHEMA)}, out)
+
+    return kind_of(apply_grouped(frame, "_bucket", rekey_group, out), "fact", FACTS_SCHEMA)
+
+
+def rekey_facts(
+    facts: pl.DataFrame, tenures: pl.DataFrame, recyclable: list[str], settled: date
+) -> pl.DataFrame:
+    """`_rekeyed` for one share of the identifiers (`tenures`: their id_type, id_value,
+    tenure)."""
     as_events = facts.rename(
         {"id_type": "anchor_type", "id_value": "anchor_value", "ts": "event_ts"}
     ).with_columns(
-        pl.when(pl.col("anchor_type").is_in(list(settings.identity.tenures)))
+        pl.when(pl.col("anchor_type").is_in(recyclable))
         .then(pl.lit(NO_TENURE, pl.Int64()))
         .otherwise(None)
         .alias("start"),
         (pl.col("subject") == pl.col("node_key")).alias("_per_node"),
     )
-    rekeyed = _attributed_with(lake, settings, as_events.drop("node_key"))
+    rekeyed = attribute(as_events.drop("node_key"), tenures)
     return (
         rekeyed.rename({"anchor_type": "id_type", "anchor_value": "id_value", "event_ts": "ts"})
         .with_columns(
@@ -816,13 +1024,13 @@ def _rekeyed(lake: Lake, settings: Settings, facts: pl.DataFrame, settled: date)
     )
 
 
-def _fold_daily(rows: pl.DataFrame) -> pl.DataFrame:
-    return (
-        rows.group_by("id_type", "id_value", "day", "tenure")
-        .agg([pl.col(c).sum() for c in COUNTERS])
-        .with_columns(pl.col("payment_amount").cast(pl.Decimal(18, 2)))
-        .sort("day", "id_type", "id_value")
-    )
+def _fold_daily(rows: DataFrame) -> DataFrame:
+    """One row per identifier, day and ingest tenure: the counters summed."""
+    sums = [
+        F.sum(c).cast("decimal(18,2)" if c == "payment_amount" else "bigint").alias(c)
+        for c in COUNTERS
+    ]
+    return rows.groupBy("id_type", "id_value", "day", "tenure").agg(*sums)
 
 
 def person_of(lake: Lake, id_type: str, value: str) -> str | None:
@@ -900,31 +1108,45 @@ def rebuild_gold(
     if not silver or not lake.exists(MAP):
         return GoldResult()
     targets = {s: lake.version(t) or 0 for s, t in silver.items()}
-    events = events_frame([lake.read_arrow(silver[s], version=v) for s, v in targets.items()])
-    events = _attributed(lake, settings, events)
-    say(f"{events.height:,} silver events attributed ({time.perf_counter() - started:.1f} s)")
+    spark = lake.spark
+    events = events_spark(
+        spark, [lake.read_spark(spark, silver[s], version=v) for s, v in targets.items()]
+    ).persist()
+    try:
+        stats = events.agg(F.count(F.lit(1)).alias("n"), F.max("event_ts").alias("newest")).first()
+        assert stats is not None
+        attributed = _attributed(
+            lake, settings, events, _buckets(spark, stats.n, EVENTS_PER_GROUP)
+        ).persist()
+    finally:
+        events.unpersist()
+    say(f"{stats.n:,} silver events attributed ({_secs(started)})")
     txns = {t: {_app(t, silver[s]): v for s, v in targets.items()} for t in (DAILY, FACTS)}
-    lake.overwrite(
-        DAILY,
-        _arrow(_fold_daily(daily_deltas(events)), DAILY_SCHEMA),
-        stage="gold.rebuild",
-        txns=txns[DAILY],
-    )
-    lake.overwrite(
-        FACTS,
-        _arrow(fact_candidates(events, settings.profile), FACTS_SCHEMA),
-        stage="gold.rebuild",
-        txns=txns[FACTS],
-    )
-    say(f"daily usage and facts rewritten ({time.perf_counter() - started:.1f} s)")
+    try:
+        lake.overwrite(
+            DAILY,
+            _fold_daily(kind_of(attributed, "daily", DAILY_SCHEMA)),
+            stage="gold.rebuild",
+            txns=txns[DAILY],
+        )
+        lake.overwrite(
+            FACTS,
+            latest_spark(kind_of(attributed, "fact", FACTS_SCHEMA)),
+            stage="gold.rebuild",
+            txns=txns[FACTS],
+        )
+    finally:
+        attributed.unpersist()
+    say(f"daily usage and facts rewritten ({_secs(started)})")
     today = today or datetime.now(UTC).date()
     clock_done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
     wall = settings.profile.clock == "wall_clock"
-    day = today if wall else _event_clock(events, clock_done, today)
+    newest = stats.newest.date() if stats.newest is not None else None
+    day = today if wall else _event_clock(newest, clock_done, today)
     result = recompute_profiles(
         lake, settings, day, targets={silver[s]: v for s, v in targets.items()}
     )
-    result.events = events.height
+    result.events = stats.n
     say(f"profiles: {result.created:,} created, {result.updated:,} updated ({_secs(started)})")
     result.seconds = time.perf_counter() - started
     return result
