@@ -35,6 +35,7 @@ from pipelines.silver import (
     refresh_silver,
     silver_watermark,
 )
+from pipelines.spark import release_plans
 
 
 class StageBusyError(RuntimeError):
@@ -130,6 +131,85 @@ class SourceProgress:
     silver: list[SilverResult] = field(default_factory=list)
 
 
+class Coalesced:
+    """Runs a downstream step (identity, gold) in a thread of its own, one call at a time.
+
+    Micro-batches only ask for a run and go on ingesting: asks made while a run is under way
+    fold into one next run, which reads everything silver gained meanwhile. So ingestion never
+    waits for gold, and when gold is the slower stage it takes larger steps instead of falling
+    behind one batch at a time. A failed run is kept and raised to the ingesting side.
+    """
+
+    def __init__(self, step: Callable[[], None]) -> None:
+        self._step = step
+        self._wanted = threading.Condition()
+        self._pending = False
+        self._asked = self._done = 0  # asks made; asks that a finished run covered
+        self._closed = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="downstream", daemon=True)
+        self._thread.start()
+
+    def request(self, *, wait: bool = False) -> None:
+        """Ask for a run that starts after this call (it sees everything committed so far);
+        with `wait`, return once that run has ended."""
+        with self._wanted:
+            self._pending = True
+            self._asked += 1
+            asked = self._asked
+            self._wanted.notify_all()
+            while wait and self._done < asked and not self._closed:
+                self._wanted.wait()
+        if wait:
+            self.raise_failure()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wanted:
+                while not self._pending and not self._closed:
+                    self._wanted.wait()
+                if not self._pending:
+                    return
+                self._pending, covers = False, self._asked
+            try:
+                self._step()
+            except BaseException as exc:  # kept for the ingesting side; the loop ends
+                with self._wanted:
+                    self.error, self._closed = exc, True
+                    self._wanted.notify_all()
+                return
+            with self._wanted:
+                self._done = covers
+                self._wanted.notify_all()
+
+    def raise_failure(self) -> None:
+        """Raise the error of a failed run, if any."""
+        if self.error is not None:
+            raise RuntimeError(f"the downstream step failed: {self.error}") from self.error
+
+    def close(self, *, raise_failure: bool = True) -> None:
+        """Finish what was asked, stop the thread, and raise a failed run's error."""
+        with self._wanted:
+            self._closed = True
+            self._wanted.notify_all()
+        self._thread.join()
+        if raise_failure:
+            self.raise_failure()
+
+
+@contextmanager
+def _coalescing(step: Callable[[], None]) -> Iterator[Coalesced]:
+    """A `Coalesced` runner for the length of a run: on the way out it finishes what was asked
+    and raises a failed run (unless the run is already failing for another reason)."""
+    runner = Coalesced(step)
+    try:
+        yield runner
+    except BaseException:
+        runner.close(raise_failure=False)
+        raise
+    runner.close()
+
+
 class Ingestion:
     """Runs the per-source streaming queries against one lake."""
 
@@ -141,14 +221,19 @@ class Ingestion:
         on_event: Callable[[str], None] | None = None,
         downstream: Callable[[SparkSession], None] | None = None,
         wake: Callable[[], bool] | None = None,
+        lockstep: bool = False,
     ) -> None:
-        """`downstream` runs after every micro-batch's silver commit and once after a run (the
-        identity refresh), one call at a time; a continuous run also runs it between batches
-        whenever `wake` says so (a steward released a held source)."""
+        """`downstream` (identity, gold) runs beside the queries, one call at a time: again after
+        any micro-batch's silver commit (batches that commit during a call fold into the next
+        call) and once at the end of a bounded run; a continuous run also runs it whenever
+        `wake` says so (a steward released a held source). With `lockstep` each micro-batch
+        waits for the run it asked for: one downstream step per batch, as a replay or a test of
+        incremental steps wants."""
         self.spark = spark
+        self.lockstep = lockstep
         self.downstream = downstream
         self.wake = wake
-        self._downstream_lock = threading.Lock()
+        self._coalesced: Coalesced | None = None
         self.settings = settings
         self.lake = lake or Lake(settings.paths.lake_root)
         self.rules = ValidationRules.from_settings(settings)
@@ -202,6 +287,7 @@ class Ingestion:
                     result = refresh_silver(lines.sparkSession, self.lake, contract, self.rules)
             finally:
                 checked.unpersist()
+                release_plans()
             with self._lock:
                 p = self.progress[source]
                 p.batches += 1
@@ -209,7 +295,7 @@ class Ingestion:
                 if not result.skipped:
                     p.silver.append(result)
             bad = sum(result.quarantined.values())
-            self._run_downstream()
+            self._ask_downstream()
             self.say(
                 f"{source}: batch {batch_id}: bronze +{added}"
                 f"{'' if wrote else ' (already committed)'}, silver +{result.valid}, "
@@ -218,10 +304,10 @@ class Ingestion:
 
         return handle
 
-    def _run_downstream(self) -> None:
-        if self.downstream is not None:
-            with self._downstream_lock:
-                self.downstream(self.spark)
+    def _ask_downstream(self) -> None:
+        if self._coalesced is not None:
+            self._coalesced.raise_failure()  # stops the query: the run reports the failure
+            self._coalesced.request(wait=self.lockstep)
 
     def _check_checkpoint(self, source: str) -> None:
         commits = self.checkpoint(source) / "commits"
@@ -272,31 +358,21 @@ class Ingestion:
         sources = sources or self.settings.sources
         for warning in landing_warnings(self.settings.paths.landing_root, self.settings.sources):
             self.say(f"warning: {warning}")
-        with ExitStack() as locks:
+        with ExitStack() as stack:
             for s in sources:
-                locks.enter_context(stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}"))
-            # Largest backlog first: its pass takes the turn first, so its Delta writes overlap
-            # the smaller sources' passes instead of trailing after them.
-            by_backlog = sorted(sources, key=self._landing_bytes, reverse=True)
-            queries = [self.start(s, available_now=available_now) for s in by_backlog]
-            try:
-                if available_now:
-                    for q in queries:
-                        q.awaitTermination()
-                else:
-                    stop = stop or threading.Event()
-                    while not stop.is_set() and all(q.isActive for q in queries):
-                        if self.wake is not None and self.wake():
-                            self._run_downstream()
-                        stop.wait(0.5)
-            finally:
-                # A batch cut short here is replayed on the next start: appends are idempotent.
-                for q in queries:
-                    if q.isActive:
-                        q.stop()
-            for q in queries:
-                if q.exception() is not None:
-                    raise RuntimeError(f"query {q.name} failed: {q.exception()}")
+                stack.enter_context(stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}"))
+            if self.downstream is not None:
+                step, spark = self.downstream, self.spark
+
+                def run_step() -> None:
+                    try:
+                        step(spark)
+                    finally:
+                        release_plans()
+
+                self._coalesced = stack.enter_context(_coalescing(run_step))
+                stack.callback(setattr, self, "_coalesced", None)
+            self._run_queries(sources, available_now, stop)
             # Catch up silver on bronze rows a crashed run committed but did not refine.
             for s in sources:
                 result = refresh_silver(
@@ -304,4 +380,33 @@ class Ingestion:
                 )
                 if not result.skipped:
                     self.progress[s].silver.append(result)
-            self._run_downstream()
+            if self._coalesced is not None:
+                self._coalesced.request()  # the last run: what the end of the run committed
+
+    def _run_queries(
+        self, sources: list[str], available_now: bool, stop: threading.Event | None
+    ) -> None:
+        # Largest backlog first: its pass takes the turn first, so its Delta writes overlap
+        # the smaller sources' passes instead of trailing after them.
+        by_backlog = sorted(sources, key=self._landing_bytes, reverse=True)
+        queries = [self.start(s, available_now=available_now) for s in by_backlog]
+        try:
+            if available_now:
+                for q in queries:
+                    q.awaitTermination()
+            else:
+                stop = stop or threading.Event()
+                while not stop.is_set() and all(q.isActive for q in queries):
+                    if self._coalesced is not None:
+                        self._coalesced.raise_failure()
+                        if self.wake is not None and self.wake():
+                            self._coalesced.request()
+                    stop.wait(0.5)
+        finally:
+            # A batch cut short here is replayed on the next start: appends are idempotent.
+            for q in queries:
+                if q.isActive:
+                    q.stop()
+        for q in queries:
+            if q.exception() is not None:
+                raise RuntimeError(f"query {q.name} failed: {q.exception()}")

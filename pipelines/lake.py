@@ -19,7 +19,8 @@ import math
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -28,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from pyspark.errors import PySparkRuntimeError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -40,6 +42,8 @@ NO_STATS = frozenset({"raw_line"})
 # The app id of a multi-source write's table-local progress number.
 PROGRESS_APP = "cdp.progress"
 PROGRESS_KEPT = 10  # older progress maps kept
+# Session settings a MERGE takes its app transaction from (set only for that MERGE).
+TXN_SETTINGS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 PROGRESS_DIR = "_cdp_progress"  # inside the table folder: Delta and VACUUM skip `_` folders
 CHANGE_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
@@ -70,6 +74,8 @@ class Lake:
         self.root = Path(root)
         self._spark = spark
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._own: SparkSession | None = None  # for MERGE and OPTIMIZE (see `_session`)
+        self._own_lock = threading.Lock()
 
     # ------------------------------------------------------------ metadata (delta-rs)
 
@@ -138,13 +144,15 @@ class Lake:
     def spark(self) -> SparkSession:
         if callable(self._spark):
             self._spark = self._spark()
-        spark = self._spark or SparkSession.getActiveSession()
-        if spark is None:
+        if self._spark is not None:
+            return self._spark
+        try:  # the thread's active session, else the process's (a worker thread has no active one)
+            return SparkSession.active()
+        except PySparkRuntimeError:
             raise LakeWriteError(
                 f"writing to the lake at {self.root} needs a Spark session (delta-spark); "
                 "this process has none: start one with pipelines.spark.spark_session()"
-            )
-        return spark
+            ) from None
 
     def append(
         self,
@@ -243,6 +251,8 @@ class Lake:
         """In one Delta MERGE: insert or replace `rows` by `key`, and delete the rows whose key
         is in `delete_keys` (and not in `rows`). Creates the table on first use; skipped when
         every app transaction in `txns` is already committed."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
         txns = txns or {}
         with self._locks[table]:
             dt = self.table(table)
@@ -253,42 +263,52 @@ class Lake:
                 return
             source = self._merge_source(self.frame(rows), key, delete_keys)
             columns = [c for c in source.columns if c != "_op"]
-            session = self._session(stage, metadata)
             view = f"cdp_merge_{uuid.uuid4().hex}"
             source.createOrReplaceGlobalTempView(view)
             progress = self._progress(table)
             try:
-                txn = progress.prepare(dt, txns)
-                if txn is not None:
-                    session.conf.set("spark.databricks.delta.write.txnAppId", txn[0])
-                    session.conf.set("spark.databricks.delta.write.txnVersion", str(txn[1]))
-                from delta.tables import DeltaTable as SparkDeltaTable
-
-                values: dict[str, str | Column] = {c: f"s.`{c}`" for c in columns}
-                (
-                    SparkDeltaTable.forPath(session, self.uri(table))
-                    .alias("t")
-                    .merge(
-                        session.table(f"global_temp.{view}").alias("s"), f"t.`{key}` = s.`{key}`"
+                with self._session(stage, metadata) as session:
+                    txn = progress.prepare(dt, txns)
+                    if txn is not None:
+                        for setting, value in zip(TXN_SETTINGS, txn, strict=True):
+                            session.conf.set(setting, str(value))
+                    values: dict[str, str | Column] = {c: f"s.`{c}`" for c in columns}
+                    (
+                        SparkDeltaTable.forPath(session, self.uri(table))
+                        .alias("t")
+                        .merge(
+                            session.table(f"global_temp.{view}").alias("s"),
+                            f"t.`{key}` = s.`{key}`",
+                        )
+                        .whenMatchedDelete("s._op = 'delete'")
+                        .whenMatchedUpdate("s._op = 'upsert'", set=values)
+                        .whenNotMatchedInsert("s._op = 'upsert'", values=values)
+                        .execute()
                     )
-                    .whenMatchedDelete("s._op = 'delete'")
-                    .whenMatchedUpdate("s._op = 'upsert'", set=values)
-                    .whenNotMatchedInsert("s._op = 'upsert'", values=values)
-                    .execute()
-                )
                 progress.settle(txn)
             finally:
                 self.spark.catalog.dropGlobalTempView(view)
 
-    def _session(self, stage: str, metadata: dict[str, Any] | None = None) -> SparkSession:
-        """A session of its own for a MERGE or OPTIMIZE: Delta takes their commit metadata (and
-        a MERGE's app transaction) from session settings, which must not leak into other
-        writes."""
-        session = self.spark.newSession()
-        session.conf.set(
-            "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, metadata)
-        )
-        return session
+    @contextmanager
+    def _session(
+        self, stage: str, metadata: dict[str, Any] | None = None
+    ) -> Iterator[SparkSession]:
+        """The lake's own session for a MERGE or OPTIMIZE, one operation at a time: Delta takes
+        their commit metadata (and a MERGE's app transaction) from session settings, which must
+        not leak into other writes. One session is reused: Spark keeps every session it ever
+        made (a new one per MERGE piled up in a long-running stream)."""
+        with self._own_lock:
+            if self._own is None:
+                self._own = self.spark.newSession()
+            session = self._own
+            session.conf.set(
+                "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, metadata)
+            )
+            try:
+                yield session
+            finally:
+                for key in (*TXN_SETTINGS, "spark.databricks.delta.commitInfo.userMetadata"):
+                    session.conf.unset(key)
 
     def _merge_source(self, rows: DataFrame, key: str, delete_keys: list[str]) -> DataFrame:
         """`rows` tagged `upsert`, plus one `delete` row (other columns null) per key to drop
@@ -321,8 +341,8 @@ class Lake:
 
         with self._locks[table]:
             self._existing(table)
-            session = self._session(stage)
-            SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeZOrderBy(key)
+            with self._session(stage) as session:
+                SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeZOrderBy(key)
 
     def compact(self, table: str, *, stage: str) -> tuple[int, int]:
         """Bin-pack a table's small files into large ones (Delta OPTIMIZE): the same rows in
@@ -332,8 +352,8 @@ class Lake:
 
         with self._locks[table]:
             before = self.file_count(table)
-            session = self._session(stage)
-            SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeCompaction()
+            with self._session(stage) as session:
+                SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeCompaction()
             return before, self.file_count(table)
 
     def vacuum(self, table: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -120,3 +121,16 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def release_plans() -> None:
+    """Free the JVM objects that unreachable Python frames still pin.
+
+    A PySpark DataFrame holds its JVM Dataset (and with it every plan of its query) until the
+    Python object is freed. Frames caught in reference cycles are freed only by Python's cycle
+    collector, which runs on Python allocations; a driver allocates little on the Python side, so
+    the plans of many micro-batches piled up in the JVM heap: a 1-2 GB driver spent its time in
+    full garbage collections (seen with jstat and a heap histogram: hundreds of live query
+    executions, half a million plan nodes). Called after each micro-batch and downstream step.
+    """
+    gc.collect()

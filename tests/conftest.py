@@ -43,7 +43,8 @@ def spark() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def operator(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An operator ingested one landing file per trigger; identity and gold refreshed after
-    each micro-batch, as `cdp stream` does. Twelve days, so 7- and 30-day windows differ."""
+    each micro-batch (in lockstep, so every batch is an incremental step of its own). Twelve
+    days, so 7- and 30-day windows differ."""
     from pipelines.gold.stage import refresh_gold
     from pipelines.identity.stage import refresh_identity
     from pipelines.ingest import Ingestion
@@ -65,7 +66,7 @@ def operator(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         modes["identity"].append(refresh_identity(session, lake, settings).mode)
         modes["gold"].append(refresh_gold(lake, settings).mode)
 
-    Ingestion(spark, settings, lake, downstream=downstream).run()
+    Ingestion(spark, settings, lake, downstream=downstream, lockstep=True).run()
     return {"settings": settings, "lake": lake, "modes": modes}
 
 

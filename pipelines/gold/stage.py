@@ -66,7 +66,15 @@ from pipelines.identity.stage import (
 )
 from pipelines.lake import Lake
 from pipelines.reference import reference_schema
-from pipelines.tagged import apply_grouped, combined, kind_of, tag_frames, tag_tables, untag
+from pipelines.tagged import (
+    KIND,
+    apply_grouped,
+    combined,
+    kind_of,
+    tag_frames,
+    tag_tables,
+    untag,
+)
 
 OUTBOX = "ops.outbox"
 IDENTITY_APP = f"{PROFILES}<-{LINKS}"
@@ -635,11 +643,21 @@ def _write_profiles(
     finally:
         persons.unpersist()
     try:
-        gone = [r.person_id for r in kind_of(out, "gone", PERSON_SCHEMA).collect()]
-        changes = kind_of(out, "event", SEQUENCED)
-        counts = Counter(
-            {r.event_type: r["count"] for r in changes.groupBy("event_type").count().collect()}
+        # One pass tells the persons gone, the change events per type and whether any profile
+        # row is to be written.
+        tally = (
+            out.groupBy(
+                KIND,
+                F.col("gone__person_id").alias("gone"),
+                F.col("event__event_type").alias("event_type"),
+            )
+            .count()
+            .collect()
         )
+        gone = sorted(r.gone for r in tally if r[KIND] == "gone")
+        counts = Counter({r.event_type: r["count"] for r in tally if r[KIND] == "event"})
+        any_rows = any(r[KIND] == "profile" for r in tally)
+        changes = kind_of(out, "event", SEQUENCED)
         identity_events = _identity_events(lake, *identity, gone, now)
         counts.update(str(e["event_type"]) for e in identity_events)
         lake.append_once(
@@ -651,7 +669,7 @@ def _write_profiles(
         rows = kind_of(out, "profile", schema)
         table_txns = txns[PROFILES]
         meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
-        if lake.exists(PROFILES) and not gone and rows.isEmpty():
+        if lake.exists(PROFILES) and not gone and not any_rows:
             lake.append_once(
                 PROFILES, schema.empty_table(), table_txns, stage="gold.profiles", metadata=meta
             )
