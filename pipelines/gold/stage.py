@@ -1,6 +1,6 @@
 """Gold driver: silver events + identity -> daily usage, facts, gold.profiles and the outbox.
 
-`refresh_gold` runs after the identity refresh of each micro-batch. It reads the silver rows
+`refresh_gold` runs after each identity refresh (beside ingestion). It reads the silver rows
 added since its watermark, attributes them to identity nodes, appends their daily counters and
 facts, and rebuilds the profiles of the persons the batch touched: persons of the events' nodes,
 persons whose identifiers moved (merges, splits, new identifiers) and persons merged away. When
