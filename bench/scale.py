@@ -19,6 +19,7 @@ Run: .venv/bin/python bench/scale.py   (no arguments: 10k, 100k, 1M; hours on 2 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -166,7 +167,7 @@ def one_size(subscribers: int) -> dict[str, Any]:
 def exponents(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Per stage, between consecutive sizes: log(time ratio) / log(input ratio)."""
     out: dict[str, float] = {}
-    for a, b in zip(runs, runs[1:], strict=False):
+    for a, b in itertools.pairwise(runs):
         grow = math.log(b["events"] / a["events"])
         for stage in STAGES:
             ta, tb = a[f"{stage}_s"], b[f"{stage}_s"]

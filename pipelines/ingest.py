@@ -196,18 +196,12 @@ class Coalesced:
         if raise_failure:
             self.raise_failure()
 
+    def __enter__(self) -> Coalesced:
+        return self
 
-@contextmanager
-def _coalescing(step: Callable[[], None]) -> Iterator[Coalesced]:
-    """A `Coalesced` runner for the length of a run: on the way out it finishes what was asked
-    and raises a failed run (unless the run is already failing for another reason)."""
-    runner = Coalesced(step)
-    try:
-        yield runner
-    except BaseException:
-        runner.close(raise_failure=False)
-        raise
-    runner.close()
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        # A run already failing for another reason is not masked by a downstream failure.
+        self.close(raise_failure=kind is None)
 
 
 class Ingestion:
@@ -370,7 +364,7 @@ class Ingestion:
                     finally:
                         release_plans()
 
-                self._coalesced = stack.enter_context(_coalescing(run_step))
+                self._coalesced = stack.enter_context(Coalesced(run_step))
                 stack.callback(setattr, self, "_coalesced", None)
             self._run_queries(sources, available_now, stop)
             # Catch up silver on bronze rows a crashed run committed but did not refine.

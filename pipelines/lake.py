@@ -42,9 +42,10 @@ NO_STATS = frozenset({"raw_line"})
 # The app id of a multi-source write's table-local progress number.
 PROGRESS_APP = "cdp.progress"
 PROGRESS_KEPT = 10  # older progress maps kept
-# Session settings a MERGE takes its app transaction from (set only for that MERGE).
-TXN_SETTINGS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 PROGRESS_DIR = "_cdp_progress"  # inside the table folder: Delta and VACUUM skip `_` folders
+# Session settings a MERGE takes its app transaction from, and the commit metadata setting.
+TXN_SETTINGS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
+METADATA_SETTING = "spark.databricks.delta.commitInfo.userMetadata"
 CHANGE_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
 
@@ -301,13 +302,11 @@ class Lake:
             if self._own is None:
                 self._own = self.spark.newSession()
             session = self._own
-            session.conf.set(
-                "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(stage, metadata)
-            )
+            session.conf.set(METADATA_SETTING, _user_metadata(stage, metadata))
             try:
                 yield session
             finally:
-                for key in (*TXN_SETTINGS, "spark.databricks.delta.commitInfo.userMetadata"):
+                for key in (*TXN_SETTINGS, METADATA_SETTING):
                     session.conf.unset(key)
 
     def _merge_source(self, rows: DataFrame, key: str, delete_keys: list[str]) -> DataFrame:
