@@ -334,7 +334,7 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
     the full identity resolution finds, or any profile it changes, fails the check (and the
     recompute has corrected it)."""
     from pipelines.gold.stage import recompute_profiles
-    from pipelines.identity.stage import rebuild_identity
+    from pipelines.identity.full import rebuild_identity
 
     settings = rt.settings
 

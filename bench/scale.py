@@ -1,6 +1,7 @@
 """Growth: the pipeline's stages at 10k, 100k and 1M subscribers, each size in a fresh process.
 
-Per size: generate an operator (DAYS days, not timed), then time each stage on its own:
+Per size: generate an operator (DAYS days, not timed; in its own process, kept in bench/.cache
+for the next run), then, in a fresh process on a fresh lake, time each stage on its own:
 ingest (landing -> bronze -> silver, every source), identity (the first, full build), gold full
 (the first `refresh_gold`: every profile) and gold incremental (a landing file of network events
 for 1% of the subscribers, ingested and resolved untimed, then `refresh_gold` timed). Baseline in
@@ -24,6 +25,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,8 @@ DAYS = 3
 TOUCHED_SHARE = 0.01  # gold incremental: events of this share of the subscribers
 STAGES = ("baseline", "ingest", "identity", "gold_full", "gold_incremental")
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "scale.svg"
+CACHE = Path(__file__).resolve().parent / ".cache" / "scale"  # generated operators, git-ignored
+DONE = "generated.json"
 
 
 def step(msg: str) -> None:
@@ -108,6 +112,39 @@ def touched_file(landing: Path, share: float, out: Path) -> int:
     return len(lines)
 
 
+def generated(subscribers: int) -> Path:
+    """The operator of this size, generated once (in its own process, so the stages' process
+    starts with a clean heap) and kept in bench/.cache: ~40 minutes at 1M subscribers."""
+    folder = CACHE / f"{subscribers}-{DAYS}d"
+    if (folder / DONE).exists():
+        step(f"{subscribers:,} subscribers: generated before, in {folder}")
+        return folder
+    step(f"{subscribers:,} subscribers: generating into {folder} (not timed)")
+    subprocess.run([sys.executable, __file__, "--generate", str(subscribers)], check=True)
+    return folder
+
+
+def generate_size(subscribers: int) -> None:
+    """Generate the operator of this size into its cache folder, marking it done at the end."""
+    from pipelines.config import PROJECT_ROOT, load_settings
+    from pipelines.synthetic import generate
+
+    folder = CACHE / f"{subscribers}-{DAYS}d"
+    shutil.rmtree(folder, ignore_errors=True)
+    settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(folder)})
+    files = max(2, subscribers // 25_000)
+    cfg = settings.generator.model_copy(
+        update={"subscribers": subscribers, "days": DAYS, "files_per_source": files}
+    )
+    t = time.perf_counter()
+    summary = generate(
+        cfg, settings.identity.country, settings.paths.landing_root, settings.paths.truth_root
+    )
+    seconds = time.perf_counter() - t
+    step(f"{subscribers:,} subscribers: {summary.events:,} lines in {seconds:.0f} s")
+    (folder / DONE).write_text(json.dumps({"events": summary.events}))
+
+
 def one_size(subscribers: int) -> dict[str, Any]:
     """Every stage at one size, in this process (the parent starts one process per size)."""
     from pipelines.config import PROJECT_ROOT, load_settings
@@ -117,26 +154,18 @@ def one_size(subscribers: int) -> dict[str, Any]:
     from pipelines.lake import Lake
     from pipelines.reference import load_reference
     from pipelines.spark import spark_session
-    from pipelines.synthetic import generate
 
     root = Path(tempfile.mkdtemp(prefix=f"cdp-bench-scale-{subscribers}-"))
     settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(root)})
-    files = max(2, subscribers // 25_000)
-    cfg = settings.generator.model_copy(
-        update={"subscribers": subscribers, "days": DAYS, "files_per_source": files}
-    )
-    t = time.perf_counter()
-    summary = generate(
-        cfg, settings.identity.country, settings.paths.landing_root, settings.paths.truth_root
-    )
-    step(
-        f"{subscribers:,} subscribers: {summary.events:,} lines in {time.perf_counter() - t:.0f} s"
-    )
+    generated = CACHE / f"{subscribers}-{DAYS}d"
+    events = json.loads((generated / DONE).read_text())["events"]
+    for folder in ("landing", "truth"):  # hard links: a fresh root without copying gigabytes
+        shutil.copytree(generated / folder, root / folder, copy_function=os.link)
     spark = spark_session(settings.engine, app_name="bench-scale")
     spark.range(1000).count()  # executors up before timing
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())  # type: ignore[union-attr]
     peaks = Peaks({"python": os.getpid(), "jvm": jvm_pid})
-    out: dict[str, Any] = {"subscribers": subscribers, "events": summary.events}
+    out: dict[str, Any] = {"subscribers": subscribers, "events": events}
     lake = Lake(settings.paths.lake_root, spark)
     landing = settings.paths.landing_root
     with peaks.stage(out, "baseline"):
@@ -161,6 +190,7 @@ def one_size(subscribers: int) -> dict[str, Any]:
         out["gold_incremental_mode"], out["touched_persons"] = result.mode, result.persons
     peaks.stop()
     spark.stop()
+    shutil.rmtree(root, ignore_errors=True)
     return out
 
 
@@ -220,13 +250,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", help="comma-separated subscriber counts (default 10k,100k,1M)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # into the cache
     args = parser.parse_args()
+    if args.generate:
+        generate_size(args.generate)
+        return
     if args.one:
         print(json.dumps(one_size(args.one)), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(SIZES)
     runs = []
     for n in sizes:
+        generated(n)
         step(f"size {n:,}: a fresh process")
         done = subprocess.run(  # its progress goes straight to stderr
             [sys.executable, __file__, "--one", str(n)],

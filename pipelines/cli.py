@@ -289,7 +289,7 @@ def identity_explain(
 def identity_rebuild(conf: ConfOpt = None) -> None:
     """Re-resolve every person from all evidence (after a rule change, or on schedule); records
     the merges and splits it causes in gold.person_merges."""
-    from pipelines.identity.stage import rebuild_identity
+    from pipelines.identity.full import rebuild_identity
     from pipelines.ingest import stage_lock
     from pipelines.lake import Lake
     from pipelines.spark import spark_session

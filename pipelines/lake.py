@@ -377,11 +377,7 @@ class Lake:
         ready = _spark_ready(data)
         if not ready.num_rows:  # PySpark cannot take an Arrow column without chunks
             return spark.createDataFrame([], from_arrow_schema(ready.schema))
-        frame = spark.createDataFrame(ready)
-        parts = max(
-            1, min(spark.sparkContext.defaultParallelism, math.ceil(data.num_rows / FILE_ROWS))
-        )
-        return frame.coalesce(parts)
+        return sized(spark.createDataFrame(ready), data.num_rows)
 
     def _progress(self, table: str) -> _Progress:
         return _Progress(Path(self.uri(table)) / PROGRESS_DIR)
@@ -567,6 +563,13 @@ class _Progress:
         for old in self.folder.glob("*.json"):
             if old.stem.isdigit() and int(old.stem) < txn[1] - PROGRESS_KEPT:
                 old.unlink(missing_ok=True)
+
+
+def sized(frame: DataFrame, rows: int) -> DataFrame:
+    """`frame` in as many partitions (so files when written) as `rows` needs at FILE_ROWS each,
+    at most one per core: a write of a few rows makes one file, not one per partition."""
+    cores = frame.sparkSession.sparkContext.defaultParallelism
+    return frame.coalesce(max(1, min(cores, math.ceil(rows / FILE_ROWS))))
 
 
 def _user_metadata(stage: str, metadata: dict[str, Any] | None) -> str:

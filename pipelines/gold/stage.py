@@ -54,8 +54,7 @@ from pipelines.gold.profile import (
     profile_schema,
     to_arrow,
 )
-from pipelines.identity.resolve import NO_TENURE
-from pipelines.identity.stage import (
+from pipelines.identity.outputs import (
     ACCOUNTS,
     CHANGED_AT,
     LINKS,
@@ -64,6 +63,7 @@ from pipelines.identity.stage import (
     RESOLVED,
     SUSPICIOUS,
 )
+from pipelines.identity.resolve import NO_TENURE
 from pipelines.lake import Lake
 from pipelines.reference import reference_schema
 from pipelines.tagged import (

@@ -14,16 +14,10 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.identity.evidence import EVIDENCE
+from pipelines.identity.full import assign_regions, rebuild_identity
 from pipelines.identity.quality import assignment, by_situation, evaluate, seen_values
 from pipelines.identity.resolve import Blocklist, regions_of
-from pipelines.identity.stage import (
-    LINKS,
-    MAP,
-    MERGES,
-    assign_regions,
-    rebuild_identity,
-    refresh_identity,
-)
+from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES, refresh_identity
 
 pytestmark = pytest.mark.spark
 
@@ -37,6 +31,7 @@ def streamed(operator: dict[str, Any]) -> dict[str, Any]:
         "modes": operator["modes"]["identity"],
         "map": lake.read_arrow(MAP),
         "links": lake.read_arrow(LINKS),
+        "accounts": lake.read_arrow(ACCOUNTS),
     }
 
 
@@ -60,6 +55,11 @@ def test_incremental_equals_full_recompute(spark: Any, streamed: dict[str, Any])
     )
     assert _by(full_links, "edge_key", ["status", "reason", "valid_to", "person_id"]) == _by(
         streamed["links"], "edge_key", ["status", "reason", "valid_to", "person_id"]
+    )
+    # Accounts are written from the executors on a full recompute, from the driver incrementally.
+    account_cols = ["account_type", "holder_person_id", "member_person_ids", "lines", "open_lines"]
+    assert _by(lake.read_arrow(ACCOUNTS), "account_id", account_cols) == _by(
+        streamed["accounts"], "account_id", account_cols
     )
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from pipelines.config import IdentityCfg, Settings
 from pipelines.identity.evidence import EVIDENCE_SCHEMA
+from pipelines.identity.outputs import account_view, person_changes
 from pipelines.identity.resolve import Blocklist, Resolution, person_id_of, regions_of, resolve
-from pipelines.identity.stage import account_view, person_changes
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,8 @@ from pipelines.lake import Lake
 from pipelines.reference import ReferenceFileError, load_reference
 from pipelines.synthetic import write_reference
 
-pytestmark = pytest.mark.unit
+# Reference tables are written with delta-spark.
+pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("spark")]
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from expectations.frames import pending_silver, release, releases
 from pipelines.lake import Lake
 from tests.conftest import settings_for
 
-pytestmark = pytest.mark.unit
+# The lake writes with delta-spark.
+pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("spark")]
 
 
 def _rows(lake: Lake, ids: list[str]) -> None:
