@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 SMALL := --subscribers 400 --days 7 --files-per-source 3
 
-.PHONY: run test serve lint java jvm chromium install clean help
+.PHONY: run test serve lint java jvm chromium postgres install clean help
 
 help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
@@ -38,6 +38,9 @@ jvm: $(STAMP) java
 chromium:
 	@scripts/ensure-chromium.sh
 
+postgres:
+	@scripts/ensure-postgres.sh
+
 run: install
 	$(VENV)/bin/cdp generate $(SMALL)
 	$(VENV)/bin/cdp run
@@ -52,7 +55,7 @@ serve: install
 	@setsid $(VENV)/bin/cdp stream & s=$$!; setsid $(VENV)/bin/cdp serve & a=$$!; \
 	trap 'trap "" INT TERM; kill -INT -$$s -$$a 2>/dev/null' INT TERM; wait $$s $$a; wait $$s $$a
 
-test: install chromium
+test: install chromium postgres
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

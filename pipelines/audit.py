@@ -24,7 +24,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Integer,
-    MetaData,
     String,
     Table,
     bindparam,
@@ -33,11 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.consent import Disclosure
-from pipelines.opsdb import ops_engine
+from pipelines.opsdb import metadata, ops_engine
 
 log = logging.getLogger(__name__)
 
-metadata = MetaData()
 audit_records = Table(
     "audit_records",
     metadata,
@@ -86,7 +84,6 @@ class AuditLog:
 
     def __init__(self, url: str, batch: int = 500, every_s: float = 0.1) -> None:
         self.engine = ops_engine(url)
-        metadata.create_all(self.engine)
         # The record insert as the driver's own SQL: executemany over plain tuples, without
         # SQLAlchemy's per-row parameter processing (the writer shares the GIL with requests).
         dialect = self.engine.dialect

@@ -54,6 +54,11 @@ contracts_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(contracts_app, name="contracts")
+db_app = typer.Typer(
+    help="The ops database (keys, audit, segments, events): migrate it, show its revision.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
 console = Console()
 
 ConfOpt = Annotated[
@@ -445,6 +450,50 @@ def keys_revoke(
         console.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision (default: newest).")] = "head",
+    conf: ConfOpt = None,
+) -> None:
+    """Migrate the ops database (api.database_url) to a revision; stores also do this when
+    they first open it, so run it to migrate ahead of a rollout."""
+    from sqlalchemy import create_engine
+
+    from pipelines.opsdb import current, upgrade
+
+    url = _settings(conf).database_url
+    engine = create_engine(url)
+    before = current(engine)
+    after = upgrade(engine, revision)
+    where = engine.url.render_as_string(hide_password=True)
+    console.print(f"ops database {where}: {before or 'empty'} -> {after}", soft_wrap=True)
+
+
+@db_app.command("current")
+def db_current(conf: ConfOpt = None) -> None:
+    """Print the ops database's revision and the newest one this version knows."""
+    from sqlalchemy import create_engine
+
+    from pipelines.opsdb import current, head
+
+    engine = create_engine(_settings(conf).database_url)
+    console.print(f"at {current(engine) or 'empty (never migrated)'}; newest {head()}")
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Argument(help="What the migration changes.")],
+) -> None:
+    """Write a migration for what the table declarations add beyond the newest migration (for
+    developers: review the file it writes in pipelines/ops_migrations/versions)."""
+    import tempfile
+
+    from pipelines.opsdb import revision
+
+    with tempfile.TemporaryDirectory() as scratch:
+        console.print(f"wrote {revision(message, Path(scratch))}")
 
 
 @quality_app.command("check")

@@ -31,7 +31,6 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
@@ -44,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from pipelines.opsdb import ops_engine, utc
+from pipelines.opsdb import metadata, ops_engine, utc
 
 # Event types a subscription may name: the purpose an event discloses (None: identity and
 # consent facts every channel needs to keep its own copy right; "segment": the segment's own
@@ -63,7 +62,6 @@ EVENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "ops.gate_held": ("ops", ("source", "steward")),
 }
 
-metadata = MetaData()
 event_log = Table(
     "event_log",
     metadata,
@@ -234,7 +232,6 @@ class EventStore:
 
     def __init__(self, url: str) -> None:
         self.engine = ops_engine(url)
-        metadata.create_all(self.engine)
 
     # ------------------------------------------------------------ cursors and the log
 

@@ -18,16 +18,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, select, update
+from sqlalchemy import Column, DateTime, String, Table, select, update
 from sqlalchemy.engine import Engine
 
-from pipelines.opsdb import ops_engine
+from pipelines.opsdb import metadata, ops_engine
 
 ROLES = ("channel", "source", "marketing", "steward", "admin")
 BOUND = ("channel", "source")  # roles whose key names one channel or one source
 CACHE_S = 5.0  # a revoked key stops working within this many seconds in every process
 
-metadata = MetaData()
 api_keys = Table(
     "api_keys",
     metadata,
@@ -69,7 +68,6 @@ class KeyStore:
 
     def __init__(self, url: str) -> None:
         self.engine: Engine = ops_engine(url)
-        metadata.create_all(self.engine)
         self._cache: dict[str, tuple[float, tuple[str, Caller] | None]] = {}
 
     def create(self, name: str, role: str, channel: str | None = None) -> str:

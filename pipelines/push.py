@@ -24,7 +24,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Integer,
-    MetaData,
     String,
     Table,
     delete,
@@ -33,11 +32,10 @@ from sqlalchemy import (
 
 from pipelines.config import PolicyCfg
 from pipelines.events import EventStore, insert_ignoring_duplicates, set_cursor
-from pipelines.opsdb import utc
+from pipelines.opsdb import metadata, utc
 from pipelines.segment_store import Segment
 from pipelines.segments import Compiled
 
-metadata = MetaData()
 channel_members = Table(  # who each channel was last told is in each segment
     "channel_members",
     metadata,
@@ -143,7 +141,6 @@ class PushStore:
     def __init__(self, events: EventStore) -> None:
         self.events = events
         self.engine = events.engine
-        metadata.create_all(self.engine)
 
     def plan(
         self,

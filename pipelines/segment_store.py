@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, func, select
+from sqlalchemy import JSON, Column, DateTime, Integer, String, Table, func, select
 
-from pipelines.opsdb import ops_engine, utc
+from pipelines.opsdb import metadata, ops_engine, utc
 
-metadata = MetaData()
 segments = Table(
     "segments",
     metadata,
@@ -60,7 +59,6 @@ class Segment:
 class SegmentStore:
     def __init__(self, url: str) -> None:
         self.engine = ops_engine(url)
-        metadata.create_all(self.engine)
 
     def create(self, name: str, purpose: str, rule: Any, owner: str) -> Segment:
         now = datetime.now(UTC)

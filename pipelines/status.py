@@ -17,18 +17,17 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import JSON, Column, DateTime, String, Table, select
 
 from pipelines.config import Settings
 from pipelines.gold.profile import PROFILES
 from pipelines.gold.stage import OUTBOX, OUTBOX_SCHEMA, silver_ranges
 from pipelines.lake import Lake
-from pipelines.opsdb import ops_engine
+from pipelines.opsdb import metadata, ops_engine
 from pipelines.silver import DRIFT, QUARANTINE, silver_table
 
 DAY = timedelta(days=1)
 
-metadata = MetaData()
 alerts_table = Table(
     "alerts",
     metadata,
@@ -287,7 +286,6 @@ class Alerts:
 
     def __init__(self, url: str) -> None:
         self.engine = ops_engine(url)
-        metadata.create_all(self.engine)
 
     def raise_new(
         self, lake: Lake, settings: Settings, now: datetime | None = None

@@ -4,7 +4,6 @@ record already accepted: none is lost."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ from pipelines.audit import AuditLog, AuditRecord
 from pipelines.config import PROJECT_ROOT, load_settings
 from pipelines.consent import compile_rules
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.ops
 RULES = compile_rules(load_settings(PROJECT_ROOT / "conf", env={}).policy)["sms_campaigns"]
 
 
@@ -29,8 +28,8 @@ def _rec(i: int, person: str = "P1") -> AuditRecord:
     )
 
 
-def test_close_writes_everything_queued(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ops.sqlite'}"
+def test_close_writes_everything_queued(ops_url: str) -> None:
+    url = ops_url
     log = AuditLog(url, batch=50, every_s=5.0)  # slow flushes: close must drain the queue
     for i in range(1234):
         log.record(_rec(i, "P1" if i % 3 else "P2"))

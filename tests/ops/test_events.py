@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,9 +19,12 @@ from pipelines.webhooks import signature, verify
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
+pytestmark = pytest.mark.ops
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
-    return EventStore(f"sqlite:///{tmp_path / 'ops.sqlite'}")
+def store(ops_url: str) -> EventStore:
+    return EventStore(ops_url)
 
 
 def _event(kind: str, person: str = "P1", **payload: Any) -> Event:
