@@ -56,9 +56,11 @@ serve: install
 	trap 'trap "" INT TERM; kill -INT -$$s -$$a 2>/dev/null' INT TERM; wait $$s $$a; wait $$s $$a
 
 test: install chromium postgres
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check pipelines assets expectations api tests bench
 	$(VENV)/bin/ruff format --check pipelines assets expectations api tests bench
 	$(VENV)/bin/mypy

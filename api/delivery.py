@@ -33,12 +33,12 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from pipelines.catalog import OUTBOX, PROFILES
 from pipelines.config import PolicyCfg, Settings
 from pipelines.events import EVENT_TYPES, Event, EventStore, Subscription, set_cursor
-from pipelines.gold.profile import PROFILES, profile_schema
-from pipelines.gold.stage import OUTBOX
-from pipelines.ingest import StageBusyError, stage_lock
-from pipelines.lake import Lake
+from pipelines.gold.profile import profile_schema
+from pipelines.lakereader import LakeReader
+from pipelines.locks import StageBusyError, stage_lock
 from pipelines.push import CONSENT_PARTS, PushStore, current_members
 from pipelines.segment_store import SegmentStore
 from pipelines.segments import RuleCompiler, RuleError
@@ -69,7 +69,9 @@ class DeliveryView:
     db: duckdb.DuckDBPyConnection
 
 
-def load_view(lake: Lake, policy: PolicyCfg, attributes: Iterable[str]) -> DeliveryView | None:
+def load_view(
+    lake: LakeReader, policy: PolicyCfg, attributes: Iterable[str]
+) -> DeliveryView | None:
     """The current gold version's columns delivery reads: person, the `attributes` rules may
     use, consent (None before gold exists)."""
     dt = lake.table(PROFILES)
@@ -154,7 +156,7 @@ class Deliverer:
         self.pushes = PushStore(self.store)
         self.segments = SegmentStore(url)
         self.compiler = RuleCompiler(settings.policy, profile_schema(settings.policy))
-        self.lake = Lake(settings.paths.lake_root)
+        self.lake = LakeReader(settings.paths.lake_root)
         self.view: DeliveryView | None = None
         self._checked = 0.0
         self._evaluated: tuple[int, tuple[int, int]] | None = None  # (gold version, segments)

@@ -17,9 +17,9 @@ from pipelines.audit import AuditLog
 from pipelines.config import Settings
 from pipelines.consent import compile_rules
 from pipelines.events import EventStore
-from pipelines.gold.profile import profile_schema
+from pipelines.gold.profile import check_policy, profile_schema
 from pipelines.keys import KeyStore
-from pipelines.lake import Lake
+from pipelines.lakereader import LakeReader
 from pipelines.push import PushStore
 from pipelines.segment_store import SegmentStore
 from pipelines.segments import RuleCompiler
@@ -28,6 +28,7 @@ from pipelines.segments import RuleCompiler
 def create_app(settings: Settings) -> FastAPI:
     """The app for one process: keys, compiled consent rules, and a snapshot reloaded when the
     gold Delta version changes (every `api.snapshot_poll_s`)."""
+    check_policy(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.events = EventStore(settings.database_url)
     app.state.pushes = PushStore(app.state.events)
     app.state.rule_compiler = RuleCompiler(settings.policy, profile_schema(settings.policy))
-    app.state.snapshots = SnapshotHolder(Lake(settings.paths.lake_root), settings.policy)
+    app.state.snapshots = SnapshotHolder(LakeReader(settings.paths.lake_root), settings.policy)
     app.include_router(health.router)
     app.include_router(profiles.router)
     app.include_router(audit.router)

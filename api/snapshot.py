@@ -17,10 +17,9 @@ import duckdb
 import polars as pl
 
 from api.render import RenderedProfiles
+from pipelines.catalog import MAP, MERGES, PROFILES
 from pipelines.config import PolicyCfg
-from pipelines.gold.profile import PROFILES
-from pipelines.identity.stage import MAP, MERGES
-from pipelines.lake import Lake
+from pipelines.lakereader import LakeReader
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Snapshot:
         return current if current != person_id and current in self.row_of else None
 
 
-def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
+def load_snapshot(lake: LakeReader, policy: PolicyCfg) -> Snapshot:
     """Read the current gold version (profiles, open identifiers, merges) into memory: the
     profiles pre-rendered for lookups, and a DuckDB copy for set queries."""
     dt = lake.table(PROFILES)
@@ -92,7 +91,7 @@ def load_snapshot(lake: Lake, policy: PolicyCfg) -> Snapshot:
 class SnapshotHolder:
     """The current snapshot of one API process, and its reloads."""
 
-    def __init__(self, lake: Lake, policy: PolicyCfg) -> None:
+    def __init__(self, lake: LakeReader, policy: PolicyCfg) -> None:
         self.lake = lake
         self.policy = policy
         self.current: Snapshot | None = None

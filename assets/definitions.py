@@ -18,6 +18,7 @@ from assets.graph import (
 )
 from assets.runtime import Runtime
 from pipelines.config import Settings
+from pipelines.gold.profile import check_policy
 
 EVERYTHING = "materialize_everything"
 INGEST = "ingest_and_promote"
@@ -39,6 +40,7 @@ def landing_files(settings: Settings) -> dict[str, float]:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Everything Dagster shows for one configuration (conf/ and the CDP_* environment)."""
+    check_policy(settings)
     rt = Runtime(settings)
     reference = reference_assets(rt)
     ingest = ingest_assets(rt)

@@ -17,13 +17,24 @@ from dagster import AssetCheckExecutionContext, AssetExecutionContext  # not str
 
 from assets.runtime import FRESHNESS_CHECK, Runtime, check_result, freshness_result, key_of
 from expectations.suites import MAP_PERSONS
-from pipelines.gold.facts import DAILY, FACTS
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import OUTBOX
-from pipelines.identity.evidence import EVIDENCE
-from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
-from pipelines.ingest import StageBusyError
-from pipelines.silver import DRIFT, QUARANTINE, REJECTED, silver_table
+from pipelines.catalog import (
+    ACCOUNTS,
+    DAILY,
+    DRIFT,
+    EVIDENCE,
+    FACTS,
+    LINKS,
+    MAP,
+    MERGES,
+    OUTBOX,
+    PROFILES,
+    QUARANTINE,
+    REJECTED,
+    bronze_table,
+    ref_table,
+    silver_table,
+)
+from pipelines.locks import StageBusyError
 
 T = TypeVar("T")
 SOURCE_HEALTH_CHECK = "quarantine_rate_within_sla"
@@ -81,7 +92,7 @@ def _gate(rt: Runtime, context: AssetExecutionContext) -> dict[str, int]:
 def _under_identity_lock(rt: Runtime, work: Callable[[], T]) -> T:
     """Run `work` holding the lock `cdp run` and `cdp stream` hold over identity and gold; a
     held lock fails the step with the holder named."""
-    from pipelines.ingest import stage_lock
+    from pipelines.locks import stage_lock
 
     try:
         with stage_lock(rt.settings.paths.checkpoint_root, "identity"):
@@ -93,7 +104,7 @@ def _under_identity_lock(rt: Runtime, work: Callable[[], T]) -> T:
 def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
     from pipelines.reference import load_reference
 
-    tables = [f"ref.{t}" for t in rt.settings.reference.tables]
+    tables = [ref_table(t) for t in rt.settings.reference.tables]
     specs = [
         _spec(t, "reference", {"delta", "python"}, [], f"Reference data: {t.split('.')[1]}.")
         for t in tables
@@ -104,7 +115,7 @@ def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
     def reference(context: AssetExecutionContext) -> Iterator[Any]:
         landing = rt.settings.paths.landing_root / "reference"
         loads = {
-            f"ref.{x.table.split('.')[-1]}": x
+            reference(x.table.split(".")[-1]): x
             for x in load_reference(rt.lake, rt.settings.reference, landing)
         }
         for t in tables:
@@ -131,7 +142,7 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
     specs = [
         *(
             _spec(
-                f"bronze.{s}",
+                bronze_table(s),
                 "bronze",
                 {"spark", "delta"},
                 [],
@@ -144,7 +155,7 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
                 silver[s],
                 "silver",
                 {"spark", "delta"},
-                [f"bronze.{s}"],
+                [bronze_table(s)],
                 f"Validated {s} events, typed by the contract "
                 f"(steward: {settings.contract(s).steward.name}).",
             )
@@ -154,19 +165,19 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
             QUARANTINE,
             "silver",
             {"spark", "delta"},
-            [f"bronze.{s}" for s in sources],
+            [bronze_table(s) for s in sources],
             DESCRIPTIONS[QUARANTINE],
         ),
         _spec(
             DRIFT,
             "silver",
             {"spark", "delta"},
-            [f"bronze.{s}" for s in sources],
+            [bronze_table(s) for s in sources],
             DESCRIPTIONS[DRIFT],
         ),
     ]
     checks = [
-        *(dg.AssetCheckSpec("expectations", asset=key_of(f"bronze.{s}")) for s in sources),
+        *(dg.AssetCheckSpec("expectations", asset=key_of(bronze_table(s))) for s in sources),
         *(
             # Not blocking here: the promotion gate holds a failing source alone, in identity
             # and gold, rather than stopping every source's promotion.
@@ -196,9 +207,9 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
                     quarantined.setdefault(s, {}).setdefault(reason, 0)
                     quarantined[s][reason] += n
         for s in sources:
-            meta = rt.table_metadata(f"bronze.{s}")
+            meta = rt.table_metadata(bronze_table(s))
             meta["rows_this_run"] = ingestion.progress[s].bronze_rows
-            yield dg.MaterializeResult(asset_key=key_of(f"bronze.{s}"), metadata=meta)
+            yield dg.MaterializeResult(asset_key=key_of(bronze_table(s)), metadata=meta)
         for s in sources:
             meta = rt.table_metadata(silver[s])
             meta["valid_this_run"] = sum(r.valid for r in ingestion.progress[s].silver)
@@ -215,7 +226,7 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
 
         quality = rt.quality()
         for s in sources:
-            yield check_result(quality.validate(f"bronze.{s}"), f"bronze.{s}")
+            yield check_result(quality.validate(bronze_table(s)), bronze_table(s))
         for s in sources:
             yield check_result(quality.validate(silver[s]), silver[s])
         for t in (QUARANTINE, DRIFT):
@@ -283,7 +294,7 @@ def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
             PROFILES,
             "gold",
             {"polars", "delta"},
-            [DAILY, FACTS, MAP, ACCOUNTS, *(f"ref.{t}" for t in settings.reference.tables)],
+            [DAILY, FACTS, MAP, ACCOUNTS, *(ref_table(t) for t in settings.reference.tables)],
             DESCRIPTIONS[PROFILES],
         ),
         _spec(OUTBOX, "gold", {"polars", "delta"}, [PROFILES, MERGES], DESCRIPTIONS[OUTBOX]),
@@ -389,12 +400,12 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
 def maintenance_assets(rt: Runtime) -> dg.AssetsDefinition:
     """Nightly compaction and clean-up of every table, so micro-batches do not leave thousands
     of small files and replaced files do not pile up past their retention."""
-    from pipelines.ingest import stage_lock
+    from pipelines.locks import stage_lock
 
     settings = rt.settings
     # Written by the ingest queries with blind appends, which never conflict with a compaction:
     # these are compacted while the stream runs. The rest is written under the identity lock.
-    appended = {f"bronze.{s}" for s in settings.sources} | {
+    appended = {bronze_table(s) for s in settings.sources} | {
         silver_table(settings.contract(s)) for s in settings.sources
     }
     appended |= {QUARANTINE, DRIFT, REJECTED}

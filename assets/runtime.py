@@ -11,6 +11,18 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import polars as pl
 
+from pipelines.catalog import (
+    ACCOUNTS,
+    DAILY,
+    DRIFT,
+    EVIDENCE,
+    FACTS,
+    LINKS,
+    MAP,
+    MERGES,
+    PROFILES,
+    QUARANTINE,
+)
 from pipelines.config import Settings
 from pipelines.lake import Lake
 
@@ -22,16 +34,16 @@ if TYPE_CHECKING:
 # newest event-time column per table, for the freshness shown on each materialisation
 EVENT_TIME = {"bronze": "ingest_ts", "silver": "event_ts", "ops": "occurred_at"}
 EVENT_TIME_BY_TABLE = {
-    "silver.quarantine": "ingest_ts",
-    "silver.schema_drift": "last_seen",
-    "silver.identity_edges": "ingest_ts",
-    "silver.daily_usage": None,
-    "silver.profile_facts": "ts",
-    "gold.profiles": "last_event_ts",
-    "gold.identity_map": "valid_from",
-    "gold.identity_links": "first_ingest_ts",
-    "gold.person_merges": "at",
-    "gold.accounts": None,
+    QUARANTINE: "ingest_ts",
+    DRIFT: "last_seen",
+    EVIDENCE: "ingest_ts",
+    DAILY: None,
+    FACTS: "ts",
+    PROFILES: "last_event_ts",
+    MAP: "valid_from",
+    LINKS: "first_ingest_ts",
+    MERGES: "at",
+    ACCOUNTS: None,
 }
 
 

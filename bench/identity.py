@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyspark.sql import SparkSession  # noqa: E402
 
+from pipelines.catalog import EVIDENCE  # noqa: E402
 from pipelines.config import PROJECT_ROOT, Settings, load_settings  # noqa: E402
-from pipelines.identity.evidence import EVIDENCE, EVIDENCE_SCHEMA  # noqa: E402
+from pipelines.identity.evidence import EVIDENCE_SCHEMA  # noqa: E402
 from pipelines.identity.stage import (  # noqa: E402
     MAP,
     collect_evidence,

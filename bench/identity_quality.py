@@ -23,8 +23,11 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines.catalog import (
+    EVIDENCE,  # noqa: E402
+    MAP,  # noqa: E402
+)
 from pipelines.config import PROJECT_ROOT, IdentityCfg, JunkCfg, load_settings  # noqa: E402
-from pipelines.identity.evidence import EVIDENCE  # noqa: E402
 from pipelines.identity.quality import (  # noqa: E402
     assignment,
     by_situation,
@@ -34,7 +37,7 @@ from pipelines.identity.quality import (  # noqa: E402
     value_of,
 )
 from pipelines.identity.resolve import Blocklist, regions_of  # noqa: E402
-from pipelines.identity.stage import MAP, refresh_identity  # noqa: E402
+from pipelines.identity.stage import refresh_identity  # noqa: E402
 from pipelines.ingest import Ingestion  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
 from pipelines.spark import spark_session  # noqa: E402

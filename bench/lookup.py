@@ -30,9 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.httpload import drive, encode_get  # noqa: E402
 from bench.server import HOST, ServeProcess, rss_mb  # noqa: E402
+from pipelines.catalog import MAP, PROFILES  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
-from pipelines.gold.profile import PROFILES  # noqa: E402
-from pipelines.identity.stage import MAP  # noqa: E402
 from pipelines.keys import KeyStore  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
 

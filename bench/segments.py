@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 from bench.lookup import ensure_lake  # noqa: E402
 from bench.receiver import Receiver  # noqa: E402
 from bench.server import ServeProcess  # noqa: E402
+from pipelines.catalog import OUTBOX, PROFILES  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
 from pipelines.events import EventStore  # noqa: E402
-from pipelines.gold.profile import PROFILES  # noqa: E402
-from pipelines.gold.stage import OUTBOX, OUTBOX_SCHEMA  # noqa: E402
+from pipelines.gold.state import OUTBOX_SCHEMA  # noqa: E402
 from pipelines.keys import KeyStore  # noqa: E402
 from pipelines.lake import Lake  # noqa: E402
 from pipelines.webhooks import signature  # noqa: E402

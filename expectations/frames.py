@@ -19,13 +19,11 @@ import pandas as pd
 import polars as pl
 
 from expectations.suites import MAP_PERSONS, SOURCE_HEALTH, Suite
+from pipelines.catalog import DAILY, MAP, PROFILES, QUARANTINE, silver_table
 from pipelines.config import Settings
-from pipelines.gold.facts import COUNTERS, DAILY
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import silver_ranges
-from pipelines.identity.stage import MAP
+from pipelines.gold.facts import COUNTERS
+from pipelines.gold.state import silver_ranges
 from pipelines.lake import Lake
-from pipelines.silver import QUARANTINE, silver_table
 
 DAY = timedelta(days=1)
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from expectations.frames import released_version
 from expectations.runner import Failure, Outcome, Quality
 from expectations.suites import SOURCE_HEALTH
-from pipelines.gold.stage import silver_ranges
-from pipelines.silver import silver_table
+from pipelines.catalog import silver_table
+from pipelines.gold.state import silver_ranges
 from pipelines.status import GateHold, record_gate
 
 NOTHING = -1  # `until` of a held source never promoted before: read none of it

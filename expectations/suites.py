@@ -13,8 +13,23 @@ from typing import Any
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation import Expectation
 
+from pipelines.catalog import (
+    ACCOUNTS,
+    DAILY,
+    DRIFT,
+    EVIDENCE,
+    FACTS,
+    LINKS,
+    MAP,
+    MERGES,
+    OUTBOX,
+    PROFILES,
+    QUARANTINE,
+    bronze_table,
+    silver_table,
+)
 from pipelines.config import IDENTIFIER_TYPES, Settings, SourceContract
-from pipelines.silver import EMAIL, silver_table
+from pipelines.silver import EMAIL
 
 # Value ranges a silver column must keep whatever its source: a field is valid by its contract
 # (type, presence) and plausible by these. A negative byte count is a broken feed, not a customer.
@@ -90,7 +105,7 @@ def msisdn_regex(settings: Settings) -> str:
 
 
 def bronze_suite(contract: SourceContract) -> Suite:
-    table = f"bronze.{contract.source}"
+    table = bronze_table(contract.source)
     return Suite(
         table,
         [
@@ -136,7 +151,7 @@ def silver_suite(contract: SourceContract, settings: Settings) -> Suite:
 
 def quarantine_suite(settings: Settings) -> Suite:
     return Suite(
-        "silver.quarantine",
+        QUARANTINE,
         [
             not_null("reason_code", "every quarantined line says why", False),
             in_set("source", settings.sources, "quarantine rows come from known sources", False),
@@ -164,7 +179,7 @@ def source_health_suite() -> Suite:
 
 def identity_map_suite() -> Suite:
     return Suite(
-        "gold.identity_map",
+        MAP,
         [
             not_null("person_id", "every current identifier belongs to a person"),
             in_set("id_type", list(IDENTIFIER_TYPES), "only known identifier types"),
@@ -201,7 +216,7 @@ def profiles_suite(settings: Settings, tariffs: list[str]) -> Suite:
             )
         )
     exps.append(in_set("tariff_id", tariffs, "every profile's tariff exists in ref.tariffs", False))
-    return Suite("gold.profiles", exps, "One profile per person, as served by the API")
+    return Suite(PROFILES, exps, "One profile per person, as served by the API")
 
 
 def tariffs_suite() -> Suite:
@@ -226,7 +241,7 @@ def catalogue_suite(table: str, key: str) -> Suite:
 
 def drift_suite(settings: Settings) -> Suite:
     return Suite(
-        "silver.schema_drift",
+        DRIFT,
         [
             not_null("field", "a drift row names the unknown field", False),
             between("events", 1, None, "a drift row counts the events that carried it", False),
@@ -239,7 +254,7 @@ def drift_suite(settings: Settings) -> Suite:
 def evidence_suite() -> Suite:
     types = list(IDENTIFIER_TYPES)
     return Suite(
-        "silver.identity_edges",
+        EVIDENCE,
         [
             in_set(
                 "kind", ["merge", "member", "opens", "closes"], "known kinds of evidence", False
@@ -254,7 +269,7 @@ def evidence_suite() -> Suite:
 
 def links_suite() -> Suite:
     return Suite(
-        "gold.identity_links",
+        LINKS,
         [
             in_set("status", ["accepted", "refused", "member"], "a link is decided", False),
             not_null("rule", "every link names the rule that made it", False),
@@ -266,7 +281,7 @@ def links_suite() -> Suite:
 
 def merges_suite() -> Suite:
     return Suite(
-        "gold.person_merges",
+        MERGES,
         [
             in_set("change", ["merge", "split"], "merges and splits only", False),
             not_null("from_person_id", "a change names the person it came from", False),
@@ -278,7 +293,7 @@ def merges_suite() -> Suite:
 
 def accounts_suite() -> Suite:
     return Suite(
-        "gold.accounts",
+        ACCOUNTS,
         [
             not_null("account_id", "the account key", False),
             unique("account_id", "one row per account", False),
@@ -292,7 +307,7 @@ def accounts_suite() -> Suite:
 
 def daily_usage_suite() -> Suite:
     return Suite(
-        "silver.daily_usage",
+        DAILY,
         [
             in_set("id_type", list(IDENTIFIER_TYPES), "usage is kept per known identifier", False),
             not_null("day", "usage is per day", False),
@@ -305,7 +320,7 @@ def daily_usage_suite() -> Suite:
 
 def facts_suite() -> Suite:
     return Suite(
-        "silver.profile_facts",
+        FACTS,
         [
             not_null("fact_key", "the fact's key", False),
             unique("fact_key", "one latest value per fact", False),
@@ -317,7 +332,7 @@ def facts_suite() -> Suite:
 
 def outbox_suite() -> Suite:
     return Suite(
-        "ops.outbox",
+        OUTBOX,
         [
             not_null("event_id", "delivery is idempotent on the event id", False),
             unique("event_id", "each change event once", False),

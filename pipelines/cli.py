@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.catalog import bronze_table, ref_table, silver_table
 from pipelines.config import ConfigError, Settings, load_settings
+from pipelines.gold.profile import check_policy
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -68,7 +70,9 @@ ConfOpt = Annotated[
 
 def _settings(conf: Path | None) -> Settings:
     try:
-        return load_settings(conf)
+        settings = load_settings(conf)
+        check_policy(settings)
+        return settings
     except ConfigError as exc:
         console.print(f"[red]config error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -135,8 +139,9 @@ def generate(
 
 
 def _pipeline(settings: Settings, *, available_now: bool) -> None:
-    from pipelines.ingest import CheckpointMismatchError, Ingestion, StageBusyError, stage_lock
+    from pipelines.ingest import CheckpointMismatchError, Ingestion
     from pipelines.lake import Lake
+    from pipelines.locks import StageBusyError, stage_lock
     from pipelines.reference import ReferenceFileError, load_reference
     from pipelines.spark import JavaMissingError, spark_session
 
@@ -295,8 +300,8 @@ def identity_rebuild(conf: ConfOpt = None) -> None:
     """Re-resolve every person from all evidence (after a rule change, or on schedule); records
     the merges and splits it causes in gold.person_merges."""
     from pipelines.identity.full import rebuild_identity
-    from pipelines.ingest import stage_lock
     from pipelines.lake import Lake
+    from pipelines.locks import stage_lock
     from pipelines.spark import spark_session
 
     settings = _settings(conf)
@@ -314,8 +319,8 @@ def profiles_rebuild(conf: ConfOpt = None) -> None:
     """Recompute daily usage, facts and every profile from all of silver (after a change to
     conf/profile.yaml or conf/scores.yaml); writes only the profiles that change."""
     from pipelines.gold.stage import rebuild_gold
-    from pipelines.ingest import stage_lock
     from pipelines.lake import Lake
+    from pipelines.locks import stage_lock
     from pipelines.spark import spark_session
 
     settings = _settings(conf)
@@ -349,7 +354,7 @@ def profiles_show(
     import json
     from datetime import datetime
 
-    from pipelines.gold.stage import person_of, profile_as_of
+    from pipelines.gold.state import person_of, profile_as_of
     from pipelines.identity.explain import example_msisdn, normalise_value
     from pipelines.lake import Lake
 
@@ -524,8 +529,8 @@ def quality_release(
     """Let the rows of TABLE waiting now pass the gate (after review). It takes effect at once:
     a running `cdp stream` promotes them within a second; otherwise this command does."""
     from expectations.frames import release
-    from pipelines.ingest import StageBusyError, stage_lock
     from pipelines.lake import Lake
+    from pipelines.locks import StageBusyError, stage_lock
     from pipelines.spark import spark_session
 
     settings = _settings(conf)
@@ -661,21 +666,28 @@ def summary(conf: ConfOpt = None) -> None:
 
 
 def _print_summary(settings: Settings) -> None:
-    from pipelines.gold.facts import DAILY, FACTS
-    from pipelines.gold.profile import PROFILES
-    from pipelines.gold.stage import OUTBOX
-    from pipelines.identity.evidence import EVIDENCE
-    from pipelines.identity.stage import ACCOUNTS, LINKS, MAP, MERGES
+    from pipelines.catalog import (
+        ACCOUNTS,
+        DAILY,
+        DRIFT,
+        EVIDENCE,
+        FACTS,
+        LINKS,
+        MAP,
+        MERGES,
+        OUTBOX,
+        PROFILES,
+        QUARANTINE,
+    )
     from pipelines.lake import Lake
-    from pipelines.silver import DRIFT, QUARANTINE
 
     lake = Lake(settings.paths.lake_root)
     tables = Table(title=f"Delta tables under {settings.paths.lake_root}")
     for col in ("table", "rows", "version"):
         tables.add_column(col, justify="right" if col != "table" else "left")
-    names = [f"bronze.{s}" for s in settings.sources]
-    names += [f"silver.{settings.contract(s).domain}" for s in settings.sources]
-    names += [QUARANTINE, DRIFT, *(f"ref.{t}" for t in settings.reference.tables)]
+    names = [bronze_table(s) for s in settings.sources]
+    names += [silver_table(settings.contract(s)) for s in settings.sources]
+    names += [QUARANTINE, DRIFT, *(ref_table(t) for t in settings.reference.tables)]
     names += [EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS, DAILY, FACTS, PROFILES, OUTBOX]
     for name in names:
         dt = lake.table(name)
@@ -711,7 +723,7 @@ def _print_identity(lake: Lake) -> None:
     """Persons, how identifiers were linked, refused links per reason, merges and splits."""
     import pyarrow.compute as pc
 
-    from pipelines.identity.stage import LINKS, MAP, MERGES
+    from pipelines.catalog import LINKS, MAP, MERGES
 
     if not lake.exists(MAP):
         return
@@ -738,8 +750,7 @@ def _print_gold(lake: Lake) -> None:
     """Profiles, their freshness, and the change events waiting in the outbox."""
     import pyarrow.compute as pc
 
-    from pipelines.gold.profile import PROFILES
-    from pipelines.gold.stage import OUTBOX
+    from pipelines.catalog import OUTBOX, PROFILES
 
     if not lake.exists(PROFILES):
         return

@@ -699,7 +699,6 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     scores = _parse(ScoresCfg, _read_yaml(scores_path), scores_path)
     policy_path = conf_dir / "policy.yaml"
     policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
-    _check_policy(policy, policy_path)
     api_path = conf_dir / "api.yaml"
     api_raw = dict(_read_yaml(api_path) or {}) if api_path.exists() else {}
     for var, key in _ENV_API.items():
@@ -738,18 +737,6 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         api=api,
         sla=sla,
     )
-
-
-def _check_policy(policy: PolicyCfg, path: Path) -> None:
-    """Policy attributes must be profile columns (a typo would silently serve nothing)."""
-    from pipelines.gold.profile import profile_schema
-
-    columns = set(profile_schema(policy).names)
-    unknown = sorted(set(policy.attributes) - columns)
-    if unknown:
-        raise ConfigError(
-            f"{path}: attributes: {unknown} are not gold.profiles columns (see docs/profiles.md)"
-        )
 
 
 def _check_profile(profile: ProfileCfg, contracts: dict[str, SourceContract], path: Path) -> None:

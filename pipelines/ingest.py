@@ -10,12 +10,10 @@ one checkpoint per source; a lock file stops two processes running the same sour
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +22,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines.catalog import bronze_table
 from pipelines.config import Settings, SourceContract
 from pipelines.lake import Lake
+from pipelines.locks import stage_lock
 from pipelines.silver import (
     SilverResult,
     ValidationRules,
@@ -38,37 +38,8 @@ from pipelines.silver import (
 from pipelines.spark import release_plans
 
 
-class StageBusyError(RuntimeError):
-    """Another process is already running this stage."""
-
-
 class CheckpointMismatchError(RuntimeError):
     """A streaming checkpoint says files were ingested into a table that is not there."""
-
-
-@contextmanager
-def stage_lock(checkpoint_root: Path, stage: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock for `stage`; released when the process dies too."""
-    checkpoint_root.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_root / f"{stage}.lock"
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise StageBusyError(
-                f"stage {stage} is already running in another process (pid {holder}); "
-                f"wait for it to finish or stop it (lock: {path})"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def landing_warnings(landing_root: Path, sources: list[str]) -> list[str]:
@@ -259,7 +230,7 @@ class Ingestion:
                 to_bronze(lines, source, datetime.now(UTC), batch_id), contract, self.rules
             )
             try:
-                bronze = f"bronze.{source}"
+                bronze = bronze_table(source)
                 before = self.lake.version(bronze)
                 with self._spark_passes:  # the first write runs the pass
                     wrote = self.lake.append(
@@ -306,7 +277,7 @@ class Ingestion:
     def _check_checkpoint(self, source: str) -> None:
         commits = self.checkpoint(source) / "commits"
         done = list(commits.glob("[0-9]*")) if commits.exists() else []
-        if done and not self.lake.exists(f"bronze.{source}"):
+        if done and not self.lake.exists(bronze_table(source)):
             raise CheckpointMismatchError(
                 f"checkpoint {self.checkpoint(source)} records {len(done)} ingested batches but "
                 f"bronze.{source} does not exist under {self.lake.root}: the lake was removed "

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from pipelines.catalog import ref_table
 from pipelines.config import RefColumn, ReferenceContract, RefTableSpec
 from pipelines.lake import Lake
 
@@ -101,7 +102,7 @@ def load_reference(lake: Lake, contract: ReferenceContract, folder: Path) -> lis
         path = folder / spec.file
         if not path.exists():
             continue
-        table = f"ref.{name}"
+        table = ref_table(name)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         current = lake.table(table)
         if current is not None and lake.last_metadata(table).get("source_sha256") == digest:

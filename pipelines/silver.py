@@ -17,6 +17,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.catalog import DRIFT, QUARANTINE, REJECTED, bronze_table, silver_table
 from pipelines.config import (
     ENVELOPE_FIELDS,
     FieldSpec,
@@ -26,10 +27,7 @@ from pipelines.config import (
 )
 from pipelines.lake import Lake
 
-QUARANTINE = "silver.quarantine"
-DRIFT = "silver.schema_drift"
 # Identifier fields rejected alone (a junk email on a good login): the line itself is valid.
-REJECTED = "silver.rejected_fields"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 # Columns silver adds to the contract's fields (lineage back to bronze).
 LINEAGE = ("_ingest_ts", "_file", "_unknown_fields")
@@ -37,10 +35,6 @@ LINEAGE = ("_ingest_ts", "_file", "_unknown_fields")
 LINE_KEY = ("ingest_ts", "batch_id", "line_id")
 # The same key in a validated batch.
 LINE_COLUMNS = ("_ingest_ts", "_batch_id", "_line_id")
-
-
-def silver_table(contract: SourceContract) -> str:
-    return f"silver.{contract.domain}"
 
 
 @dataclass(frozen=True)
@@ -730,7 +724,7 @@ class SilverResult:
 
 def _app_ids(contract: SourceContract) -> dict[str, str]:
     """The app transaction of each silver-side table: its watermark of the bronze consumed."""
-    bronze = f"bronze.{contract.source}"
+    bronze = bronze_table(contract.source)
     return {t: f"{t}<-{bronze}" for t in (silver_table(contract), QUARANTINE, DRIFT, REJECTED)}
 
 
@@ -745,7 +739,7 @@ def refresh_silver(
 ) -> SilverResult:
     """Validate the bronze rows appended since the last refresh and commit them exactly once."""
     source = contract.source
-    bronze, silver = f"bronze.{source}", silver_table(contract)
+    bronze, silver = bronze_table(source), silver_table(contract)
     if not lake.exists(bronze):
         return SilverResult(source)
     done = {t: lake.committed(t, app) for t, app in _app_ids(contract).items()}

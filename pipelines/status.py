@@ -12,19 +12,21 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import JSON, Column, DateTime, String, Table, select
 
+from pipelines.catalog import DRIFT, OUTBOX, PROFILES, QUARANTINE, silver_table
 from pipelines.config import Settings
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import OUTBOX, OUTBOX_SCHEMA, silver_ranges
-from pipelines.lake import Lake
+from pipelines.gold.state import OUTBOX_SCHEMA, silver_ranges
+from pipelines.lakereader import LakeReader
 from pipelines.opsdb import metadata, ops_engine
-from pipelines.silver import DRIFT, QUARANTINE, silver_table
+
+if TYPE_CHECKING:  # raising alerts writes their ops events (Spark); reading needs none
+    from pipelines.lake import Lake
 
 DAY = timedelta(days=1)
 
@@ -116,7 +118,7 @@ class ContractStatus:
 
 
 def _last_day(
-    lake: Lake, table: str, column: str, since: datetime, cols: list[str]
+    lake: LakeReader, table: str, column: str, since: datetime, cols: list[str]
 ) -> pl.DataFrame:
     if not lake.exists(table):
         return pl.DataFrame({c: [] for c in cols})
@@ -124,7 +126,7 @@ def _last_day(
 
 
 def contract_status(
-    lake: Lake, settings: Settings, now: datetime | None = None
+    lake: LakeReader, settings: Settings, now: datetime | None = None
 ) -> list[ContractStatus]:
     """Per source: the contract, rows in and quarantined (by reason) over the last day, the
     schema versions seen, and every unknown field seen since the source started."""
@@ -193,7 +195,7 @@ class SlaResult:
     detail: str = ""
 
 
-def _newest(lake: Lake, table: str) -> datetime | None:
+def _newest(lake: LakeReader, table: str) -> datetime | None:
     column = "last_event_ts" if table == PROFILES else "event_ts"
     if not lake.exists(table):
         return None
@@ -202,7 +204,10 @@ def _newest(lake: Lake, table: str) -> datetime | None:
 
 
 def sla_status(
-    lake: Lake, settings: Settings, api_p99_ms: float | None = None, now: datetime | None = None
+    lake: LakeReader,
+    settings: Settings,
+    api_p99_ms: float | None = None,
+    now: datetime | None = None,
 ) -> list[SlaResult]:
     """Every SLA in conf/sla.yaml measured now. End-to-end lag is how long the oldest silver
     row still waiting for gold has waited (0 when gold is caught up)."""
@@ -275,7 +280,7 @@ def sla_status(
     return out
 
 
-def _oldest_added(lake: Lake, table: str, done: int, target: int) -> datetime | None:
+def _oldest_added(lake: LakeReader, table: str, done: int, target: int) -> datetime | None:
     value = lake.appended(table, done, target, ["_ingest_ts"]).column("_ingest_ts")
     oldest = pc.min(value).as_py()
     return oldest if isinstance(oldest, datetime) else None

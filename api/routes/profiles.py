@@ -16,9 +16,9 @@ from api.models import ErrorPublic, MergedPublic, ProfilePublic
 from api.render import RenderedProfiles
 from api.snapshot import Snapshot
 from pipelines.audit import AuditRecord
+from pipelines.catalog import PROFILES
 from pipelines.config import PolicyCfg, Settings
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import person_at, profiles_version_at
+from pipelines.gold.state import person_at, profiles_version_at
 from pipelines.identity.explain import normalise_value
 from pipelines.keys import Caller
 

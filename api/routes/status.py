@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import StewardDep
-from pipelines.lake import Lake
+from pipelines.lakereader import LakeReader
 from pipelines.status import Alerts, contract_status, sla_status
 
 router = APIRouter(prefix="/v1/status", tags=["status"])
@@ -19,8 +19,8 @@ FORBIDDEN: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _lake(request: Request) -> Lake:
-    return Lake(request.app.state.settings.paths.lake_root)
+def _lake(request: Request) -> LakeReader:
+    return LakeReader(request.app.state.settings.paths.lake_root)
 
 
 @router.get(

@@ -13,17 +13,30 @@ from datetime import date, timedelta
 import polars as pl
 import pyarrow as pa
 
-from pipelines.config import PolicyCfg, ProfileCfg, ScoresCfg
+from pipelines.catalog import PROFILES
+from pipelines.config import ConfigError, PolicyCfg, ProfileCfg, ScoresCfg, Settings
 from pipelines.gold.facts import COUNTERS, MONEY, TS
 from pipelines.gold.scores import add_scores
 
-PROFILES = "gold.profiles"
 BOOKKEEPING = ("profile_version", "updated_at")
 
 BALANCE = pa.struct([("msisdn", pa.string()), ("balance", MONEY), ("as_of", TS)])
 DRIVER = pa.struct(
     [("feature", pa.string()), ("value", pa.float64()), ("contribution", pa.float64())]
 )
+
+
+def check_policy(settings: Settings) -> None:
+    """Policy attributes must be profile columns (a typo would silently serve nothing). Every
+    entry point runs it after loading conf (the CLI, the API, Dagster): conf cannot, as the
+    profile's columns are declared here, above it."""
+    columns = set(profile_schema(settings.policy).names)
+    unknown = sorted(set(settings.policy.attributes) - columns)
+    if unknown:
+        raise ConfigError(
+            f"{settings.conf_dir / 'policy.yaml'}: attributes: {unknown} are not gold.profiles "
+            "columns (see docs/profiles.md)"
+        )
 
 
 def profile_schema(policy: PolicyCfg) -> pa.Schema:

@@ -27,42 +27,49 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.catalog import (
+    ACCOUNTS,
+    DAILY,
+    FACTS,
+    LINKS,
+    MAP,
+    MERGES,
+    OUTBOX,
+    PROFILES,
+    ref_table,
+)
 from pipelines.config import PolicyCfg, Settings
 from pipelines.gold.facts import (
     COUNTERS,
-    DAILY,
     DAILY_SCHEMA,
     EVENT_SCHEMA,
-    FACTS,
     FACTS_SCHEMA,
     TENURE_SCHEMA,
-    anchor_columns,
     anchored,
     attribute,
     daily_deltas,
     events_frame,
-    events_spark,
     fact_candidates,
     fact_key,
-    latest_spark,
 )
+from pipelines.gold.facts_spark import anchor_columns, events_spark, latest_spark
 from pipelines.gold.profile import (
     BOOKKEEPING,
-    PROFILES,
     ProfileInputs,
     build_profiles,
     profile_schema,
     to_arrow,
 )
-from pipelines.identity.outputs import (
-    ACCOUNTS,
-    CHANGED_AT,
-    LINKS,
-    MAP,
-    MERGES,
-    RESOLVED,
-    SUSPICIOUS,
+from pipelines.gold.state import (
+    CLOCK_APP,
+    IDENTITY_APP,
+    OUTBOX_SCHEMA,
+    REBUILD_APP,
+    app_id,
+    ranges_of,
+    silver_tables,
 )
+from pipelines.identity.outputs import CHANGED_AT, RESOLVED, SUSPICIOUS
 from pipelines.identity.resolve import NO_TENURE
 from pipelines.lake import Lake
 from pipelines.reference import reference_schema
@@ -76,9 +83,6 @@ from pipelines.tagged import (
     untag,
 )
 
-OUTBOX = "ops.outbox"
-IDENTITY_APP = f"{PROFILES}<-{LINKS}"
-CLOCK_APP = f"{PROFILES}@clock_day"  # version = the clock day's ordinal
 COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they have this many
 # Rows one Python worker call takes at once (bounds its memory; more groups than cores only
 # when there is that much).
@@ -86,17 +90,6 @@ EVENTS_PER_GROUP = 500_000
 PERSONS_PER_GROUP = 50_000
 SETTLE_DAYS = 2  # facts older than this are folded per tenure node (its tenure is known by then)
 
-OUTBOX_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),  # idempotency key for delivery
-        ("event_type", pa.string()),
-        ("person_id", pa.string()),
-        ("related_person_id", pa.string()),
-        ("profile_version", pa.int64()),
-        ("payload", pa.string()),  # JSON
-        ("occurred_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 # Change events numbered in the order they were made (the outbox keeps that order).
 SEQUENCED = pa.schema([*OUTBOX_SCHEMA, pa.field("_seq", pa.int64())])
 PERSON_SCHEMA = pa.schema([("person_id", pa.string())])
@@ -132,15 +125,6 @@ class GoldResult:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
-def _app(table: str, silver: str) -> str:
-    return f"{table}<-{silver}"
-
-
-def _silver_tables(settings: Settings, lake: Lake) -> dict[str, str]:
-    tables = {s: f"silver.{settings.contract(s).domain}" for s in settings.profile.anchors}
-    return {s: t for s, t in tables.items() if lake.exists(t)}
-
-
 def _pl(table: pa.Table) -> pl.DataFrame:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -166,8 +150,8 @@ def refresh_gold(
     started = time.perf_counter()
     if not lake.exists(MAP):
         return GoldResult()
-    silver = _silver_tables(settings, lake)
-    ranges = _ranges(lake, silver, until)
+    silver = silver_tables(settings, lake)
+    ranges = ranges_of(lake, silver, until)
     moved = {s: r for s, r in ranges.items() if r[0] is None or r[1] > r[0]}
     ev_target = lake.committed(LINKS, RESOLVED)
     ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
@@ -202,7 +186,7 @@ def _refresh(
     the identity versions the profiles reflect and read up to, and the clock day they end on."""
     ev_done, ev_target, clock_done = state
     txns = {
-        t: {_app(t, silver[s]): r[1] for s, r in moved.items()}
+        t: {app_id(t, silver[s]): r[1] for s, r in moved.items()}
         for t in (DAILY, FACTS, OUTBOX, PROFILES)
     }
     # The identity version too: re-derived handed-over days are part of these commits.
@@ -223,7 +207,10 @@ def _refresh(
             # Up to what this refresh reads; a source the gate holds, up to what gold has of it.
             upto = {s: r[1] for s, r in ranges.items()}
             for s, t in silver.items():
-                if s not in upto and (v := lake.committed(PROFILES, _app(PROFILES, t))) is not None:
+                if (
+                    s not in upto
+                    and (v := lake.committed(PROFILES, app_id(PROFILES, t))) is not None
+                ):
                     upto[s] = v
             redone = _rederived(lake, settings, silver, upto, handed)
             corrections = _arrow(
@@ -250,37 +237,6 @@ def _refresh(
     if full:
         _compact(lake, settings, day)
     return result
-
-
-def silver_ranges(lake: Lake, settings: Settings) -> dict[str, tuple[int | None, int]]:
-    """Per source with a silver table: (version gold reflects, version it would read up to);
-    the rows in between are waiting for promotion (the quality gate judges them)."""
-    return _ranges(lake, _silver_tables(settings, lake))
-
-
-def _ranges(
-    lake: Lake, silver: dict[str, str], until: Mapping[str, int] | None = None
-) -> dict[str, tuple[int | None, int]]:
-    """Per source: (version the profiles reflect, version to read up to). When an interrupted
-    run committed some gold tables past the profiles, the target is exactly that range, so the
-    rerun's appends are recognised as done rather than added twice."""
-    ranges: dict[str, tuple[int | None, int]] = {}
-    for s, t in silver.items():
-        done = lake.committed(PROFILES, _app(PROFILES, t)) if lake.exists(PROFILES) else None
-        ahead = [
-            v
-            for table in (DAILY, FACTS, OUTBOX)
-            if (v := lake.committed(table, _app(table, t))) is not None
-            and (done is None or v > done)
-        ]
-        current = lake.version(t)
-        assert current is not None
-        if until and t in until:
-            current = min(current, until[t])
-        if current < 0:  # held by the quality gate before its first promotion
-            continue
-        ranges[s] = (done, max(ahead) if ahead else current)
-    return ranges
 
 
 def _event_clock(newest: date | None, clock_done: int | None, today: date) -> date:
@@ -570,8 +526,8 @@ def _contact_nodes(lake: Lake, mine: DataFrame) -> DataFrame:
 
 def _ref(lake: Lake, settings: Settings, name: str) -> pl.DataFrame:
     """A reference table; empty (typed by its contract) until its file has been loaded."""
-    if lake.exists(f"ref.{name}"):
-        return _pl(lake.read_arrow(f"ref.{name}"))
+    if lake.exists(ref_table(name)):
+        return _pl(lake.read_arrow(ref_table(name)))
     return _pl(reference_schema(settings.reference.tables[name]).empty_table())
 
 
@@ -668,7 +624,7 @@ def _write_profiles(
         )
         rows = kind_of(out, "profile", schema)
         table_txns = txns[PROFILES]
-        meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
+        meta = {"clock_day": day.isoformat(), "stage": PROFILES}
         if lake.exists(PROFILES) and not gone and not any_rows:
             lake.append_once(
                 PROFILES, schema.empty_table(), table_txns, stage="gold.profiles", metadata=meta
@@ -1051,66 +1007,6 @@ def _fold_daily(rows: DataFrame) -> DataFrame:
     return rows.groupBy("id_type", "id_value", "day", "tenure").agg(*sums)
 
 
-def person_of(lake: Lake, id_type: str, value: str) -> str | None:
-    """The person holding an identifier now (its open tenure; else its latest one)."""
-    if not lake.exists(MAP):
-        return None
-    rows = _pl(
-        lake.read_arrow(
-            MAP,
-            ["person_id", "valid_from", "valid_to"],
-            (pl.col("id_type") == id_type) & (pl.col("id_value") == value),
-        )
-    )
-    if rows.is_empty():
-        return None
-    best = rows.sort(pl.col("valid_to").is_null(), "valid_from", nulls_last=False).row(
-        -1, named=True
-    )
-    return str(best["person_id"])
-
-
-def person_at(lake: Lake, id_type: str, value: str, at: datetime) -> str | None:
-    """The person who held an identifier at `at` (the tenure open then, for recyclable ones)."""
-    if not lake.exists(MAP):
-        return None
-    rows = lake.read_polars(
-        MAP,
-        ["person_id", "tenure", "valid_to"],
-        (pl.col("id_type") == id_type) & (pl.col("id_value") == value),
-    ).filter(
-        (pl.col("tenure").is_null() | (pl.col("tenure") <= at))
-        & (pl.col("valid_to").is_null() | (pl.col("valid_to") > at))
-    )
-    return None if rows.is_empty() else str(rows.sort("tenure").get_column("person_id")[-1])
-
-
-def profiles_version_at(lake: Lake, at: datetime) -> int | None:
-    """The gold.profiles version current at `at` (None before the table existed): the newest
-    commit whose commit time (the one `history` shows) is not after `at`. delta-rs's
-    `load_as_version(datetime)` can judge by the log file's modification time instead, which is
-    a little later than the commit time, so a time just after a commit found the version before."""
-    dt = lake.table(PROFILES)
-    if dt is None:
-        return None
-    at_ms = at.timestamp() * 1000  # commit times are epoch milliseconds
-    committed = [h["version"] for h in dt.history() if h["timestamp"] <= at_ms]
-    return max(committed) if committed else None
-
-
-def profile_as_of(lake: Lake, person_id: str, at: datetime | None) -> dict[str, object] | None:
-    """The person's gold profile now (`at` None) or as it was at `at`: the table version
-    current then (Delta time travel). None when the person had no profile then."""
-    version = lake.version(PROFILES) if at is None else profiles_version_at(lake, at)
-    if version is None:
-        return None
-    rows = lake.read_arrow(PROFILES, where=pl.col("person_id") == person_id, version=version)
-    return rows.to_pylist()[0] if rows.num_rows else None
-
-
-REBUILD_APP = f"{PROFILES}@rebuild"  # version = how many rebuilds ran
-
-
 def rebuild_gold(
     lake: Lake,
     settings: Settings,
@@ -1122,7 +1018,7 @@ def rebuild_gold(
     rewritten; those that differ are written with their change events."""
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
-    silver = _silver_tables(settings, lake)
+    silver = silver_tables(settings, lake)
     if not silver or not lake.exists(MAP):
         return GoldResult()
     targets = {s: lake.version(t) or 0 for s, t in silver.items()}
@@ -1139,7 +1035,7 @@ def rebuild_gold(
     finally:
         events.unpersist()
     say(f"{stats.n:,} silver events attributed ({_secs(started)})")
-    txns = {t: {_app(t, silver[s]): v for s, v in targets.items()} for t in (DAILY, FACTS)}
+    txns = {t: {app_id(t, silver[s]): v for s, v in targets.items()} for t in (DAILY, FACTS)}
     try:
         lake.overwrite(
             DAILY,
@@ -1183,7 +1079,8 @@ def recompute_profiles(
     ev_target = lake.committed(LINKS, RESOLVED)
     runs = (lake.committed(PROFILES, REBUILD_APP) or 0) + 1 if lake.exists(PROFILES) else 1
     out: dict[str, dict[str, int]] = {
-        t: {_app(t, silver): v for silver, v in (targets or {}).items()} for t in (OUTBOX, PROFILES)
+        t: {app_id(t, silver): v for silver, v in (targets or {}).items()}
+        for t in (OUTBOX, PROFILES)
     }
     _with_state(out, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal(), REBUILD_APP: runs})
     result = GoldResult(mode="full", clock_day=day)

@@ -22,8 +22,6 @@ from pyspark.sql import functions as F
 
 from pipelines.config import IdentityCfg
 
-EVIDENCE = "silver.identity_edges"
-
 EVIDENCE_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),

@@ -14,9 +14,9 @@ from datetime import datetime
 import polars as pl
 import pyarrow.compute as pc
 
+from pipelines.catalog import LINKS, MAP
 from pipelines.config import IdentityCfg
-from pipelines.identity.stage import LINKS, MAP
-from pipelines.lake import Lake
+from pipelines.lakereader import LakeReader
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def normalise_value(id_type: str, value: str, cfg: IdentityCfg) -> str:
     return v
 
 
-def example_msisdn(lake: Lake) -> str | None:
+def example_msisdn(lake: LakeReader) -> str | None:
     """A number worth explaining: one held by most persons (recycled), else the first line."""
     if not lake.exists(MAP):
         return None
@@ -99,7 +99,9 @@ def example_msisdn(lake: Lake) -> str | None:
     return value
 
 
-def explain(lake: Lake, cfg: IdentityCfg, id_type: str, value: str) -> list[PersonExplanation]:
+def explain(
+    lake: LakeReader, cfg: IdentityCfg, id_type: str, value: str
+) -> list[PersonExplanation]:
     """One explanation per person holding the identifier (a recycled number: one per tenure)."""
     if not lake.exists(MAP):
         return []
@@ -114,7 +116,7 @@ def explain(lake: Lake, cfg: IdentityCfg, id_type: str, value: str) -> list[Pers
     return out
 
 
-def _person(lake: Lake, person_id: str, matched: list[str]) -> PersonExplanation:
+def _person(lake: LakeReader, person_id: str, matched: list[str]) -> PersonExplanation:
     nodes = lake.read_arrow(MAP, where=pl.col("person_id") == person_id).sort_by(
         [("first_seen", "ascending"), ("node_key", "ascending")]
     )

@@ -23,18 +23,15 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from pipelines.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES
 from pipelines.config import IdentityCfg, Settings
 from pipelines.identity.components import connected_components
-from pipelines.identity.evidence import EVIDENCE, EVIDENCE_SCHEMA
+from pipelines.identity.evidence import EVIDENCE_SCHEMA
 from pipelines.identity.outputs import (
     ACCOUNT_LINK_COLUMNS,
-    ACCOUNTS,
     ACCOUNTS_SCHEMA,
     CHANGED_AT,
     JOINING_COLUMNS,
-    LINKS,
-    MAP,
-    MERGES,
     MERGES_SCHEMA,
     RESOLVED,
     IdentityResult,

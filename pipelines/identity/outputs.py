@@ -17,13 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.identity.evidence import EVIDENCE
+from pipelines.catalog import EVIDENCE, LINKS
 from pipelines.identity.resolve import Resolution
 
-LINKS = "gold.identity_links"
-MAP = "gold.identity_map"
-MERGES = "gold.person_merges"
-ACCOUNTS = "gold.accounts"
 # The evidence version the links (and so every identity table) reflect.
 RESOLVED = f"{LINKS}<-{EVIDENCE}"
 # Map column: the evidence version at which the row last changed (what moved since version v).

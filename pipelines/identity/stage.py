@@ -23,16 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES, silver_table
 from pipelines.config import IdentityCfg, Settings
-from pipelines.identity.evidence import EVIDENCE, EVIDENCE_SCHEMA, derive_evidence
+from pipelines.identity.evidence import EVIDENCE_SCHEMA, derive_evidence
 from pipelines.identity.full import rebuild_identity
 from pipelines.identity.outputs import (
-    ACCOUNTS,
     ACCOUNTS_SCHEMA,
     CHANGED_AT,
-    LINKS,
-    MAP,
-    MERGES,
     RESOLVED,
     IdentityResult,
     account_view,
@@ -78,7 +75,7 @@ def collect_evidence(
     frames: dict[str, DataFrame] = {}
     txns: dict[str, int] = {}
     for source in _rule_sources(settings.identity):
-        silver = f"silver.{settings.contract(source).domain}"
+        silver = silver_table(settings.contract(source))
         version = lake.version(silver)
         if version is not None and until and silver in until:
             version = min(version, until[silver])

@@ -14,7 +14,7 @@ import pytest
 
 from bench.receiver import Receiver
 from bench.server import ServeProcess
-from pipelines.gold.profile import PROFILES
+from pipelines.catalog import PROFILES
 from pipelines.keys import KeyStore
 from pipelines.lake import Lake
 from tests.conftest import settings_for

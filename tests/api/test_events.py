@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 
 from bench.receiver import Receiver
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import OUTBOX, OUTBOX_SCHEMA
+from pipelines.catalog import OUTBOX, PROFILES
+from pipelines.gold.state import OUTBOX_SCHEMA
 from tests.api.conftest import SECRET, call, create_segment, may_use, new_version
 
 pytestmark = pytest.mark.api

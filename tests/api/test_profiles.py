@@ -13,8 +13,7 @@ from urllib.parse import quote
 import polars as pl
 import pytest
 
-from pipelines.gold.profile import PROFILES
-from pipelines.identity.stage import MERGES
+from pipelines.catalog import MERGES, PROFILES
 from pipelines.lake import Lake
 from tests.api.conftest import new_version
 

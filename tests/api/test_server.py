@@ -13,7 +13,7 @@ import pytest
 from bench.httpload import LoadResult, drive, encode_get
 from bench.server import HOST, ServeProcess, rss_mb
 from pipelines.audit import AuditLog
-from pipelines.gold.profile import PROFILES
+from pipelines.catalog import PROFILES
 from pipelines.keys import KeyStore
 from pipelines.lake import Lake
 from tests.api.conftest import new_version

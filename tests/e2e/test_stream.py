@@ -104,7 +104,7 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
     """A held source's rows reach gold as soon as the steward releases them: the running stream
     notices the release; nobody has to send another file."""
     from pipelines.config import load_settings
-    from pipelines.gold.stage import silver_ranges
+    from pipelines.gold.state import silver_ranges
     from pipelines.status import gate_state
 
     conf, root = conf_with(tmp_path, **ONE_FILE_PER_BATCH), tmp_path / "data"

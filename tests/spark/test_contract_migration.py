@@ -14,11 +14,10 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipelines.catalog import DRIFT, OUTBOX, QUARANTINE
 from pipelines.config import ContractVersion, FieldSpec, Settings
-from pipelines.gold.stage import OUTBOX
 from pipelines.ingest import Ingestion
 from pipelines.lake import Lake
-from pipelines.silver import DRIFT, QUARANTINE
 from pipelines.status import Alerts, contract_status
 from tests.conftest import settings_for
 

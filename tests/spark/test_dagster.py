@@ -24,8 +24,7 @@ from assets.definitions import (
     build_definitions,
 )
 from assets.runtime import key_of
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import OUTBOX
+from pipelines.catalog import OUTBOX, PROFILES
 from pipelines.lake import Lake
 from pipelines.synthetic import generate
 from tests.conftest import settings_for
@@ -136,7 +135,7 @@ def test_whole_graph_materialises_on_a_fresh_lake_with_every_check_passing(
 
 
 def test_a_busy_stage_fails_the_run_with_a_clear_message(small: dict[str, Any]) -> None:
-    from pipelines.ingest import stage_lock
+    from pipelines.locks import stage_lock
 
     settings = small["settings"]
     with stage_lock(settings.paths.checkpoint_root, "ingest.network"):  # e.g. `cdp stream`
@@ -159,7 +158,7 @@ def test_a_broken_source_is_held_alone_and_its_release_takes_effect_at_once(
     status says why; `cdp quality release` promotes them at once, without a new batch."""
     import polars as pl
 
-    from pipelines.gold.stage import silver_ranges
+    from pipelines.gold.state import silver_ranges
     from pipelines.status import Alerts, contract_status
 
     settings = small["settings"]
@@ -248,7 +247,8 @@ def test_rows_committed_while_the_gate_runs_wait_for_the_next_gate(small: dict[s
 
     from expectations.gate import promotion_gate
     from expectations.runner import Quality
-    from pipelines.gold.stage import refresh_gold, silver_ranges
+    from pipelines.gold.stage import refresh_gold
+    from pipelines.gold.state import silver_ranges
 
     settings = small["settings"]
     lake = Lake(settings.paths.lake_root)

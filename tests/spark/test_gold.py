@@ -14,10 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from pipelines.gold.facts import DAILY, FACTS
-from pipelines.gold.profile import PROFILES
-from pipelines.gold.stage import OUTBOX, profile_as_of, rebuild_gold, refresh_gold
-from pipelines.identity.stage import MAP
+from pipelines.catalog import DAILY, FACTS, MAP, OUTBOX, PROFILES
+from pipelines.gold.stage import rebuild_gold, refresh_gold
+from pipelines.gold.state import profile_as_of
 from pipelines.lake import Lake
 from tests.spark.truth_profiles import Truth, expected_profiles, load_truth
 

@@ -4,11 +4,16 @@ environment overrides paths."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from pipelines.cli import app
 from pipelines.config import PROJECT_ROOT, ConfigError, load_settings
+from pipelines.gold.profile import check_policy
 
 pytestmark = pytest.mark.unit
 
@@ -95,5 +100,21 @@ def test_environment_overrides_paths_and_expands_variables(conf: Path, tmp_path:
 def test_policy_attribute_that_is_no_profile_column_is_refused(conf: Path) -> None:
     path = conf / "policy.yaml"
     path.write_text(path.read_text().replace("  open_cases: [service]", "  open_kases: [service]"))
+    settings = load_settings(conf, env={})  # conf alone cannot know the profile's columns
     with pytest.raises(ConfigError, match=r"policy\.yaml[\s\S]*open_kases"):
-        load_settings(conf, env={})
+        check_policy(settings)  # every entry point runs this (CLI, API, Dagster)
+    refused = CliRunner().invoke(app, ["contracts", "status", "--conf", str(conf)])
+    assert refused.exit_code == 2 and "open_kases" in refused.output
+
+
+def test_the_api_loads_no_jvm_client() -> None:
+    """Serving needs no Spark: the API's import graph stays out of PySpark and delta-spark
+    (import-linter checks the static graph in `make test`; this checks what Python loads)."""
+    probe = (
+        "import sys, api.main, api.server; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyspark', 'delta')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+    )
+    assert done.stdout.strip() == "[]", done.stdout

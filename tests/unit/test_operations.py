@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ingest import StageBusyError, stage_lock
+from pipelines.locks import StageBusyError, stage_lock
 from pipelines.spark import JavaMissingError, check_java
 
 pytestmark = pytest.mark.unit
