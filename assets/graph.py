@@ -115,7 +115,7 @@ def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
     def reference(context: AssetExecutionContext) -> Iterator[Any]:
         landing = rt.settings.paths.landing_root / "reference"
         loads = {
-            reference(x.table.split(".")[-1]): x
+            ref_table(x.table.split(".")[-1]): x
             for x in load_reference(rt.lake, rt.settings.reference, landing)
         }
         for t in tables:
