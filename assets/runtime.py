@@ -11,18 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import polars as pl
 
-from pipelines.catalog import (
-    ACCOUNTS,
-    DAILY,
-    DRIFT,
-    EVIDENCE,
-    FACTS,
-    LINKS,
-    MAP,
-    MERGES,
-    PROFILES,
-    QUARANTINE,
-)
+from pipelines.catalog import event_time
 from pipelines.config import Settings
 from pipelines.lake import Lake
 
@@ -30,21 +19,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from expectations.runner import Outcome, Quality
-
-# newest event-time column per table, for the freshness shown on each materialisation
-EVENT_TIME = {"bronze": "ingest_ts", "silver": "event_ts", "ops": "occurred_at"}
-EVENT_TIME_BY_TABLE = {
-    QUARANTINE: "ingest_ts",
-    DRIFT: "last_seen",
-    EVIDENCE: "ingest_ts",
-    DAILY: None,
-    FACTS: "ts",
-    PROFILES: "last_event_ts",
-    MAP: "valid_from",
-    LINKS: "first_ingest_ts",
-    MERGES: "at",
-    ACCOUNTS: None,
-}
 
 
 def key_of(table: str) -> dg.AssetKey:
@@ -91,7 +65,7 @@ class Runtime:
             "delta_version": dg.MetadataValue.int(dt.version()),
             "path": dg.MetadataValue.path(self.lake.uri(table)),
         }
-        column = EVENT_TIME_BY_TABLE.get(table, EVENT_TIME.get(table.split(".")[0]))
+        column = event_time(table)
         names = {f.name for f in self.lake.arrow_schema(table)}
         if column and column in names:
             newest = self.lake.read_polars(table, [column]).select(pl.col(column).max()).item()

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import SourceContract
+from pipelines.config import Settings, SourceContract
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A table of the lake: `layer.name`, its key (None: append-only rows), its writer."""
+    """A table of the lake: `layer.name`, its key (None: append-only rows), its writer, what it
+    holds, and the column that tells how fresh it is (None: no time of its own)."""
 
     name: str
     key: str | None
     written_by: str
     holds: str
+    event_time: str | None
 
     @property
     def layer(self) -> str:
@@ -59,17 +61,86 @@ OUTBOX = "ops.outbox"
 TABLES = {
     t.name: t
     for t in (
-        TableSpec(QUARANTINE, None, "ingest", "lines refused by their contract, with the reason"),
-        TableSpec(DRIFT, None, "ingest", "fields a source sent that its contract does not know"),
-        TableSpec(REJECTED, None, "ingest", "fields dropped from accepted lines, with the reason"),
-        TableSpec(EVIDENCE, None, "identity", "identity evidence derived from silver rows"),
-        TableSpec(LINKS, "edge_key", "identity", "links between identifiers, status, reason"),
-        TableSpec(MAP, "node_key", "identity", "each identifier's person and account"),
-        TableSpec(MERGES, None, "identity", "merges, splits and suspicious links, with the link"),
-        TableSpec(ACCOUNTS, "account_id", "identity", "accounts, holders, members and lines"),
-        TableSpec(DAILY, None, "gold", "per-identifier daily usage deltas"),
-        TableSpec(FACTS, None, "gold", "per-identifier latest facts (tariff, device, consent)"),
-        TableSpec(PROFILES, "person_id", "gold", "one profile per person: aggregates, scores"),
-        TableSpec(OUTBOX, None, "gold", "profile and identity change events, in order"),
+        TableSpec(
+            QUARANTINE,
+            None,
+            "ingest",
+            "lines refused by their contract, with the reason",
+            "ingest_ts",
+        ),
+        TableSpec(
+            DRIFT,
+            None,
+            "ingest",
+            "fields a source sent that its contract does not know",
+            "last_seen",
+        ),
+        TableSpec(
+            REJECTED,
+            None,
+            "ingest",
+            "fields dropped from accepted lines, with the reason",
+            "ingest_ts",
+        ),
+        TableSpec(
+            EVIDENCE, None, "identity", "identity evidence derived from silver rows", "ingest_ts"
+        ),
+        TableSpec(
+            LINKS,
+            "edge_key",
+            "identity",
+            "links between identifiers, status, reason",
+            "first_ingest_ts",
+        ),
+        TableSpec(
+            MAP, "node_key", "identity", "each identifier's person and account", "valid_from"
+        ),
+        TableSpec(
+            MERGES, None, "identity", "merges, splits and suspicious links, with the link", "at"
+        ),
+        TableSpec(ACCOUNTS, "account_id", "identity", "accounts, holders, members and lines", None),
+        TableSpec(DAILY, None, "gold", "per-identifier daily usage deltas", None),
+        TableSpec(
+            FACTS, None, "gold", "per-identifier latest facts (tariff, device, consent)", "ts"
+        ),
+        TableSpec(
+            PROFILES,
+            "person_id",
+            "gold",
+            "one profile per person: aggregates, scores",
+            "last_event_ts",
+        ),
+        TableSpec(
+            OUTBOX, None, "gold", "profile and identity change events, in order", "occurred_at"
+        ),
     )
 }
+# The freshness column of per-source tables, by layer.
+LAYER_EVENT_TIME = {"bronze": "ingest_ts", "silver": "event_ts"}
+
+
+def event_time(table: str) -> str | None:
+    """The column that tells how fresh `table` is (its newest value), if it has one."""
+    spec = TABLES.get(table)
+    return spec.event_time if spec else LAYER_EVENT_TIME.get(table.partition(".")[0])
+
+
+def every_table(settings: Settings) -> list[str]:
+    """Every table the pipeline writes for this conf, in the order of the flow."""
+    return [
+        *(bronze_table(s) for s in settings.sources),
+        *(silver_table(settings.contract(s)) for s in settings.sources),
+        QUARANTINE,
+        DRIFT,
+        REJECTED,
+        *(ref_table(t) for t in settings.reference.tables),
+        EVIDENCE,
+        LINKS,
+        MAP,
+        MERGES,
+        ACCOUNTS,
+        DAILY,
+        FACTS,
+        PROFILES,
+        OUTBOX,
+    ]

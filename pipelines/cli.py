@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.catalog import bronze_table, ref_table, silver_table
 from pipelines.config import ConfigError, Settings, load_settings
 from pipelines.gold.profile import check_policy
 
@@ -666,30 +665,14 @@ def summary(conf: ConfOpt = None) -> None:
 
 
 def _print_summary(settings: Settings) -> None:
-    from pipelines.catalog import (
-        ACCOUNTS,
-        DAILY,
-        DRIFT,
-        EVIDENCE,
-        FACTS,
-        LINKS,
-        MAP,
-        MERGES,
-        OUTBOX,
-        PROFILES,
-        QUARANTINE,
-    )
+    from pipelines.catalog import DRIFT, QUARANTINE, every_table
     from pipelines.lake import Lake
 
     lake = Lake(settings.paths.lake_root)
     tables = Table(title=f"Delta tables under {settings.paths.lake_root}")
     for col in ("table", "rows", "version"):
         tables.add_column(col, justify="right" if col != "table" else "left")
-    names = [bronze_table(s) for s in settings.sources]
-    names += [silver_table(settings.contract(s)) for s in settings.sources]
-    names += [QUARANTINE, DRIFT, *(ref_table(t) for t in settings.reference.tables)]
-    names += [EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS, DAILY, FACTS, PROFILES, OUTBOX]
-    for name in names:
+    for name in every_table(settings):
         dt = lake.table(name)
         if dt is not None:
             tables.add_row(name, f"{dt.count():,}", str(dt.version()))
