@@ -624,7 +624,7 @@ def _write_profiles(
         )
         rows = kind_of(out, "profile", schema)
         table_txns = txns[PROFILES]
-        meta = {"clock_day": day.isoformat(), "stage": PROFILES}
+        meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
         if lake.exists(PROFILES) and not gone and not any_rows:
             lake.append_once(
                 PROFILES, schema.empty_table(), table_txns, stage="gold.profiles", metadata=meta

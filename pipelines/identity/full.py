@@ -38,6 +38,7 @@ from pipelines.identity.outputs import (
     account_view,
     contact_rows,
     merge_rows,
+    summary,
     suspicious_rows,
 )
 from pipelines.identity.resolve import LINKS_SCHEMA, NODES_SCHEMA, resolve
@@ -88,10 +89,10 @@ def rebuild_identity(
         say(f"{changes.num_rows:,} merges and splits against the previous map ({_since(started)})")
         _write(lake, res, changes, target, old_map)
         say(f"identity tables written ({_since(started)})")
-        result = _summary(res, changes)
+        evidence_rows = lake.table(EVIDENCE, target).count()  # type: ignore[union-attr]
+        result = _summary(res, changes, evidence_rows)
     finally:
         combined.unpersist()
-    result.evidence_rows = lake.table(EVIDENCE, target).count()  # type: ignore[union-attr]
     result.rounds = rounds
     result.seconds = time.perf_counter() - started
     return result
@@ -360,21 +361,16 @@ def _accounts(res: SparkResolution) -> DataFrame:
     )
 
 
-def _summary(res: SparkResolution, changes: pa.Table) -> IdentityResult:
-    links = res.links.agg(
-        F.count_distinct("region").alias("regions"),
-        F.count(F.when(F.col("status") == "refused", 1)).alias("refused"),
-    ).first()
+def _summary(res: SparkResolution, changes: pa.Table, evidence_rows: int) -> IdentityResult:
+    regions = res.links.agg(F.count_distinct("region")).first()
     persons = res.nodes.agg(F.count_distinct("person_id")).first()
     reasons = res.links.where(F.col("status") == "refused").groupBy("reason_code").count().collect()
-    kinds = changes.column("change")
-    return IdentityResult(
-        mode="full",
-        regions=int(links["regions"]) if links else 0,
+    return summary(
+        "full",
+        changes,
+        evidence_rows=evidence_rows,
+        regions=int(regions[0]) if regions else 0,
         identifiers=res.node_rows,
         persons=int(persons[0]) if persons else 0,
-        merges=pc.sum(pc.equal(kinds, "merge")).as_py() or 0,
-        splits=pc.sum(pc.equal(kinds, "split")).as_py() or 0,
-        refused=int(links["refused"]) if links else 0,
         refused_by_reason={r["reason_code"]: r["count"] for r in reasons},
     )

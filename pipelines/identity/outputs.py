@@ -72,6 +72,31 @@ class IdentityResult:
     refused_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+def summary(
+    mode: str,
+    changes: pa.Table,
+    *,
+    evidence_rows: int,
+    regions: int,
+    identifiers: int,
+    persons: int,
+    refused_by_reason: dict[str, int],
+) -> IdentityResult:
+    """What a refresh did, from its change rows and the resolution's counts (both paths)."""
+    kinds = changes.column("change")
+    return IdentityResult(
+        mode=mode,
+        evidence_rows=evidence_rows,
+        regions=regions,
+        identifiers=identifiers,
+        persons=persons,
+        merges=pc.sum(pc.equal(kinds, "merge")).as_py() or 0,
+        splits=pc.sum(pc.equal(kinds, "split")).as_py() or 0,
+        refused=sum(refused_by_reason.values()),
+        refused_by_reason=refused_by_reason,
+    )
+
+
 # ---------------------------------------------------------------- merges and splits
 
 

@@ -35,6 +35,7 @@ from pipelines.identity.outputs import (
     account_view,
     contact_changes,
     person_changes,
+    summary,
     suspicious_links,
 )
 from pipelines.identity.resolve import (
@@ -290,18 +291,14 @@ def _accounts_after(lake: Lake, links: pa.Table, stale_links: list[str]) -> pa.T
 
 
 def _summary(mode: str, evidence_rows: int, res: Resolution, changes: pa.Table) -> IdentityResult:
-    status = res.links.column("status")
-    refused = res.links.filter(pc.equal(status, "refused"))
+    refused = res.links.filter(pc.equal(res.links.column("status"), "refused"))
     reasons = refused.group_by("reason_code").aggregate([("reason_code", "count")]).to_pylist()
-    kinds = changes.column("change")
-    return IdentityResult(
-        mode=mode,
+    return summary(
+        mode,
+        changes,
         evidence_rows=evidence_rows,
         regions=len(pc.unique(res.links.column("region"))),
         identifiers=res.nodes.num_rows,
         persons=len(pc.unique(res.nodes.column("person_id"))),
-        merges=pc.sum(pc.equal(kinds, "merge")).as_py() or 0,
-        splits=pc.sum(pc.equal(kinds, "split")).as_py() or 0,
-        refused=refused.num_rows,
         refused_by_reason={r["reason_code"]: r["reason_code_count"] for r in reasons},
     )
