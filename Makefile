@@ -55,8 +55,8 @@ serve: install
 	@setsid $(VENV)/bin/cdp stream & s=$$!; setsid $(VENV)/bin/cdp serve & a=$$!; \
 	trap 'trap "" INT TERM; kill -INT -$$s -$$a 2>/dev/null' INT TERM; wait $$s $$a; wait $$s $$a
 
-test: install chromium postgres
-	$(VENV)/bin/lint-imports --no-cache
+# The checks first (import layers, ruff with complexity limits, mypy): a minute, not an hour.
+test: install chromium postgres lint
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

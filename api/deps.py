@@ -9,7 +9,7 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from api.snapshot import Snapshot
-from pipelines.keys import STALE, Caller
+from pipelines.ops.keys import STALE, Caller
 
 key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key: cdp_...")
 

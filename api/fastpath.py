@@ -25,7 +25,7 @@ from api.routes.profiles import (
     router,
     valid,
 )
-from pipelines.keys import Caller
+from pipelines.ops.keys import Caller
 
 ID_TYPES = frozenset(get_args(IdType))
 HEADERS = [(b"content-type", b"application/json")]

@@ -13,16 +13,16 @@ from api import metrics
 from api.fastpath import LookupFastPath
 from api.routes import audit, collect, events, health, profiles, segments, status, ui
 from api.snapshot import SnapshotHolder
-from pipelines.audit import AuditLog
+from pipelines.activation.events import EventStore
+from pipelines.activation.push import PushStore
+from pipelines.activation.segment_store import SegmentStore
+from pipelines.activation.segments import RuleCompiler
 from pipelines.config import Settings
-from pipelines.consent import compile_rules
-from pipelines.events import EventStore
-from pipelines.gold.profile import check_policy, profile_schema
-from pipelines.keys import KeyStore
-from pipelines.lakereader import LakeReader
-from pipelines.push import PushStore
-from pipelines.segment_store import SegmentStore
-from pipelines.segments import RuleCompiler
+from pipelines.lakehouse.reader import LakeReader
+from pipelines.ops.audit import AuditLog
+from pipelines.ops.keys import KeyStore
+from pipelines.profile.build import check_policy, profile_schema
+from pipelines.profile.consent import compile_rules
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -17,8 +17,8 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.snapshot import SnapshotHolder
-from pipelines.events import EventStore
-from pipelines.status import SlaResult
+from pipelines.activation.events import EventStore
+from pipelines.ops.status import SlaResult
 
 LOOKUP_ROUTE = "/v1/profiles/{id_type}/{id_value}"
 
@@ -55,47 +55,75 @@ class Measure:
             self.requests.labels(name, str(status)).inc()
 
 
-def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> None:
-    """Count and time every request by route template and status; expose /metrics (with the
-    delivery queues' state)."""
-    registry = CollectorRegistry()
-    requests = Counter(
-        "cdp_http_requests_total",
-        "Requests by route and status",
-        ["route", "status"],
-        registry=registry,
-    )
-    latency = Histogram(
-        "cdp_http_request_seconds",
-        "Request latency by route",
-        ["route"],
-        buckets=BUCKETS,
-        registry=registry,
-    )
-    version = Gauge("cdp_snapshot_version", "gold.profiles version served", registry=registry)
-    age = Gauge(
-        "cdp_snapshot_age_seconds", "Seconds since the snapshot was loaded", registry=registry
-    )
-    reload_s = Gauge(
-        "cdp_snapshot_reload_seconds", "Duration of the last reload", registry=registry
-    )
-    reloads = Gauge("cdp_snapshot_reloads", "Snapshots loaded by this process", registry=registry)
+class ApiMetrics:
+    """The metrics of one API process in their own registry: requests, snapshot freshness,
+    SLAs and the delivery queues (read from the ops store, so every worker answers the same)."""
 
-    sla_measured = Gauge(
-        "cdp_sla_measured", "Last measured value of an SLA", ["sla", "subject"], registry=registry
-    )
-    sla_ok = Gauge("cdp_sla_ok", "1 when the SLA holds", ["sla", "subject"], registry=registry)
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "cdp_http_requests_total",
+            "Requests by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "cdp_http_request_seconds",
+            "Request latency by route",
+            ["route"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.version = Gauge(
+            "cdp_snapshot_version", "gold.profiles version served", registry=registry
+        )
+        self.age = Gauge(
+            "cdp_snapshot_age_seconds", "Seconds since the snapshot was loaded", registry=registry
+        )
+        self.reload_s = Gauge(
+            "cdp_snapshot_reload_seconds", "Duration of the last reload", registry=registry
+        )
+        self.reloads = Gauge(
+            "cdp_snapshot_reloads", "Snapshots loaded by this process", registry=registry
+        )
+        self.sla_measured = Gauge(
+            "cdp_sla_measured",
+            "Last measured value of an SLA",
+            ["sla", "subject"],
+            registry=registry,
+        )
+        self.sla_ok = Gauge(
+            "cdp_sla_ok", "1 when the SLA holds", ["sla", "subject"], registry=registry
+        )
+        self.backlog = Gauge(
+            "cdp_event_queue_messages",
+            "Messages per delivery queue and status",
+            ["queue", "status"],
+            registry=registry,
+        )
+        self.oldest = Gauge(
+            "cdp_event_queue_oldest_pending_seconds",
+            "Age of the oldest undelivered change per queue (the delivery lag right now)",
+            ["queue"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "cdp_event_delivery_lag_seconds",
+            "From a change to its acknowledged delivery, over the last deliveries",
+            ["quantile"],
+            registry=registry,
+        )
 
-    def sla_gauges(results: list[SlaResult]) -> None:
+    def sla_gauges(self, results: list[SlaResult]) -> None:
         for r in results:
             if r.measured is not None:
-                sla_measured.labels(r.sla, r.subject).set(r.measured)
-            sla_ok.labels(r.sla, r.subject).set(1 if r.ok else 0)
+                self.sla_measured.labels(r.sla, r.subject).set(r.measured)
+            self.sla_ok.labels(r.sla, r.subject).set(1 if r.ok else 0)
 
-    def lookup_p99_ms() -> float | None:
+    def lookup_p99_ms(self) -> float | None:
         """Upper bound of the bucket holding the 99th percentile of lookups (None: no lookups)."""
         counts: dict[float, float] = {}
-        for metric in latency.collect():
+        for metric in self.latency.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_bucket") and sample.labels.get("route") == LOOKUP_ROUTE:
                     counts[float(sample.labels["le"])] = sample.value
@@ -105,45 +133,35 @@ def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> None:
         bound = next(le for le in sorted(counts) if counts[le] >= 0.99 * total)
         return None if bound == float("inf") else bound * 1000
 
-    backlog = Gauge(
-        "cdp_event_queue_messages",
-        "Messages per delivery queue and status",
-        ["queue", "status"],
-        registry=registry,
-    )
-    oldest = Gauge(
-        "cdp_event_queue_oldest_pending_seconds",
-        "Age of the oldest undelivered change per queue (the delivery lag right now)",
-        ["queue"],
-        registry=registry,
-    )
-    lag = Gauge(
-        "cdp_event_delivery_lag_seconds",
-        "From a change to its acknowledged delivery, over the last deliveries",
-        ["quantile"],
-        registry=registry,
-    )
-
-    app.state.sla_gauges = sla_gauges
-    app.state.lookup_p99_ms = lookup_p99_ms
-    app.add_middleware(Measure, requests=requests, latency=latency)
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (no key needed)")
-    def metrics() -> Response:
+    def snapshot(self, holder: SnapshotHolder) -> None:
         current = holder.current
         if current is not None:
-            version.set(current.version)
-            age.set(time.time() - current.loaded_at)
-        reload_s.set(holder.last_reload_s)
-        reloads.set(holder.reloads)
-        # Delivery runs in its own process: these come from the database, so every worker
-        # answers the same.
+            self.version.set(current.version)
+            self.age.set(time.time() - current.loaded_at)
+        self.reload_s.set(holder.last_reload_s)
+        self.reloads.set(holder.reloads)
+
+    def queues(self, events: EventStore) -> None:
         now = datetime.now(UTC)
         for queue, counts in events.queue_stats().items():
             for state in ("pending", "delivered", "dead"):
-                backlog.labels(queue, state).set(counts[state])
+                self.backlog.labels(queue, state).set(counts[state])
             since = counts.get("oldest_pending_at")
-            oldest.labels(queue).set((now - since).total_seconds() if since else 0)
+            self.oldest.labels(queue).set((now - since).total_seconds() if since else 0)
         for q, seconds in events.delivery_lag((0.5, 0.99)).items():
-            lag.labels(str(q)).set(seconds)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+            self.lag.labels(str(q)).set(seconds)
+
+
+def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> None:
+    """Count and time every request by route template and status; expose /metrics (with the
+    delivery queues' state)."""
+    m = ApiMetrics()
+    app.state.sla_gauges = m.sla_gauges
+    app.state.lookup_p99_ms = m.lookup_p99_ms
+    app.add_middleware(Measure, requests=m.requests, latency=m.latency)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (no key needed)")
+    def metrics() -> Response:
+        m.snapshot(holder)
+        m.queues(events)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pydantic_core import to_json
 
 from pipelines.config import PolicyCfg
-from pipelines.consent import KEY, ChannelRules, Disclosure
+from pipelines.profile.consent import KEY, ChannelRules, Disclosure
 
 TS_KEY = "last_event_ts"
 

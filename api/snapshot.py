@@ -17,9 +17,9 @@ import duckdb
 import polars as pl
 
 from api.render import RenderedProfiles
-from pipelines.catalog import MAP, MERGES, PROFILES
 from pipelines.config import PolicyCfg
-from pipelines.lakereader import LakeReader
+from pipelines.lakehouse.catalog import MAP, MERGES, PROFILES
+from pipelines.lakehouse.reader import LakeReader
 
 
 @dataclass(frozen=True)

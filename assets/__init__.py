@@ -2,6 +2,6 @@
 conf/ and the CDP_* environment."""
 
 from assets.definitions import build_definitions
-from pipelines.config import load_settings
+from assets.runtime import CdpResource
 
-defs = build_definitions(load_settings())
+defs = build_definitions(CdpResource.from_environment())

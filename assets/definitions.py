@@ -9,16 +9,15 @@ import json
 import dagster as dg
 
 from assets.graph import (
-    gold_assets,
-    identity_assets,
     ingest_assets,
     maintenance_assets,
+    promotion_assets,
     recompute_checks,
     reference_assets,
 )
-from assets.runtime import Runtime
+from assets.runtime import CdpResource
 from pipelines.config import Settings
-from pipelines.gold.profile import check_policy
+from pipelines.profile.build import check_policy
 
 EVERYTHING = "materialize_everything"
 INGEST = "ingest_and_promote"
@@ -38,25 +37,24 @@ def landing_files(settings: Settings) -> dict[str, float]:
     return out
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(cdp: CdpResource) -> dg.Definitions:
     """Everything Dagster shows for one configuration (conf/ and the CDP_* environment)."""
+    settings = cdp.settings()
     check_policy(settings)
-    rt = Runtime(settings)
-    reference = reference_assets(rt)
-    ingest = ingest_assets(rt)
-    identity = identity_assets(rt)
-    gold = gold_assets(rt)
-    checks = recompute_checks(rt)
-    maintenance = maintenance_assets(rt)
+    reference = reference_assets(settings)
+    ingest = ingest_assets(settings)
+    promote = promotion_assets(settings)
+    checks = recompute_checks(settings)
+    maintenance = maintenance_assets(settings)
 
     everything = dg.define_asset_job(
         EVERYTHING,
         selection=dg.AssetSelection.all() - dg.AssetSelection.assets(maintenance),
         description="Reference, ingestion, identity and profiles from whatever is landed.",
     )
-    promote = dg.define_asset_job(
+    promote_job = dg.define_asset_job(
         INGEST,
-        selection=dg.AssetSelection.assets(ingest, identity, gold),
+        selection=dg.AssetSelection.assets(ingest, promote),
         description="New landing files to bronze and silver; identity and profiles unless a "
         "blocking expectation fails.",
     )
@@ -75,7 +73,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
     @dg.sensor(
-        job=promote, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
+        job=promote_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
     )
     def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         """Starts ingestion when files land that the last run request did not cover."""
@@ -91,9 +89,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         )
 
     return dg.Definitions(
-        assets=[reference, ingest, identity, gold, maintenance],
+        assets=[reference, ingest, promote, maintenance],
         asset_checks=checks,
-        jobs=[everything, promote, recompute, reference_job, maintenance_job],
+        jobs=[everything, promote_job, recompute, reference_job, maintenance_job],
         sensors=[landing_sensor],
         schedules=[
             dg.ScheduleDefinition(
@@ -115,5 +113,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 name="nightly_lake_maintenance",
             ),
         ],
+        resources={"cdp": cdp},
         executor=dg.in_process_executor,  # one Spark session for the whole run
     )

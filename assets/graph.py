@@ -3,21 +3,29 @@ Expectations suites as asset checks.
 
 Stages run as they do in `cdp run`: ingestion is one bounded (availableNow) streaming run per
 source on the same checkpoints as `cdp stream`, under the same per-stage locks (a second run of
-a stage fails with a message naming the holder). Identity and profiles pass the same promotion
-gate as `cdp run` (expectations.gate): a source whose silver rows or quarantine rate break a
-blocking expectation is held there, alone, while the other sources reach gold; the silver
-checks show which expectation failed.
+a stage fails with a message naming the holder). Identity and profiles are one step, the
+promotion path `cdp run` takes (pipelines.promotion): a source whose silver rows or quarantine
+rate break a blocking expectation is held at the gate, alone, while the other sources reach
+gold; the silver checks show which expectation failed.
 """
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext  # not strings: Dagster checks
 
-from assets.runtime import FRESHNESS_CHECK, Runtime, check_result, freshness_result, key_of
+from assets.runtime import (
+    FRESHNESS_CHECK,
+    CdpResource,
+    Runtime,
+    check_result,
+    freshness_result,
+    key_of,
+)
 from expectations.suites import MAP_PERSONS
-from pipelines.catalog import (
+from pipelines.config import Settings
+from pipelines.lakehouse.catalog import (
     ACCOUNTS,
     DAILY,
     DRIFT,
@@ -34,7 +42,10 @@ from pipelines.catalog import (
     ref_table,
     silver_table,
 )
-from pipelines.locks import StageBusyError
+from pipelines.lakehouse.locks import StageBusyError
+
+if TYPE_CHECKING:
+    from pipelines.ingest.stream import Ingestion
 
 T = TypeVar("T")
 SOURCE_HEALTH_CHECK = "quarantine_rate_within_sla"
@@ -75,24 +86,10 @@ def _busy(exc: StageBusyError) -> dg.Failure:
     return dg.Failure(description=f"{exc}", metadata={"reason": "stage busy"})
 
 
-def _gate(rt: Runtime, context: AssetExecutionContext) -> dict[str, int]:
-    """The promotion gate's silver versions for this step; a held source is logged and its
-    steward alerted."""
-    from expectations.gate import promotion_gate
-    from pipelines.status import Alerts
-
-    gate = promotion_gate(rt.quality())
-    if not gate.passed:
-        context.log.warning(gate.summary())
-    for alert in Alerts(rt.settings.database_url).raise_new(rt.lake, rt.settings):
-        context.log.warning(f"alert for {alert['steward']}: {alert['detail']['message']}")
-    return gate.until
-
-
 def _under_identity_lock(rt: Runtime, work: Callable[[], T]) -> T:
     """Run `work` holding the lock `cdp run` and `cdp stream` hold over identity and gold; a
     held lock fails the step with the holder named."""
-    from pipelines.locks import stage_lock
+    from pipelines.lakehouse.locks import stage_lock
 
     try:
         with stage_lock(rt.settings.paths.checkpoint_root, "identity"):
@@ -101,10 +98,10 @@ def _under_identity_lock(rt: Runtime, work: Callable[[], T]) -> T:
         raise _busy(exc) from exc
 
 
-def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
-    from pipelines.reference import load_reference
+def reference_assets(settings: Settings) -> dg.AssetsDefinition:
+    from pipelines.ingest.reference import load_reference
 
-    tables = [ref_table(t) for t in rt.settings.reference.tables]
+    tables = [ref_table(t) for t in settings.reference.tables]
     specs = [
         _spec(t, "reference", {"delta", "python"}, [], f"Reference data: {t.split('.')[1]}.")
         for t in tables
@@ -112,11 +109,12 @@ def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
     checks = _expectation_specs(tables)
 
     @dg.multi_asset(name="reference", specs=specs, check_specs=checks, can_subset=False)
-    def reference(context: AssetExecutionContext) -> Iterator[Any]:
-        landing = rt.settings.paths.landing_root / "reference"
+    def reference(context: AssetExecutionContext, cdp: CdpResource) -> Iterator[Any]:
+        rt = cdp.runtime()
+        landing = settings.paths.landing_root / "reference"
         loads = {
             ref_table(x.table.split(".")[-1]): x
-            for x in load_reference(rt.lake, rt.settings.reference, landing)
+            for x in load_reference(rt.lake, settings.reference, landing)
         }
         for t in tables:
             meta = rt.table_metadata(t)
@@ -130,16 +128,11 @@ def reference_assets(rt: Runtime) -> dg.AssetsDefinition:
     return reference
 
 
-def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
-    """Landing -> bronze -> silver for every source, bounded, on the streaming checkpoints."""
-    from expectations.suites import SOURCE_HEALTH
-    from pipelines.ingest import Ingestion
-    from pipelines.status import Alerts
-
-    settings = rt.settings
+def _ingest_specs(settings: Settings) -> list[Any]:
+    """Bronze and silver of every source, quarantine and drift."""
     sources = settings.sources
-    silver = {s: silver_table(settings.contract(s)) for s in sources}
-    specs = [
+    bronze = [bronze_table(s) for s in sources]
+    return [
         *(
             _spec(
                 bronze_table(s),
@@ -152,7 +145,7 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
         ),
         *(
             _spec(
-                silver[s],
+                silver_table(settings.contract(s)),
                 "silver",
                 {"spark", "delta"},
                 [bronze_table(s)],
@@ -161,193 +154,172 @@ def ingest_assets(rt: Runtime) -> dg.AssetsDefinition:
             )
             for s in sources
         ),
-        _spec(
-            QUARANTINE,
-            "silver",
-            {"spark", "delta"},
-            [bronze_table(s) for s in sources],
-            DESCRIPTIONS[QUARANTINE],
-        ),
-        _spec(
-            DRIFT,
-            "silver",
-            {"spark", "delta"},
-            [bronze_table(s) for s in sources],
-            DESCRIPTIONS[DRIFT],
-        ),
+        _spec(QUARANTINE, "silver", {"spark", "delta"}, bronze, DESCRIPTIONS[QUARANTINE]),
+        _spec(DRIFT, "silver", {"spark", "delta"}, bronze, DESCRIPTIONS[DRIFT]),
     ]
-    checks = [
-        *(dg.AssetCheckSpec("expectations", asset=key_of(bronze_table(s))) for s in sources),
-        *(
-            # Not blocking here: the promotion gate holds a failing source alone, in identity
-            # and gold, rather than stopping every source's promotion.
-            dg.AssetCheckSpec("expectations", asset=key_of(silver[s]))
-            for s in sources
-        ),
+
+
+def _ingest_checks(settings: Settings) -> list[dg.AssetCheckSpec]:
+    silver = [silver_table(settings.contract(s)) for s in settings.sources]
+    return [
+        *_expectation_specs([bronze_table(s) for s in settings.sources]),
+        # Not blocking here: the promotion gate holds a failing source alone, in identity and
+        # gold, rather than stopping every source's promotion.
+        *_expectation_specs(silver),
         *_expectation_specs([QUARANTINE, DRIFT]),
         dg.AssetCheckSpec(SOURCE_HEALTH_CHECK, asset=key_of(QUARANTINE), blocking=True),
         *(
             dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(t))
-            for t in silver.values()
+            for t in silver
             if t in settings.sla.freshness_minutes
         ),
     ]
 
-    @dg.multi_asset(name="ingest", specs=specs, check_specs=checks, can_subset=False)
-    def ingest(context: AssetExecutionContext) -> Iterator[Any]:
-        ingestion = Ingestion(rt.spark(), settings, rt.lake, on_event=context.log.info)
+
+def _quarantined(ingestion: "Ingestion") -> dict[str, dict[str, int]]:
+    """Lines quarantined in this run, per source and reason."""
+    out: dict[str, dict[str, int]] = {}
+    for s, p in ingestion.progress.items():
+        for r in p.silver:
+            for reason, n in r.quarantined.items():
+                out.setdefault(s, {}).setdefault(reason, 0)
+                out[s][reason] += n
+    return out
+
+
+def _ingest_materialisations(
+    rt: Runtime, ingestion: "Ingestion", raised: list[dict[str, Any]]
+) -> Iterator[dg.MaterializeResult]:
+    settings = rt.settings
+    for s in settings.sources:
+        meta = rt.table_metadata(bronze_table(s))
+        meta["rows_this_run"] = ingestion.progress[s].bronze_rows
+        yield dg.MaterializeResult(asset_key=key_of(bronze_table(s)), metadata=meta)
+    for s in settings.sources:
+        silver = silver_table(settings.contract(s))
+        meta = rt.table_metadata(silver)
+        meta["valid_this_run"] = sum(r.valid for r in ingestion.progress[s].silver)
+        yield dg.MaterializeResult(asset_key=key_of(silver), metadata=meta)
+    meta = rt.table_metadata(QUARANTINE)
+    meta["quarantined_this_run"] = dg.MetadataValue.json(_quarantined(ingestion))
+    yield dg.MaterializeResult(asset_key=key_of(QUARANTINE), metadata=meta)
+    meta = rt.table_metadata(DRIFT)
+    meta["alerts_raised"] = dg.MetadataValue.json([a["detail"]["message"] for a in raised])
+    yield dg.MaterializeResult(asset_key=key_of(DRIFT), metadata=meta)
+
+
+def _ingest_check_results(rt: Runtime) -> Iterator[dg.AssetCheckResult]:
+    from expectations.suites import SOURCE_HEALTH
+
+    settings, quality = rt.settings, rt.quality()
+    bronze = [bronze_table(s) for s in settings.sources]
+    silver = [silver_table(settings.contract(s)) for s in settings.sources]
+    for t in (*bronze, *silver, QUARANTINE, DRIFT):
+        yield check_result(quality.validate(t), t)
+    yield check_result(quality.validate(SOURCE_HEALTH), QUARANTINE, SOURCE_HEALTH_CHECK)
+    for t in silver:
+        if t in settings.sla.freshness_minutes:
+            yield freshness_result(rt, t)
+
+
+def ingest_assets(settings: Settings) -> dg.AssetsDefinition:
+    """Landing -> bronze -> silver for every source, bounded, on the streaming checkpoints."""
+
+    @dg.multi_asset(
+        name="ingest",
+        specs=_ingest_specs(settings),
+        check_specs=_ingest_checks(settings),
+        can_subset=False,
+    )
+    def ingest(context: AssetExecutionContext, cdp: CdpResource) -> Iterator[Any]:
+        from pipelines.ingest.stream import Ingestion
+        from pipelines.ops.status import Alerts
+
+        rt = cdp.runtime()
+        ingestion = Ingestion(rt.spark(), rt.settings, rt.lake, on_event=context.log.info)
         try:
             ingestion.run(available_now=True)
         except StageBusyError as exc:
             raise _busy(exc) from exc
-        quarantined: dict[str, dict[str, int]] = {}
-        for s, p in ingestion.progress.items():
-            for r in p.silver:
-                for reason, n in r.quarantined.items():
-                    quarantined.setdefault(s, {}).setdefault(reason, 0)
-                    quarantined[s][reason] += n
-        for s in sources:
-            meta = rt.table_metadata(bronze_table(s))
-            meta["rows_this_run"] = ingestion.progress[s].bronze_rows
-            yield dg.MaterializeResult(asset_key=key_of(bronze_table(s)), metadata=meta)
-        for s in sources:
-            meta = rt.table_metadata(silver[s])
-            meta["valid_this_run"] = sum(r.valid for r in ingestion.progress[s].silver)
-            yield dg.MaterializeResult(asset_key=key_of(silver[s]), metadata=meta)
-        meta = rt.table_metadata(QUARANTINE)
-        meta["quarantined_this_run"] = dg.MetadataValue.json(quarantined)
-        yield dg.MaterializeResult(asset_key=key_of(QUARANTINE), metadata=meta)
-        raised = Alerts(settings.database_url).raise_new(rt.lake, settings)
+        raised = Alerts(rt.settings.database_url).raise_new(rt.lake, rt.settings)
         for alert in raised:
             context.log.warning(f"alert for {alert['steward']}: {alert['detail']['message']}")
-        meta = rt.table_metadata(DRIFT)
-        meta["alerts_raised"] = dg.MetadataValue.json([a["detail"]["message"] for a in raised])
-        yield dg.MaterializeResult(asset_key=key_of(DRIFT), metadata=meta)
-
-        quality = rt.quality()
-        for s in sources:
-            yield check_result(quality.validate(bronze_table(s)), bronze_table(s))
-        for s in sources:
-            yield check_result(quality.validate(silver[s]), silver[s])
-        for t in (QUARANTINE, DRIFT):
-            yield check_result(quality.validate(t), t)
-        yield check_result(quality.validate(SOURCE_HEALTH), QUARANTINE, SOURCE_HEALTH_CHECK)
-        for t in silver.values():
-            if t in settings.sla.freshness_minutes:
-                yield freshness_result(rt, t)
+        yield from _ingest_materialisations(rt, ingestion, raised)
+        yield from _ingest_check_results(rt)
 
     return ingest
 
 
-def identity_assets(rt: Runtime) -> dg.AssetsDefinition:
-    from pipelines.identity.stage import refresh_identity
-
-    settings = rt.settings
+def promotion_assets(settings: Settings) -> dg.AssetsDefinition:
+    """Identity and gold in one step of the one promotion path (pipelines.promotion): one gate
+    judges silver, and identity and gold both read it up to the versions that gate judged, as
+    in `cdp run` and `cdp stream`."""
     silver = [silver_table(settings.contract(s)) for s in settings.sources]
+    references = [ref_table(t) for t in settings.reference.tables]
     specs = [
         _spec(EVIDENCE, "identity", {"spark", "delta"}, silver, DESCRIPTIONS[EVIDENCE]),
         *(
             _spec(t, "identity", {"spark", "delta"}, [EVIDENCE], DESCRIPTIONS[t])
             for t in (LINKS, MAP, MERGES, ACCOUNTS)
         ),
-    ]
-    checks = [
-        dg.AssetCheckSpec("expectations", asset=key_of(MAP), blocking=True),
-        *_expectation_specs([EVIDENCE, LINKS, MERGES, ACCOUNTS]),
-    ]
-
-    @dg.multi_asset(name="identity", specs=specs, check_specs=checks, can_subset=False)
-    def identity(context: AssetExecutionContext) -> Iterator[Any]:
-        r = _under_identity_lock(
-            rt, lambda: refresh_identity(rt.spark(), rt.lake, settings, _gate(rt, context))
-        )
-        context.log.info(
-            f"identity ({r.mode}): {r.evidence_rows:,} evidence rows, {r.persons:,} persons, "
-            f"{r.merges} merges, {r.splits} splits"
-        )
-        for t in (EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS):
-            meta = rt.table_metadata(t)
-            if t == MAP:
-                meta |= {
-                    "mode": r.mode,
-                    "merges": r.merges,
-                    "splits": r.splits,
-                    "refused_links": r.refused,
-                }
-            yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
-        quality = rt.quality()
-        for t in (MAP, EVIDENCE, LINKS, MERGES, ACCOUNTS):
-            yield check_result(quality.validate(t), t)
-
-    return identity
-
-
-def gold_assets(rt: Runtime) -> dg.AssetsDefinition:
-    from pipelines.gold.stage import refresh_gold
-
-    settings = rt.settings
-    silver = [silver_table(settings.contract(s)) for s in settings.sources]
-    specs = [
-        _spec(DAILY, "gold", {"polars", "delta"}, [*silver, MAP], DESCRIPTIONS[DAILY]),
-        _spec(FACTS, "gold", {"polars", "delta"}, [*silver, MAP], DESCRIPTIONS[FACTS]),
+        _spec(DAILY, "gold", {"spark", "delta"}, [*silver, MAP], DESCRIPTIONS[DAILY]),
+        _spec(FACTS, "gold", {"spark", "delta"}, [*silver, MAP], DESCRIPTIONS[FACTS]),
         _spec(
             PROFILES,
             "gold",
-            {"polars", "delta"},
-            [DAILY, FACTS, MAP, ACCOUNTS, *(ref_table(t) for t in settings.reference.tables)],
+            {"spark", "delta"},
+            [DAILY, FACTS, MAP, ACCOUNTS, *references],
             DESCRIPTIONS[PROFILES],
         ),
-        _spec(OUTBOX, "gold", {"polars", "delta"}, [PROFILES, MERGES], DESCRIPTIONS[OUTBOX]),
+        _spec(OUTBOX, "gold", {"spark", "delta"}, [PROFILES, MERGES], DESCRIPTIONS[OUTBOX]),
     ]
+    fresh = PROFILES in settings.sla.freshness_minutes
     checks = [
+        dg.AssetCheckSpec("expectations", asset=key_of(MAP), blocking=True),
+        *_expectation_specs([EVIDENCE, LINKS, MERGES, ACCOUNTS]),
         dg.AssetCheckSpec("expectations", asset=key_of(PROFILES), blocking=True),
         dg.AssetCheckSpec(MAP_PERSONS_CHECK, asset=key_of(PROFILES)),
         *_expectation_specs([DAILY, FACTS, OUTBOX]),
-        *(
-            [dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(PROFILES))]
-            if PROFILES in settings.sla.freshness_minutes
-            else []
-        ),
+        *([dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(PROFILES))] if fresh else []),
     ]
 
-    @dg.multi_asset(name="gold", specs=specs, check_specs=checks, can_subset=False)
-    def gold(context: AssetExecutionContext) -> Iterator[Any]:
-        g = _under_identity_lock(
-            rt, lambda: refresh_gold(rt.lake, settings, until=_gate(rt, context))
-        )
-        context.log.info(
-            f"profiles ({g.mode}): {g.events:,} events, {g.created:,} created, "
-            f"{g.updated:,} updated, {g.removed:,} removed; outbox {g.outbox:,}"
-        )
-        for t in (DAILY, FACTS, PROFILES, OUTBOX):
-            meta = rt.table_metadata(t)
-            if t == PROFILES:
-                meta |= {
-                    "mode": g.mode,
-                    "created": g.created,
-                    "updated": g.updated,
-                    "removed": g.removed,
-                }
+    @dg.multi_asset(name="promote", specs=specs, check_specs=checks, can_subset=False)
+    def promote(context: AssetExecutionContext, cdp: CdpResource) -> Iterator[Any]:
+        rt = cdp.runtime()
+        promotion = _under_identity_lock(rt, lambda: rt.promoter()(rt.spark()))
+        for level, line in promotion.report():
+            (context.log.warning if level == "warning" else context.log.info)(line)
+        r, g = promotion.identity, promotion.gold
+        changes = {
+            MAP: {"mode": r.mode, "merges": r.merges, "splits": r.splits, "refused": r.refused},
+            PROFILES: {
+                "mode": g.mode,
+                "created": g.created,
+                "updated": g.updated,
+                "removed": g.removed,
+            },
+        }
+        for t in (EVIDENCE, LINKS, MAP, MERGES, ACCOUNTS, DAILY, FACTS, PROFILES, OUTBOX):
+            meta = rt.table_metadata(t) | changes.get(t, {})
             yield dg.MaterializeResult(asset_key=key_of(t), metadata=meta)
         quality = rt.quality()
-        yield check_result(quality.validate(PROFILES), PROFILES)
+        for t in (MAP, EVIDENCE, LINKS, MERGES, ACCOUNTS, PROFILES):
+            yield check_result(quality.validate(t), t)
         yield check_result(quality.validate(MAP_PERSONS), PROFILES, MAP_PERSONS_CHECK)
         for t in (DAILY, FACTS, OUTBOX):
             yield check_result(quality.validate(t), t)
-        if PROFILES in settings.sla.freshness_minutes:
+        if fresh:
             yield freshness_result(rt, PROFILES)
 
-    return gold
+    return promote
 
 
-def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
+def recompute_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
     """The scheduled full recomputes, compared with the incremental state: any merge or split
     the full identity resolution finds, or any profile it changes, fails the check (and the
     recompute has corrected it)."""
-    from pipelines.gold.stage import recompute_profiles
     from pipelines.identity.full import rebuild_identity
-
-    settings = rt.settings
+    from pipelines.profile.stage import recompute_profiles
 
     @dg.asset_check(
         asset=key_of(MAP),
@@ -355,7 +327,10 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
         description="A full identity recompute finds no merge or split the "
         "incremental refreshes missed.",
     )
-    def identity_recompute(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def identity_recompute(
+        context: AssetCheckExecutionContext, cdp: CdpResource
+    ) -> dg.AssetCheckResult:
+        rt = cdp.runtime()
         r = _under_identity_lock(
             rt, lambda: rebuild_identity(rt.spark(), rt.lake, settings, progress=context.log.info)
         )
@@ -379,7 +354,10 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
         description="Every profile recomputed from daily usage and facts equals "
         "the incrementally maintained one.",
     )
-    def profiles_recompute(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def profiles_recompute(
+        context: AssetCheckExecutionContext, cdp: CdpResource
+    ) -> dg.AssetCheckResult:
+        rt = cdp.runtime()
         g = _under_identity_lock(rt, lambda: recompute_profiles(rt.lake, settings))
         differences = g.created + g.updated + g.removed
         return dg.AssetCheckResult(
@@ -397,12 +375,11 @@ def recompute_checks(rt: Runtime) -> list[dg.AssetChecksDefinition]:
     return [identity_recompute, profiles_recompute]
 
 
-def maintenance_assets(rt: Runtime) -> dg.AssetsDefinition:
+def maintenance_assets(settings: Settings) -> dg.AssetsDefinition:
     """Nightly compaction and clean-up of every table, so micro-batches do not leave thousands
     of small files and replaced files do not pile up past their retention."""
-    from pipelines.locks import stage_lock
+    from pipelines.lakehouse.locks import stage_lock
 
-    settings = rt.settings
     # Written by the ingest queries with blind appends, which never conflict with a compaction:
     # these are compacted while the stream runs. The rest is written under the identity lock.
     appended = {bronze_table(s) for s in settings.sources} | {
@@ -417,7 +394,8 @@ def maintenance_assets(rt: Runtime) -> dg.AssetsDefinition:
         description="Delta OPTIMIZE (bin-packing small files) and VACUUM (files older than "
         "each table's delta.deletedFileRetentionDuration) on every table of the lake.",
     )
-    def lake_maintenance(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def lake_maintenance(context: AssetExecutionContext, cdp: CdpResource) -> dg.MaterializeResult:
+        rt = cdp.runtime()
         tables = rt.lake.tables()
         files: dict[str, tuple[int, int, int]] = {}
 

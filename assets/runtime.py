@@ -1,24 +1,29 @@
-"""What the assets share in one Dagster process: the settings they were built for, one Spark
-session, one Great Expectations project, and the metadata every materialisation reports."""
+"""What the assets share in one Dagster process: the `cdp` resource (the conf folder and CDP_*
+environment, so runs load the same settings as the `cdp` command), one Spark session, one Great
+Expectations project, the promotion path, and the metadata every materialisation reports."""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
-from pipelines.catalog import event_time
-from pipelines.config import Settings
-from pipelines.lake import Lake
+from pipelines.config import DEFAULT_CONF_DIR, Settings, load_settings
+from pipelines.lakehouse.catalog import event_time
+from pipelines.lakehouse.lake import Lake
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from expectations.runner import Outcome, Quality
+    from pipelines.promotion import Promoter
 
 
 def key_of(table: str) -> dg.AssetKey:
@@ -34,13 +39,14 @@ class Runtime:
     lake: Lake = field(init=False)
     _spark: SparkSession | None = None
     _quality: Quality | None = None
+    _promoter: Promoter | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.lake = Lake(self.settings.paths.lake_root, self.spark)
 
     def spark(self) -> SparkSession:
-        from pipelines.spark import spark_session
+        from pipelines.lakehouse.spark import spark_session
 
         with self._lock:
             if self._spark is None or self._spark.sparkContext._jsc is None:
@@ -54,6 +60,16 @@ class Runtime:
             if self._quality is None:
                 self._quality = Quality(self.settings, self.lake)
             return self._quality
+
+    def promoter(self) -> Promoter:
+        """The promotion path `cdp run` and `cdp stream` take, on this process's checks."""
+        from pipelines.promotion import Promoter
+
+        quality = self.quality()
+        with self._lock:
+            if self._promoter is None:
+                self._promoter = Promoter(self.settings, self.lake, quality)
+            return self._promoter
 
     def table_metadata(self, table: str) -> dict[str, Any]:
         """Rows, Delta version and newest event time of `table` (empty when it does not exist)."""
@@ -74,6 +90,39 @@ class Runtime:
                 lag = (datetime.now(UTC) - newest).total_seconds() / 60
                 meta["freshness_lag_minutes"] = dg.MetadataValue.float(round(lag, 1))
         return meta
+
+
+_RUNTIMES: dict[tuple[str, tuple[tuple[str, str], ...]], Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+class CdpResource(dg.ConfigurableResource):
+    """The CDP configuration a Dagster run uses: the conf folder and the CDP_* overrides, read
+    by `load_settings` exactly as the `cdp` command reads them. Every run in a process with the
+    same configuration shares one runtime (one Spark session, one checks project)."""
+
+    conf_dir: str = Field(description="The conf/ folder (engine.yaml, contracts, policies).")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="CDP_* overrides, e.g. CDP_DATA_ROOT."
+    )
+
+    @classmethod
+    def from_environment(cls, conf_dir: Path | None = None) -> CdpResource:
+        """The configuration `cdp` would use here: --conf, $CDP_CONF_DIR or ./conf, and the
+        CDP_* variables of this process."""
+        env = {k: v for k, v in os.environ.items() if k.startswith("CDP_")}
+        folder = Path(conf_dir or env.get("CDP_CONF_DIR") or DEFAULT_CONF_DIR).resolve()
+        return cls(conf_dir=str(folder), env=env)
+
+    def settings(self) -> Settings:
+        return load_settings(Path(self.conf_dir), self.env)
+
+    def runtime(self) -> Runtime:
+        key = (self.conf_dir, tuple(sorted(self.env.items())))
+        with _RUNTIMES_LOCK:
+            if key not in _RUNTIMES:
+                _RUNTIMES[key] = Runtime(self.settings())
+            return _RUNTIMES[key]
 
 
 FRESHNESS_CHECK = "freshness_within_sla"

@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.server import ServeProcess  # noqa: E402
-from pipelines.catalog import MAP, PROFILES  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
-from pipelines.keys import KeyStore  # noqa: E402
-from pipelines.lake import Lake  # noqa: E402
+from pipelines.lakehouse.catalog import MAP, PROFILES  # noqa: E402
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.ops.keys import KeyStore  # noqa: E402
 
 EVENTS = 30
 BASELINE = 10

@@ -34,21 +34,21 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.catalog import (  # noqa: E402  # noqa: E402
+from pipelines.config import PROJECT_ROOT, Settings, load_settings  # noqa: E402
+from pipelines.identity.resolve import LINKS_SCHEMA, NODES_SCHEMA  # noqa: E402
+from pipelines.identity.stage import CHANGED_AT, RESOLVED  # noqa: E402
+from pipelines.ingest.reference import load_reference  # noqa: E402
+from pipelines.lakehouse.catalog import (  # noqa: E402  # noqa: E402
     DAILY,
     FACTS,
     LINKS,
     MAP,
     PROFILES,  # noqa: E402
 )
-from pipelines.config import PROJECT_ROOT, Settings, load_settings  # noqa: E402
-from pipelines.gold.facts import DAILY_SCHEMA, FACTS_SCHEMA  # noqa: E402
-from pipelines.gold.stage import recompute_profiles, refresh_gold  # noqa: E402
-from pipelines.identity.resolve import LINKS_SCHEMA, NODES_SCHEMA  # noqa: E402
-from pipelines.identity.stage import CHANGED_AT, RESOLVED  # noqa: E402
-from pipelines.lake import Lake  # noqa: E402
-from pipelines.reference import load_reference  # noqa: E402
-from pipelines.synthetic import write_reference  # noqa: E402
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.profile.facts import DAILY_SCHEMA, FACTS_SCHEMA  # noqa: E402
+from pipelines.profile.stage import recompute_profiles, refresh_gold  # noqa: E402
+from pipelines.synthetic.operator import write_reference  # noqa: E402
 
 PERSONS = 1_000_000
 TOUCHED = 10_000

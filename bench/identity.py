@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyspark.sql import SparkSession  # noqa: E402
 
-from pipelines.catalog import EVIDENCE  # noqa: E402
 from pipelines.config import PROJECT_ROOT, Settings, load_settings  # noqa: E402
 from pipelines.identity.evidence import EVIDENCE_SCHEMA  # noqa: E402
 from pipelines.identity.stage import (  # noqa: E402
@@ -45,8 +44,9 @@ from pipelines.identity.stage import (  # noqa: E402
     rebuild_identity,
     refresh_identity,
 )
-from pipelines.lake import Lake  # noqa: E402
-from pipelines.spark import spark_session  # noqa: E402
+from pipelines.lakehouse.catalog import EVIDENCE  # noqa: E402
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.lakehouse.spark import spark_session  # noqa: E402
 
 PERSONS = 210_000  # about 4.9 identifiers each: just over a million
 BATCH_EVENTS = 10_000

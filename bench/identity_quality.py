@@ -23,10 +23,6 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.catalog import (
-    EVIDENCE,  # noqa: E402
-    MAP,  # noqa: E402
-)
 from pipelines.config import PROJECT_ROOT, IdentityCfg, JunkCfg, load_settings  # noqa: E402
 from pipelines.identity.quality import (  # noqa: E402
     assignment,
@@ -38,10 +34,14 @@ from pipelines.identity.quality import (  # noqa: E402
 )
 from pipelines.identity.resolve import Blocklist, regions_of  # noqa: E402
 from pipelines.identity.stage import refresh_identity  # noqa: E402
-from pipelines.ingest import Ingestion  # noqa: E402
-from pipelines.lake import Lake  # noqa: E402
-from pipelines.spark import spark_session  # noqa: E402
-from pipelines.synthetic import generate  # noqa: E402
+from pipelines.ingest.stream import Ingestion  # noqa: E402
+from pipelines.lakehouse.catalog import (
+    EVIDENCE,  # noqa: E402
+    MAP,  # noqa: E402
+)
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.lakehouse.spark import spark_session  # noqa: E402
+from pipelines.synthetic.operator import generate  # noqa: E402
 
 
 def step(msg: str) -> None:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyspark.sql import SparkSession  # noqa: E402
 
 from pipelines.config import PROJECT_ROOT, Settings, load_settings  # noqa: E402
-from pipelines.ingest import Ingestion  # noqa: E402
-from pipelines.lake import Lake  # noqa: E402
-from pipelines.spark import spark_session  # noqa: E402
-from pipelines.synthetic import generate  # noqa: E402
+from pipelines.ingest.stream import Ingestion  # noqa: E402
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.lakehouse.spark import spark_session  # noqa: E402
+from pipelines.synthetic.operator import generate  # noqa: E402
 
 SUBSCRIBERS, DAYS, FILES = 8500, 14, 8  # ~1.0M landing lines
 PASSES, STEADY = 10, 3

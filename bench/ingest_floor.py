@@ -36,9 +36,9 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from bench.ingest import generate_operator, pipeline_pass, step  # noqa: E402
 from pipelines.config import ENVELOPE_FIELDS, Settings, SourceContract  # noqa: E402
-from pipelines.ingest import to_bronze  # noqa: E402
-from pipelines.silver import ValidationRules, validate_events  # noqa: E402
-from pipelines.spark import spark_session  # noqa: E402
+from pipelines.ingest.silver import ValidationRules, validate_events  # noqa: E402
+from pipelines.ingest.stream import to_bronze  # noqa: E402
+from pipelines.lakehouse.spark import spark_session  # noqa: E402
 
 WARMUP, ROUNDS = 8, 5
 TARGET_RATIO = 0.3

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.httpload import drive, encode_get  # noqa: E402
 from bench.server import HOST, ServeProcess, rss_mb  # noqa: E402
-from pipelines.catalog import MAP, PROFILES  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
-from pipelines.keys import KeyStore  # noqa: E402
-from pipelines.lake import Lake  # noqa: E402
+from pipelines.lakehouse.catalog import MAP, PROFILES  # noqa: E402
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.ops.keys import KeyStore  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache" / "lookup-1m"
 CONCURRENCY = 32
@@ -53,7 +53,7 @@ def _env(root: Path) -> dict[str, str]:
 def _build(root: str) -> None:
     """The 1M-person lake (in a child process: the build's memory goes with it)."""
     from bench.gold import build
-    from pipelines.gold.stage import refresh_gold
+    from pipelines.profile.stage import refresh_gold
 
     settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": root})
     lake = Lake(settings.paths.lake_root)

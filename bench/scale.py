@@ -127,7 +127,7 @@ def generated(subscribers: int) -> Path:
 def generate_size(subscribers: int) -> None:
     """Generate the operator of this size into its cache folder, marking it done at the end."""
     from pipelines.config import PROJECT_ROOT, load_settings
-    from pipelines.synthetic import generate
+    from pipelines.synthetic.operator import generate
 
     folder = CACHE / f"{subscribers}-{DAYS}d"
     shutil.rmtree(folder, ignore_errors=True)
@@ -148,12 +148,12 @@ def generate_size(subscribers: int) -> None:
 def one_size(subscribers: int) -> dict[str, Any]:
     """Every stage at one size, in this process (the parent starts one process per size)."""
     from pipelines.config import PROJECT_ROOT, load_settings
-    from pipelines.gold.stage import refresh_gold
     from pipelines.identity.stage import refresh_identity
-    from pipelines.ingest import Ingestion
-    from pipelines.lake import Lake
-    from pipelines.reference import load_reference
-    from pipelines.spark import spark_session
+    from pipelines.ingest.reference import load_reference
+    from pipelines.ingest.stream import Ingestion
+    from pipelines.lakehouse.lake import Lake
+    from pipelines.lakehouse.spark import spark_session
+    from pipelines.profile.stage import refresh_gold
 
     root = Path(tempfile.mkdtemp(prefix=f"cdp-bench-scale-{subscribers}-"))
     settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(root)})

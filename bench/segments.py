@@ -39,13 +39,13 @@ sys.path.insert(0, str(ROOT))
 from bench.lookup import ensure_lake  # noqa: E402
 from bench.receiver import Receiver  # noqa: E402
 from bench.server import ServeProcess  # noqa: E402
-from pipelines.catalog import OUTBOX, PROFILES  # noqa: E402
+from pipelines.activation.events import EventStore  # noqa: E402
+from pipelines.activation.webhooks import signature  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
-from pipelines.events import EventStore  # noqa: E402
-from pipelines.gold.state import OUTBOX_SCHEMA  # noqa: E402
-from pipelines.keys import KeyStore  # noqa: E402
-from pipelines.lake import Lake  # noqa: E402
-from pipelines.webhooks import signature  # noqa: E402
+from pipelines.lakehouse.catalog import OUTBOX, PROFILES  # noqa: E402
+from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.ops.keys import KeyStore  # noqa: E402
+from pipelines.profile.state import OUTBOX_SCHEMA  # noqa: E402
 
 RULES: dict[str, Any] = {
     "churn_vip": {
@@ -164,6 +164,85 @@ def data_root(cache: Path) -> Path:
     return root
 
 
+class Arrivals:
+    """The events the receiver got so far, checked against those a step waits for (parsing only
+    the requests not yet counted keeps the check cheap)."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.got: set[str] = set()
+        self.seen = 0
+        self.expected: set[str] = set()
+
+    def arrived(self) -> bool:
+        new = self.receiver.at("/events", 200)[self.seen :]
+        self.seen += len(new)
+        self.got.update(e["event_id"] for r in new for e in r.json()["events"])
+        return self.got >= self.expected
+
+
+def previews(client: httpx.Client, marketing: str) -> dict[str, Any]:
+    """p50/p95 of each rule's preview and its member count."""
+    figures: dict[str, Any] = {}
+    for name, rule in RULES.items():
+        body = {"purpose": "marketing", "rule": rule}
+        last: dict[str, Any] = {}
+
+        def call(body: dict[str, Any] = body, last: dict[str, Any] = last) -> Any:
+            r = client.post("/v1/segments/preview", json=body, headers={"X-API-Key": marketing})
+            last.update(r.json())
+            return r
+
+        ms = timed(call, CALLS, WARMUP)
+        figures[f"preview_{name}_p50_ms"] = pct(ms, 0.5)
+        figures[f"preview_{name}_p95_ms"] = pct(ms, 0.95)
+        figures[f"preview_{name}_members"] = last["members"]
+        step(
+            f"preview {name}: p50 {pct(ms, 0.5)} ms, {last['members']:,} members, "
+            f"{last['reachable']:,} reachable"
+        )
+    return figures
+
+
+def delivery(lake: Lake, persons: list[str], receiver: Receiver, batch: int) -> dict[str, Any]:
+    """A burst of EVENTS outbox events to a subscribed webhook, then SINGLES one at a time:
+    throughput against the receiver's own floor, and the lags."""
+    events = outbox_events(persons, EVENTS)
+    arrivals = Arrivals(receiver)
+    arrivals.expected = set(events.column("event_id").to_pylist())
+    started = time.perf_counter()
+    lake.append_once(OUTBOX, events, {}, stage="bench")
+    wait("every event at the receiver", arrivals.arrived, 900)
+    total_s = time.perf_counter() - started  # from the outbox append, as gold writes it
+    requests = receiver.at("/events", 200)
+    if not all(r.signed for r in requests):
+        raise SystemExit("a delivery failed the signature check")
+    appended = events.column("occurred_at")[0].as_py().timestamp()
+    lags = [r.at - appended for r in requests]
+    step(f"burst delivered at {EVENTS / total_s:,.0f} events/s; now one event at a time")
+    single = []
+    for i in range(SINGLES):
+        one = outbox_events(persons[i:], 1)
+        arrivals.expected = set(one.column("event_id").to_pylist())
+        started = time.perf_counter()
+        lake.append_once(OUTBOX, one, {}, stage="bench")
+        wait("a single event", arrivals.arrived, 60)
+        single.append(time.perf_counter() - started)
+    bodies = [r.body for r in requests[: max(1, 5000 // batch)]]
+    floor = floor_events_per_s(receiver, bodies, batch)
+    return {
+        "delivered_events": EVENTS,
+        "delivery_events_per_s": round(EVENTS / total_s),
+        "single_event_lag_p50_s": round(statistics.median(single), 2),
+        "single_event_lag_max_s": round(max(single), 2),
+        "delivery_lag_p50_s": round(statistics.median(lags), 2),
+        "delivery_lag_max_s": round(max(lags), 2),
+        "floor_events_per_s": round(floor),
+        "ratio": round(EVENTS / total_s / floor, 3),
+        "batch_events": batch,
+    }
+
+
 def main() -> None:
     root = data_root(ensure_lake())
     url = f"sqlite:///{root / 'ops.sqlite'}"
@@ -193,27 +272,9 @@ def main() -> None:
             f"{initial_log_s:.1f} s more"
         )
         client = httpx.Client(base_url=server.url, timeout=60)
-        figures: dict[str, Any] = {"persons": len(persons)}
         health = timed(lambda: client.get("/healthz"), CALLS, WARMUP)
-        figures["healthz_p50_ms"] = pct(health, 0.5)
-        for name, rule in RULES.items():
-            body = {"purpose": "marketing", "rule": rule}
-            last: dict[str, Any] = {}
-
-            def call(body: dict[str, Any] = body, last: dict[str, Any] = last) -> Any:
-                r = client.post("/v1/segments/preview", json=body, headers={"X-API-Key": marketing})
-                last.update(r.json())
-                return r
-
-            ms = timed(call, CALLS, WARMUP)
-            figures[f"preview_{name}_p50_ms"] = pct(ms, 0.5)
-            figures[f"preview_{name}_p95_ms"] = pct(ms, 0.95)
-            figures[f"preview_{name}_members"] = last["members"]
-            step(
-                f"preview {name}: p50 {pct(ms, 0.5)} ms, {last['members']:,} members, "
-                f"{last['reachable']:,} reachable"
-            )
-
+        figures: dict[str, Any] = {"persons": len(persons), "healthz_p50_ms": pct(health, 0.5)}
+        figures |= previews(client, marketing)
         step(f"delivery: subscribing a webhook and appending {EVENTS:,} events to the outbox")
         sub = client.post(
             "/v1/subscriptions",
@@ -225,55 +286,12 @@ def main() -> None:
             headers={"X-API-Key": channel},
         )
         sub.raise_for_status()
-        events = outbox_events(persons, EVENTS)
-        ids = set(events.column("event_id").to_pylist())
-        started = time.perf_counter()
-        lake.append_once(OUTBOX, events, {}, stage="bench")
-
-        got: set[str] = set()
-        seen = [0]  # requests already counted (parsing only new ones keeps the check cheap)
-
-        def arrived() -> bool:
-            new = receiver.at("/events", 200)[seen[0] :]
-            seen[0] += len(new)
-            got.update(e["event_id"] for r in new for e in r.json()["events"])
-            return got >= ids
-
-        wait("every event at the receiver", arrived, 900)
-        total_s = time.perf_counter() - started  # from the outbox append, as gold writes it
-        requests = receiver.at("/events", 200)
-        if not all(r.signed for r in requests):
-            raise SystemExit("a delivery failed the signature check")
-        appended = events.column("occurred_at")[0].as_py().timestamp()
-        lags = [r.at - appended for r in requests]
-        step(f"burst delivered at {len(ids) / total_s:,.0f} events/s; now one event at a time")
-        single = []
-        for i in range(SINGLES):
-            one = outbox_events(persons[i:], 1)
-            ids = set(one.column("event_id").to_pylist())
-            started = time.perf_counter()
-            lake.append_once(OUTBOX, one, {}, stage="bench")
-            wait("a single event", arrived, 60)
-            single.append(time.perf_counter() - started)
-        batch = settings.api.events.batch
-        bodies = [r.body for r in requests[: max(1, 5000 // batch)]]
-        floor = floor_events_per_s(receiver, bodies, batch)
-        figures.update(
-            {
-                "initial_outbox_events": logged,
-                "initial_log_s": round(initial_log_s, 1),
-                "delivered_events": EVENTS,
-                "delivery_events_per_s": round(EVENTS / total_s),
-                "single_event_lag_p50_s": round(statistics.median(single), 2),
-                "single_event_lag_max_s": round(max(single), 2),
-                "delivery_lag_p50_s": round(statistics.median(lags), 2),
-                "delivery_lag_max_s": round(max(lags), 2),
-                "floor_events_per_s": round(floor),
-                "ratio": round(EVENTS / total_s / floor, 3),
-                "batch_events": batch,
-                "cores": os.cpu_count(),
-            }
-        )
+        figures |= delivery(lake, persons, receiver, settings.api.events.batch)
+        figures |= {
+            "initial_outbox_events": logged,
+            "initial_log_s": round(initial_log_s, 1),
+            "cores": os.cpu_count(),
+        }
         client.close()
     finally:
         server.stop()

@@ -19,11 +19,11 @@ import pandas as pd
 import polars as pl
 
 from expectations.suites import MAP_PERSONS, SOURCE_HEALTH, Suite
-from pipelines.catalog import DAILY, MAP, PROFILES, QUARANTINE, silver_table
 from pipelines.config import Settings
-from pipelines.gold.facts import COUNTERS
-from pipelines.gold.state import silver_ranges
-from pipelines.lake import Lake
+from pipelines.lakehouse.catalog import DAILY, MAP, PROFILES, QUARANTINE, silver_table
+from pipelines.lakehouse.lake import Lake
+from pipelines.profile.facts import COUNTERS
+from pipelines.profile.state import silver_ranges
 
 DAY = timedelta(days=1)
 

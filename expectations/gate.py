@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from expectations.frames import released_version
 from expectations.runner import Failure, Outcome, Quality
 from expectations.suites import SOURCE_HEALTH
-from pipelines.catalog import silver_table
-from pipelines.gold.state import silver_ranges
-from pipelines.status import GateHold, record_gate
+from pipelines.lakehouse.catalog import silver_table
+from pipelines.ops.status import GateHold, record_gate
+from pipelines.profile.state import silver_ranges
 
 NOTHING = -1  # `until` of a held source never promoted before: read none of it
 

@@ -24,7 +24,7 @@ from expectations.frames import frame_for
 from expectations.suites import Suite, all_suites
 from expectations.vendor import localise
 from pipelines.config import Settings
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 
 log = logging.getLogger(__name__)
 EXAMPLES = 5  # unexpected values shown per failed expectation

@@ -13,7 +13,9 @@ from typing import Any
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation import Expectation
 
-from pipelines.catalog import (
+from pipelines.config import IDENTIFIER_TYPES, Settings, SourceContract
+from pipelines.ingest.silver import EMAIL
+from pipelines.lakehouse.catalog import (
     ACCOUNTS,
     DAILY,
     DRIFT,
@@ -28,8 +30,6 @@ from pipelines.catalog import (
     bronze_table,
     silver_table,
 )
-from pipelines.config import IDENTIFIER_TYPES, Settings, SourceContract
-from pipelines.silver import EMAIL
 
 # Value ranges a silver column must keep whatever its source: a field is valid by its contract
 # (type, presence) and plausible by these. A negative byte count is a broken feed, not a customer.

@@ -396,7 +396,7 @@ class ProfileCfg(Model):
     churn_alert_threshold: float = Field(0.5, gt=0, lt=1)
 
 
-# Churn features the code defines (pipelines/gold/scores.py); conf gives their weights.
+# Churn features the code defines (pipelines/profile/scores.py); conf gives their weights.
 CHURN_FEATURES = (
     "days_since_interaction",
     "usage_drop",
@@ -649,34 +649,63 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     # An explicit folder (--conf) wins over $CDP_CONF_DIR, which wins over ./conf.
     conf_dir = Path(conf_dir or env.get("CDP_CONF_DIR") or DEFAULT_CONF_DIR).resolve()
-    engine_path = conf_dir / "engine.yaml"
+    engine, paths = _engine_and_paths(conf_dir / "engine.yaml", env)
+    contracts = _contracts(conf_dir / "contracts")
+    ref_path = conf_dir / "contracts" / "reference.yaml"
+    identity_path = conf_dir / "identity.yaml"
+    identity = _parse(IdentityCfg, _read_yaml(identity_path), identity_path)
+    _check_identity_rules(identity, contracts, identity_path)
+    gen_path = conf_dir / "generator.yaml"
+    profile_path = conf_dir / "profile.yaml"
+    profile = _parse(ProfileCfg, _read_yaml(profile_path), profile_path)
+    _check_profile(profile, contracts, profile_path)
+    scores_path = conf_dir / "scores.yaml"
+    policy_path = conf_dir / "policy.yaml"
+    policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
+    return Settings(
+        conf_dir=conf_dir,
+        engine=engine,
+        paths=paths,
+        contracts=contracts,
+        reference=_parse(ReferenceContract, _read_yaml(ref_path), ref_path),
+        identity=identity,
+        generator=_parse(GeneratorCfg, _read_yaml(gen_path), gen_path),
+        profile=profile,
+        scores=_parse(ScoresCfg, _read_yaml(scores_path), scores_path),
+        policy=policy,
+        api=_api(conf_dir / "api.yaml", env, policy),
+        sla=_sla(conf_dir / "sla.yaml", contracts),
+    )
+
+
+def _engine_and_paths(engine_path: Path, env: Mapping[str, str]) -> tuple[EngineCfg, PathsCfg]:
+    """engine.yaml with CDP_SPARK_MASTER, CDP_DATA_ROOT and the CDP_*_ROOT overrides."""
     raw = _read_yaml(engine_path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{engine_path}: expected a mapping at the top level")
-
+    unknown = set(raw) - {"engine", "paths"}
+    if unknown:
+        raise ConfigError(f"{engine_path}: unknown top-level key(s) {sorted(unknown)}")
     engine_raw = dict(raw.get("engine") or {})
     if env.get("CDP_SPARK_MASTER"):
         engine_raw["spark_master"] = env["CDP_SPARK_MASTER"]
     paths_raw = dict(raw.get("paths") or {})
-    data_root = env.get("CDP_DATA_ROOT")
-    if data_root:
+    if data_root := env.get("CDP_DATA_ROOT"):
         for key, sub in _DATA_SUBDIRS.items():
             paths_raw[key] = str(Path(data_root) / sub)
-    for var, key in _ENV_PATHS.items():
-        if env.get(var):
-            paths_raw[key] = env[var]
-    unknown = set(raw) - {"engine", "paths"}
-    if unknown:
-        raise ConfigError(f"{engine_path}: unknown top-level key(s) {sorted(unknown)}")
+    paths_raw |= {key: env[var] for var, key in _ENV_PATHS.items() if env.get(var)}
     engine = _parse(EngineCfg, engine_raw, engine_path)
     paths = _parse(PathsCfg, paths_raw, engine_path)
     # Relative paths are relative to the project, not to wherever the command was started.
-    paths = PathsCfg(
+    return engine, PathsCfg(
         **{k: (v if v.is_absolute() else PROJECT_ROOT / v) for k, v in paths.model_dump().items()}
     )
 
+
+def _contracts(folder: Path) -> dict[str, SourceContract]:
+    """Every source contract in `folder` (reference.yaml is the reference tables' own)."""
     contracts: dict[str, SourceContract] = {}
-    for path in sorted((conf_dir / "contracts").glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         if path.stem == "reference":
             continue
         contract = _parse(SourceContract, _read_yaml(path), path)
@@ -684,26 +713,14 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"{path}: source: {contract.source!r} must match the file name")
         contracts[contract.source] = contract
     if not contracts:
-        raise ConfigError(f"{conf_dir / 'contracts'}: no source contracts found")
-    ref_path = conf_dir / "contracts" / "reference.yaml"
-    reference = _parse(ReferenceContract, _read_yaml(ref_path), ref_path)
-    identity_path = conf_dir / "identity.yaml"
-    identity = _parse(IdentityCfg, _read_yaml(identity_path), identity_path)
-    _check_identity_rules(identity, contracts, identity_path)
-    gen_path = conf_dir / "generator.yaml"
-    generator = _parse(GeneratorCfg, _read_yaml(gen_path), gen_path)
-    profile_path = conf_dir / "profile.yaml"
-    profile = _parse(ProfileCfg, _read_yaml(profile_path), profile_path)
-    _check_profile(profile, contracts, profile_path)
-    scores_path = conf_dir / "scores.yaml"
-    scores = _parse(ScoresCfg, _read_yaml(scores_path), scores_path)
-    policy_path = conf_dir / "policy.yaml"
-    policy = _parse(PolicyCfg, _read_yaml(policy_path), policy_path)
-    api_path = conf_dir / "api.yaml"
+        raise ConfigError(f"{folder}: no source contracts found")
+    return contracts
+
+
+def _api(api_path: Path, env: Mapping[str, str], policy: PolicyCfg) -> ApiCfg:
+    """api.yaml (optional) with the CDP_API_* and CDP_EVENTS_* overrides."""
     api_raw = dict(_read_yaml(api_path) or {}) if api_path.exists() else {}
-    for var, key in _ENV_API.items():
-        if env.get(var):
-            api_raw[key] = env[var]
+    api_raw |= {key: env[var] for var, key in _ENV_API.items() if env.get(var)}
     events_raw = dict(api_raw.get("events") or {})
     for key in EventsCfg.model_fields:  # CDP_EVENTS_POLL_S, CDP_EVENTS_MAX_ATTEMPTS, ...
         if env.get(var := f"CDP_EVENTS_{key.upper()}"):
@@ -715,28 +732,17 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
             f"{api_path}: endpoints names unknown channels {unknown_channels}; "
             f"the policy has {sorted(policy.channels)}"
         )
-    sla_path = conf_dir / "sla.yaml"
+    return api
+
+
+def _sla(sla_path: Path, contracts: dict[str, SourceContract]) -> SlaCfg:
     sla = _parse(SlaCfg, _read_yaml(sla_path), sla_path) if sla_path.exists() else SlaCfg()
     if unknown_sources := sorted(set(sla.quarantine_rate) - set(contracts)):
         raise ConfigError(
             f"{sla_path}: quarantine_rate names unknown sources {unknown_sources}; "
             f"contracts exist for {sorted(contracts)}"
         )
-
-    return Settings(
-        conf_dir=conf_dir,
-        engine=engine,
-        paths=paths,
-        contracts=contracts,
-        reference=reference,
-        identity=identity,
-        generator=generator,
-        profile=profile,
-        scores=scores,
-        policy=policy,
-        api=api,
-        sla=sla,
-    )
+    return sla
 
 
 def _check_profile(profile: ProfileCfg, contracts: dict[str, SourceContract], path: Path) -> None:

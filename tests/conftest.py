@@ -30,7 +30,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     from pipelines.config import EngineCfg
-    from pipelines.spark import spark_session
+    from pipelines.lakehouse.spark import spark_session
 
     session = spark_session(
         EngineCfg(spark_master="local[2]", shuffle_partitions=2, driver_memory="2g"),
@@ -45,12 +45,12 @@ def operator(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     """An operator ingested one landing file per trigger; identity and gold refreshed after
     each micro-batch (in lockstep, so every batch is an incremental step of its own). Twelve
     days, so 7- and 30-day windows differ."""
-    from pipelines.gold.stage import refresh_gold
     from pipelines.identity.stage import refresh_identity
-    from pipelines.ingest import Ingestion
-    from pipelines.lake import Lake
-    from pipelines.reference import load_reference
-    from pipelines.synthetic import generate
+    from pipelines.ingest.reference import load_reference
+    from pipelines.ingest.stream import Ingestion
+    from pipelines.lakehouse.lake import Lake
+    from pipelines.profile.stage import refresh_gold
+    from pipelines.synthetic.operator import generate
 
     root = tmp_path_factory.mktemp("operator")
     settings = settings_for(root, max_files_per_trigger=1)

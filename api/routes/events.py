@@ -15,10 +15,16 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, HttpUrl
 from starlette.concurrency import run_in_threadpool
 
-from api.delivery import Visibility
 from api.deps import CallerDep
-from pipelines.events import EVENT_TYPES, EventStore, FilterError, Subscription, check_subscription
-from pipelines.keys import Caller
+from pipelines.activation.delivery import Visibility
+from pipelines.activation.events import (
+    EVENT_TYPES,
+    EventStore,
+    FilterError,
+    Subscription,
+    check_subscription,
+)
+from pipelines.ops.keys import Caller
 
 router = APIRouter(tags=["events"])
 ERRORS: dict[int | str, dict[str, Any]] = {

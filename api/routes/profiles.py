@@ -15,12 +15,12 @@ from api.deps import ChannelDep, SnapshotDep
 from api.models import ErrorPublic, MergedPublic, ProfilePublic
 from api.render import RenderedProfiles
 from api.snapshot import Snapshot
-from pipelines.audit import AuditRecord
-from pipelines.catalog import PROFILES
 from pipelines.config import PolicyCfg, Settings
-from pipelines.gold.state import person_at, profiles_version_at
 from pipelines.identity.explain import normalise_value
-from pipelines.keys import Caller
+from pipelines.lakehouse.catalog import PROFILES
+from pipelines.ops.audit import AuditRecord
+from pipelines.ops.keys import Caller
+from pipelines.profile.state import person_at, profiles_version_at
 
 PREFIX = "/v1/profiles"
 router = APIRouter(prefix=PREFIX, tags=["profiles"])

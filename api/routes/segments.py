@@ -18,9 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import MarketerDep, SnapshotDep
 from api.routes.profiles import projected
-from pipelines.push import PushStore, current_members
-from pipelines.segment_store import Segment, SegmentStore
-from pipelines.segments import RuleCompiler, RuleError, preview
+from pipelines.activation.push import PushStore, current_members
+from pipelines.activation.segment_store import Segment, SegmentStore
+from pipelines.activation.segments import RuleCompiler, RuleError, preview
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"])
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import StewardDep
-from pipelines.lakereader import LakeReader
-from pipelines.status import Alerts, contract_status, sla_status
+from pipelines.lakehouse.reader import LakeReader
+from pipelines.ops.status import Alerts, contract_status, sla_status
 
 router = APIRouter(prefix="/v1/status", tags=["status"])
 FORBIDDEN: dict[int | str, dict[str, Any]] = {

@@ -14,9 +14,9 @@ from datetime import datetime
 import polars as pl
 import pyarrow.compute as pc
 
-from pipelines.catalog import LINKS, MAP
 from pipelines.config import IdentityCfg
-from pipelines.lakereader import LakeReader
+from pipelines.lakehouse.catalog import LINKS, MAP
+from pipelines.lakehouse.reader import LakeReader
 
 
 @dataclass(frozen=True)

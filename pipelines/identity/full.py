@@ -23,7 +23,6 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from pipelines.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES
 from pipelines.config import IdentityCfg, Settings
 from pipelines.identity.components import connected_components
 from pipelines.identity.evidence import EVIDENCE_SCHEMA
@@ -42,7 +41,8 @@ from pipelines.identity.outputs import (
     suspicious_rows,
 )
 from pipelines.identity.resolve import LINKS_SCHEMA, NODES_SCHEMA, resolve
-from pipelines.lake import Lake, sized
+from pipelines.lakehouse.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES
+from pipelines.lakehouse.lake import Lake, sized
 
 STAGE = "identity.full"
 

@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.catalog import EVIDENCE, LINKS
 from pipelines.identity.resolve import Resolution
+from pipelines.lakehouse.catalog import EVIDENCE, LINKS
 
 # The evidence version the links (and so every identity table) reflect.
 RESOLVED = f"{LINKS}<-{EVIDENCE}"

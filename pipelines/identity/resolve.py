@@ -39,6 +39,7 @@ from pipelines.config import IdentityCfg
 
 NO_TENURE = -(2**62)  # the tenure before any opening event of that identifier is known
 TS = pa.timestamp("us", tz="UTC")
+UTC_MICROS = pl.Datetime("us", "UTC")
 
 LINKS_SCHEMA = pa.schema(
     [
@@ -301,15 +302,35 @@ def _tenure_start(
     )
 
 
-def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 - read top-down
+def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:
     """Links (with status and reason) and nodes (with person ids) of the regions in `evidence`,
     which must hold every evidence row of each region it touches (see the module docstring).
 
     Tenures, links and nodes are columnar (Polars as-of joins and group-bys); only the guardrail
     pass, a union-find over merge links in tier and event-time order, is a Python loop."""
     blocked = Blocklist(cfg)
-    guard = cfg.guardrails
-    recyclable: list[str] = sorted(cfg.tenures)
+    df = _ranked(evidence, blocked)
+    opens, closes = _openings_and_closings(df)
+    lk = _link_rows(df, opens, sorted(cfg.tenures))
+    links = lk.group_by("edge_key", maintain_order=True).agg(
+        pl.all().first(), pl.col("time").min().alias("link_from")
+    )
+    ends = _tenure_ends(links, opens, closes)
+    links = _with_tenure_ends(links, ends)
+    frequent = frequent_values(df, cfg)
+    nodes = _nodes(lk, links, ends, blocked, frequent)
+    nodes = nodes.join(_account_context(links), on="node", how="left").sort("rank")
+
+    union = _UnionPass(cfg, blocked, frequent, nodes, links.height, _swap_windows(lk, cfg))
+    union.run(links)
+    # A household contact, like a blocked or junk value, is nobody's key: no person of its own.
+    nodes = nodes.filter(~pl.col("node").is_in(sorted(union.contact_nodes)))
+    persons = union.person_ids(nodes)
+    return Resolution(_out_links(links, union, persons), _out_nodes(nodes, persons))
+
+
+def _ranked(evidence: pa.Table, blocked: Blocklist) -> pl.DataFrame:
+    """Evidence with its region, time in microseconds and rank (event-time order)."""
     df = pl.from_arrow(evidence)
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(
@@ -318,26 +339,32 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         pl.col("ingest_ts").cast(pl.Int64).fill_null(0).alias("ingest"),
         pl.col("rule").fill_null("").alias("_rule"),
     )
-    df = (
+    return (
         df.with_row_index("row")
         .sort(["time", "event_id", "_rule"], maintain_order=True)
         .with_row_index("rank")
     )
+
+
+def _openings_and_closings(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(t, v, start) of every tenure opening and (t, v, end) of every closing."""
     life = df.filter(pl.col("kind").is_in(["opens", "closes"])).select(
         pl.col("kind"), pl.col("a_type").alias("t"), pl.col("a_value").alias("v"), "time"
     )
     opens = life.filter(pl.col("kind") == "opens").select("t", "v", pl.col("time").alias("start"))
-    opens = opens.unique()
     closes = life.filter(pl.col("kind") == "closes").select("t", "v", pl.col("time").alias("end"))
-    closes = closes.unique()
+    return opens.unique(), closes.unique()
 
+
+def _link_rows(df: pl.DataFrame, opens: pl.DataFrame, recyclable: list[str]) -> pl.DataFrame:
+    """Merge and member evidence with each end's tenure, node and the link's edge key."""
     lk = df.filter(pl.col("kind").is_in(["merge", "member"]))
     lk = _tenure_start(lk, opens, "a_type", "a_value", "a_start", recyclable)
     lk = _tenure_start(lk, opens, "b_type", "b_value", "b_start", recyclable)
     lk = lk.with_columns(
         pl.when(pl.col("kind") == "merge").then(pl.col("b_start")).otherwise(None).alias("b_start")
     )
-    lk = (
+    return (
         lk.with_columns(
             node_key_expr("a_type", "a_value", "a_start").alias("a_node"),
             node_key_expr("b_type", "b_value", "b_start").alias("b_node"),
@@ -349,13 +376,14 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         )
         .sort("rank")
     )
-    links = lk.group_by("edge_key", maintain_order=True).agg(
-        pl.all().first(), pl.col("time").min().alias("link_from")
-    )
 
-    # Tenure ends: the first closing at or after the start, or (1 µs before) the next opening
-    # if that comes first (a re-activation or change of holder without a deactivation still
-    # ends the old tenure, so a number never has two open tenures).
+
+def _tenure_ends(links: pl.DataFrame, opens: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
+    """(t, v, start, end) of every tenure the links use.
+
+    A tenure ends at the first closing at or after its start, or (1 µs before) the next opening
+    if that comes first (a re-activation or change of holder without a deactivation still ends
+    the old tenure, so a number never has two open tenures)."""
     triples = (
         pl.concat(
             [
@@ -374,7 +402,7 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         .filter(pl.col("start").is_not_null())
         .unique()
     )
-    ends = (
+    return (
         triples.with_columns((pl.col("start") + 1).alias("after"))
         .sort("after")
         .join_asof(
@@ -399,6 +427,10 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         .with_columns(pl.min_horizontal("end", pl.col("next") - 1).alias("end"))
         .select("t", "v", "start", "end")
     )
+
+
+def _with_tenure_ends(links: pl.DataFrame, ends: pl.DataFrame) -> pl.DataFrame:
+    """Each link with both ends' tenure ends and `link_to`, the earlier of them."""
     links = (
         links.join(
             ends.rename({"t": "a_type", "v": "a_value", "start": "a_start", "end": "a_end"}),
@@ -414,9 +446,19 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         )
         .sort("rank")
     )
-    links = links.with_columns(pl.min_horizontal("a_end", "b_end").alias("link_to"))
+    return links.with_columns(pl.min_horizontal("a_end", "b_end").alias("link_to"))
 
-    # Nodes: the first evidence (rank order) mentioning each non-blocked node.
+
+def _nodes(
+    lk: pl.DataFrame,
+    links: pl.DataFrame,
+    ends: pl.DataFrame,
+    blocked: Blocklist,
+    frequent: dict[tuple[str, str], str],
+) -> pl.DataFrame:
+    """Nodes: the first evidence (rank order) mentioning each node that is neither blocked nor
+    a frequent (junk) value, with its first link time and tenure end."""
+    mentioned = ["rank", "ingest", "region", "time"]
     mentions = pl.concat(
         [
             lk.select(
@@ -424,25 +466,18 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
                 pl.col("a_type").alias("t"),
                 pl.col("a_value").alias("v"),
                 pl.col("a_start").alias("start"),
-                "rank",
-                "ingest",
-                "region",
-                "time",
+                *mentioned,
             ),
             lk.filter(pl.col("kind") == "merge").select(
                 pl.col("b_node").alias("node"),
                 pl.col("b_type").alias("t"),
                 pl.col("b_value").alias("v"),
                 pl.col("b_start").alias("start"),
-                "rank",
-                "ingest",
-                "region",
-                "time",
+                *mentioned,
             ),
         ]
     )
     values = mentions.select("t", "v").unique()
-    frequent = frequent_values(df, cfg)
     bad = [blocked.reason(t, v) is not None or (t, v) in frequent for t, v in values.iter_rows()]
     blocked_values = values.filter(pl.Series(bad, dtype=pl.Boolean))
     mentions = mentions.join(blocked_values, on=["t", "v"], how="anti")
@@ -456,7 +491,7 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         .group_by("node")
         .agg(pl.col("link_from").min())
     )
-    nodes = (
+    return (
         mentions.sort("rank")
         .group_by("node", maintain_order=True)
         .agg(pl.all().first())
@@ -465,9 +500,11 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         .sort("rank")
     )
 
-    # Account context: the first link (rank order) that states a node's account.
+
+def _account_context(links: pl.DataFrame) -> pl.DataFrame:
+    """Account context: the first link (rank order) that states a node's account."""
     acct = links.filter((pl.col("kind") == "member") | (pl.col("b_type") == "account_id"))
-    context = (
+    return (
         pl.concat(
             [
                 acct.select(
@@ -492,20 +529,78 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         .group_by("node", maintain_order=True)
         .agg(pl.col("account_id", "account_type", "role").first())
     )
-    nodes = nodes.join(context, on="node", how="left").sort("rank")
 
-    # Guardrails and union-find, strongest tier first, then event-time order.
-    people: dict[str, _Person] = {}
-    for nk, t, v, account, account_type in nodes.select(
-        "node", "t", "v", "account_id", "account_type"
-    ).iter_rows():
-        shared: dict[str, set[str]] = {}
-        if t == "msisdn" and account and account_type in guard.one_line_per_person_on:
-            shared[account] = {v}
-        people[nk] = _Person(1, {t: {v}}, shared)
-    uf = _Find()
 
-    def refusal(pa_: _Person, pb: _Person) -> tuple[str, str] | None:
+class _UnionPass:
+    """Guardrails and union-find over the merge links, strongest tier first, then event-time
+    order; contacts value by value; SIM-swap-guarded links last. Fills each link's status,
+    reason code and reason."""
+
+    def __init__(
+        self,
+        cfg: IdentityCfg,
+        blocked: Blocklist,
+        frequent: dict[tuple[str, str], str],
+        nodes: pl.DataFrame,
+        n_links: int,
+        swaps: dict[str, list[tuple[int, int]]],
+    ) -> None:
+        self.cfg, self.guard, self.blocked, self.frequent = cfg, cfg.guardrails, blocked, frequent
+        self.swaps = swaps
+        self.contacts = set(cfg.contacts)
+        self.people: dict[str, _Person] = {}
+        for nk, t, v, account, account_type in nodes.select(
+            "node", "t", "v", "account_id", "account_type"
+        ).iter_rows():
+            shared: dict[str, set[str]] = {}
+            if t == "msisdn" and account and account_type in self.guard.one_line_per_person_on:
+                shared[account] = {v}
+            self.people[nk] = _Person(1, {t: {v}}, shared)
+        self.uf = _Find()
+        self.status: list[str] = ["member"] * n_links
+        self.code: list[str | None] = [None] * n_links
+        self.reason: list[str | None] = [None] * n_links
+        self.waiting: list[tuple[_Link, str]] = []
+        self.contact_nodes: set[str] = set()
+
+    def run(self, links: pl.DataFrame) -> None:
+        merges = (
+            links.with_row_index("i")
+            .filter(pl.col("kind") == "merge")
+            .sort(["tier", "rank", "edge_key"])
+        )
+        by_contact: dict[str, list[_Link]] = {}
+        for i, at, av, bt, bv, na, nb, tier, since in merges.select(
+            "i", "a_type", "a_value", "b_type", "b_value", "a_node", "b_node", "tier", "link_from"
+        ).iter_rows():
+            row = _Link(i, at, av, bt, bv, na, nb, tier, since)
+            junk_why = self.junk(at, av) or self.junk(bt, bv)
+            if junk_why:
+                self.status[i] = "refused"
+                self.code[i], self.reason[i] = junk_why
+            elif at in self.contacts or bt in self.contacts:
+                by_contact.setdefault(na if at in self.contacts else nb, []).append(row)
+            else:
+                self.merge_unless_guarded(row)
+        for node, rows in by_contact.items():
+            self.contact(node, rows)
+        # SIM-swap guard last: a waiting link stands only where other links already joined
+        # its ends.
+        for row, why in self.waiting:
+            if self.uf.find(row.na) == self.uf.find(row.nb):
+                self.status[row.i] = "accepted"
+            else:
+                self.status[row.i], self.code[row.i] = "refused", "sim_swap_guard"
+                self.reason[row.i] = why
+
+    def junk(self, t: str, v: str) -> tuple[str, str] | None:
+        why = self.blocked.reason(t, v)
+        if why:
+            return "blocked", why
+        return ("junk_frequent", self.frequent[(t, v)]) if (t, v) in self.frequent else None
+
+    def refusal(self, pa_: _Person, pb: _Person) -> tuple[str, str] | None:
+        guard = self.guard
         if pa_.size + pb.size > guard.max_component_size:
             return (
                 "max_component_size",
@@ -530,34 +625,23 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
             )
         return None
 
-    n_links = links.height
-    status: list[str] = ["member"] * n_links
-    code: list[str | None] = [None] * n_links
-    reason: list[str | None] = [None] * n_links
-    merges = (
-        links.with_row_index("i")
-        .filter(pl.col("kind") == "merge")
-        .sort(["tier", "rank", "edge_key"])
-    )
-    swaps = _swap_windows(lk, cfg)
-    contacts = set(cfg.contacts)
+    def merge_unless_guarded(self, row: _Link) -> None:
+        if why := self.guarded(row):
+            self.waiting.append((row, why))
+        else:
+            self.try_merge(row.i, row.na, row.nb)
 
-    def junk(t: str, v: str) -> tuple[str, str] | None:
-        why = blocked.reason(t, v)
-        if why:
-            return "blocked", why
-        return ("junk_frequent", frequent[(t, v)]) if (t, v) in frequent else None
-
-    def try_merge(i: int, na: str, nb: str) -> None:
+    def try_merge(self, i: int, na: str, nb: str) -> None:
         """Accept link `i` and join its persons, unless that breaks a guardrail."""
+        uf, people = self.uf, self.people
         ra, rb = uf.find(na), uf.find(nb)
-        status[i] = "accepted"
+        self.status[i] = "accepted"
         if ra == rb:
             return
-        refused = refusal(people[ra], people[rb])
+        refused = self.refusal(people[ra], people[rb])
         if refused:
-            status[i] = "refused"
-            code[i], reason[i] = refused
+            self.status[i] = "refused"
+            self.code[i], self.reason[i] = refused
             return
         uf.union(ra, rb)
         root, other = (ra, rb) if uf.find(ra) == ra else (rb, ra)
@@ -568,117 +652,94 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
         for acct_id, lines in gone.shared_lines.items():
             keep.shared_lines.setdefault(acct_id, set()).update(lines)
 
-    def guarded(row: _Link) -> str | None:
+    def guarded(self, row: _Link) -> str | None:
         """Why a link waits for corroboration: a new guarded identifier on a number soon
         after its SIM swap (None: it does not)."""
+        guard = self.cfg.sim_swap_guard
         for node, other_type in ((row.nb, row.at), (row.na, row.bt)):
-            if other_type not in cfg.sim_swap_guard.guarded:
+            if other_type not in guard.guarded:
                 continue
-            for at_, until in swaps.get(node, ()):
+            for at_, until in self.swaps.get(node, ()):
                 if at_ <= row.since <= until:
                     hours = (row.since - at_) / 3.6e9
                     return (
                         f"{other_type} first seen on {node.split('@')[0]} {hours:.1f} h after its "
                         f"SIM swap: not merged without a second, independent link "
-                        f"(identity.yaml sim_swap_guard.window_hours "
-                        f"{cfg.sim_swap_guard.window_hours:g})"
+                        f"(identity.yaml sim_swap_guard.window_hours {guard.window_hours:g})"
                     )
         return None
 
-    by_contact: dict[str, list[_Link]] = {}
-    waiting: list[tuple[_Link, str]] = []
-    for i, at, av, bt, bv, na, nb, tier, since in merges.select(
-        "i", "a_type", "a_value", "b_type", "b_value", "a_node", "b_node", "tier", "link_from"
-    ).iter_rows():
-        row = _Link(i, at, av, bt, bv, na, nb, tier, since)
-        junk_why = junk(at, av) or junk(bt, bv)
-        if junk_why:
-            status[i] = "refused"
-            code[i], reason[i] = junk_why
-        elif at in contacts or bt in contacts:
-            by_contact.setdefault(na if at in contacts else nb, []).append(row)
-        elif why := guarded(row):
-            waiting.append((row, why))
-        else:
-            try_merge(i, na, nb)
-
-    # Contacts, value by value, strongest evidence first: one person -> merged into it; several
-    # persons at the strongest tier -> a contact of each; weaker evidence from another person
-    # than the owner -> refused (someone else's contact).
-    def established(root: str) -> bool:
+    def established(self, root: str) -> bool:
         """A person of their own: holds a line, an account or a passport (not a bare app
         user or email, which a contact may still join)."""
-        held = people[root].values
+        held = self.people[root].values
         return any(held.get(t) for t in ("msisdn", "account_id", "passport"))
 
-    contact_nodes: set[str] = set()
-    for node, rows in by_contact.items():
+    def contact(self, node: str, rows: list[_Link]) -> None:
+        """A contact value, strongest evidence first: one person -> merged into it; several
+        persons at the strongest tier -> a contact of each; weaker evidence from another person
+        than the owner -> refused (someone else's contact)."""
+        uf = self.uf
         owned = False
         for tier in sorted({r.tier for r in rows}):
             group = [r for r in rows if r.tier == tier]
-            others = {root for r in group if established(root := uf.find(r.other(node)))}
+            others = {root for r in group if self.established(root := uf.find(r.other(node)))}
             if not owned and len(others) > 1:
-                shown = node.split(":", 1)[1]
-                for r in rows:
-                    if r.tier >= tier:
-                        status[r.i], code[r.i] = "contact", "shared_contact"
-                        reason[r.i] = (
-                            f"{node.split(':')[0]} {shown!r} is used by {len(others)} persons "
-                            "(a household contact): a contact of each, never merging them "
-                            "(identity.yaml contacts)"
-                        )
-                contact_nodes.add(node)
-                break
+                self.shared_contact(node, rows, tier, len(others))
+                return
             for r in group:
                 theirs = uf.find(r.other(node))
-                if owned and theirs != uf.find(node) and established(theirs):
-                    status[r.i], code[r.i] = "refused", "shared_contact"
-                    reason[r.i] = (
+                if owned and theirs != uf.find(node) and self.established(theirs):
+                    self.status[r.i], self.code[r.i] = "refused", "shared_contact"
+                    self.reason[r.i] = (
                         f"{node} belongs to another person by stronger evidence: not merged "
                         "(identity.yaml contacts)"
                     )
-                elif why := guarded(r):
-                    waiting.append((r, why))
                 else:
-                    try_merge(r.i, r.na, r.nb)
-            owned = owned or any(status[r.i] == "accepted" for r in group)
+                    self.merge_unless_guarded(r)
+            owned = owned or any(self.status[r.i] == "accepted" for r in group)
 
-    # SIM-swap guard last: a waiting link stands only where other links already joined its ends.
-    for row, why in waiting:
-        if uf.find(row.na) == uf.find(row.nb):
-            status[row.i] = "accepted"
-        else:
-            status[row.i], code[row.i], reason[row.i] = "refused", "sim_swap_guard", why
+    def shared_contact(self, node: str, rows: list[_Link], tier: int, persons: int) -> None:
+        """A household contact: each link from `tier` on makes it a contact, never a merge."""
+        shown = node.split(":", 1)[1]
+        for r in rows:
+            if r.tier >= tier:
+                self.status[r.i], self.code[r.i] = "contact", "shared_contact"
+                self.reason[r.i] = (
+                    f"{node.split(':')[0]} {shown!r} is used by {persons} persons "
+                    "(a household contact): a contact of each, never merging them "
+                    "(identity.yaml contacts)"
+                )
+        self.contact_nodes.add(node)
 
-    # A household contact, like a blocked or junk value, is nobody's key: no person of its own.
-    nodes = nodes.filter(~pl.col("node").is_in(sorted(contact_nodes)))
-    node_keys = nodes.get_column("node").to_list()
-    ranks = nodes.get_column("rank").to_list()
-    founder: dict[str, tuple[int, str]] = {}
-    roots = [uf.find(nk) for nk in node_keys]
-    for nk, r, root in zip(node_keys, ranks, roots, strict=True):
-        known = founder.get(root)
-        if known is None or (r, nk) < known:
-            founder[root] = (r, nk)
-    pid_of_root = {root: person_id_of(f[1]) for root, f in founder.items()}
-    persons = pl.DataFrame(
-        {"node": node_keys, "person_id": [pid_of_root[r] for r in roots]},
-        schema={"node": pl.String, "person_id": pl.String},
-    )
-
-    def tenure_ts(c: str) -> pl.Expr:
-        return (
-            pl.when(pl.col(c) == NO_TENURE)
-            .then(None)
-            .otherwise(pl.col(c))
-            .cast(pl.Datetime("us", "UTC"))
+    def person_ids(self, nodes: pl.DataFrame) -> pl.DataFrame:
+        """(node, person_id): each person is named after its founding node, the first in rank
+        order, so ids stay stable as the person grows."""
+        node_keys = nodes.get_column("node").to_list()
+        ranks = nodes.get_column("rank").to_list()
+        founder: dict[str, tuple[int, str]] = {}
+        roots = [self.uf.find(nk) for nk in node_keys]
+        for nk, r, root in zip(node_keys, ranks, roots, strict=True):
+            known = founder.get(root)
+            if known is None or (r, nk) < known:
+                founder[root] = (r, nk)
+        pid_of_root = {root: person_id_of(f[1]) for root, f in founder.items()}
+        return pl.DataFrame(
+            {"node": node_keys, "person_id": [pid_of_root[r] for r in roots]},
+            schema={"node": pl.String, "person_id": pl.String},
         )
 
-    out_links = (
+
+def _tenure_ts(c: str) -> pl.Expr:
+    return pl.when(pl.col(c) == NO_TENURE).then(None).otherwise(pl.col(c)).cast(UTC_MICROS)
+
+
+def _out_links(links: pl.DataFrame, union: _UnionPass, persons: pl.DataFrame) -> pa.Table:
+    out = (
         links.with_columns(
-            pl.Series("status", status, dtype=pl.String),
-            pl.Series("reason_code", code, dtype=pl.String),
-            pl.Series("reason", reason, dtype=pl.String),
+            pl.Series("status", union.status, dtype=pl.String),
+            pl.Series("reason_code", union.code, dtype=pl.String),
+            pl.Series("reason", union.reason, dtype=pl.String),
         )
         .join(persons.rename({"node": "a_node"}), on="a_node", how="left")
         .join(
@@ -689,31 +750,33 @@ def resolve(evidence: pa.Table, cfg: IdentityCfg) -> Resolution:  # noqa: C901 -
             .then(pl.col("b_person_id"))
             .otherwise(None)
             .alias("b_person_id"),
-            tenure_ts("a_start").alias("a_tenure"),
-            tenure_ts("b_start").alias("b_tenure"),
-            pl.col("ingest").cast(pl.Datetime("us", "UTC")).alias("first_ingest_ts"),
-            pl.col("link_from").cast(pl.Datetime("us", "UTC")).alias("valid_from"),
-            pl.col("link_to").cast(pl.Datetime("us", "UTC")).alias("valid_to"),
+            _tenure_ts("a_start").alias("a_tenure"),
+            _tenure_ts("b_start").alias("b_tenure"),
+            pl.col("ingest").cast(UTC_MICROS).alias("first_ingest_ts"),
+            pl.col("link_from").cast(UTC_MICROS).alias("valid_from"),
+            pl.col("link_to").cast(UTC_MICROS).alias("valid_to"),
         )
         .select(LINKS_SCHEMA.names)
     )
-    out_nodes = (
+    return out.to_arrow().cast(LINKS_SCHEMA)
+
+
+def _out_nodes(nodes: pl.DataFrame, persons: pl.DataFrame) -> pa.Table:
+    out = (
         nodes.join(persons, on="node", how="left")
         .with_columns(
             pl.col("node").alias("node_key"),
             pl.col("t").alias("id_type"),
             pl.col("v").alias("id_value"),
-            tenure_ts("start").alias("tenure"),
+            _tenure_ts("start").alias("tenure"),
             pl.when(pl.col("start").is_not_null() & (pl.col("start") != NO_TENURE))
             .then(pl.col("start"))
             .otherwise(pl.col("link_from"))
-            .cast(pl.Datetime("us", "UTC"))
+            .cast(UTC_MICROS)
             .alias("valid_from"),
-            pl.col("end").cast(pl.Datetime("us", "UTC")).alias("valid_to"),
-            pl.col("ingest").cast(pl.Datetime("us", "UTC")).alias("first_seen"),
+            pl.col("end").cast(UTC_MICROS).alias("valid_to"),
+            pl.col("ingest").cast(UTC_MICROS).alias("first_seen"),
         )
         .select(NODES_SCHEMA.names)
     )
-    return Resolution(
-        out_links.to_arrow().cast(LINKS_SCHEMA), out_nodes.to_arrow().cast(NODES_SCHEMA)
-    )
+    return out.to_arrow().cast(NODES_SCHEMA)

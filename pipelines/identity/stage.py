@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES, silver_table
 from pipelines.config import IdentityCfg, Settings
 from pipelines.identity.evidence import EVIDENCE_SCHEMA, derive_evidence
 from pipelines.identity.full import rebuild_identity
@@ -44,7 +43,8 @@ from pipelines.identity.resolve import (
     Resolution,
     resolve,
 )
-from pipelines.lake import Lake
+from pipelines.lakehouse.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES, silver_table
+from pipelines.lakehouse.lake import Lake
 
 __all__ = [
     "ACCOUNTS",

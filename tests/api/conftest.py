@@ -14,9 +14,9 @@ import pytest
 
 from bench.receiver import Receiver
 from bench.server import ServeProcess
-from pipelines.catalog import PROFILES
-from pipelines.keys import KeyStore
-from pipelines.lake import Lake
+from pipelines.lakehouse.catalog import PROFILES
+from pipelines.lakehouse.lake import Lake
+from pipelines.ops.keys import KeyStore
 from tests.conftest import settings_for
 
 

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 
 from bench.receiver import Receiver
-from pipelines.catalog import OUTBOX, PROFILES
-from pipelines.gold.state import OUTBOX_SCHEMA
+from pipelines.lakehouse.catalog import OUTBOX, PROFILES
+from pipelines.ops.status import Alerts
+from pipelines.profile.state import OUTBOX_SCHEMA
 from tests.api.conftest import SECRET, call, create_segment, may_use, new_version
 
 pytestmark = pytest.mark.api
@@ -379,9 +380,22 @@ def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
 ) -> None:
     path = "/stewards"
     sid = _subscribe(served, "steward", ["ops.schema_drift"], receiver.url + path)
-    (event_id,) = _outbox(served, [("ops.schema_drift", None, {"source": "crm", "field": "x"})])
+    # as the promotion gate raises it when crm starts sending an unknown field
+    (alert,) = Alerts(served["settings"].database_url).record(
+        [
+            {
+                "source": "crm",
+                "kind": "schema_drift",
+                "subject": f"field_{uuid.uuid4().hex[:8]}",
+                "steward": "crm-steward@example.com",
+                "detail": {"message": "crm sends an unknown field"},
+            }
+        ],
+        datetime.now(UTC),
+    )
     got = _wait("the alert", lambda: _events_at(receiver, path))
-    assert [e["event_id"] for e in got] == [event_id] and got[0]["payload"]["source"] == "crm"
+    assert [e["event_id"] for e in got] == [f"alert-{alert['alert_id']}"]
+    assert got[0]["payload"]["source"] == "crm"
     metrics = served["client"].get("/metrics").text
     assert f'cdp_event_queue_messages{{queue="sub:{sid}",status="delivered"}} 1.0' in metrics
     assert f'cdp_event_queue_oldest_pending_seconds{{queue="sub:{sid}"}} 0.0' in metrics

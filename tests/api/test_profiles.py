@@ -13,8 +13,8 @@ from urllib.parse import quote
 import polars as pl
 import pytest
 
-from pipelines.catalog import MERGES, PROFILES
-from pipelines.lake import Lake
+from pipelines.lakehouse.catalog import MERGES, PROFILES
+from pipelines.lakehouse.lake import Lake
 from tests.api.conftest import new_version
 
 pytestmark = pytest.mark.api

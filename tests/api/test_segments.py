@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipelines.catalog import PROFILES
+from pipelines.lakehouse.catalog import PROFILES
 from tests.api.conftest import call, create_segment, may_use
 
 pytestmark = pytest.mark.api

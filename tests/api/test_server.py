@@ -12,10 +12,10 @@ import pytest
 
 from bench.httpload import LoadResult, drive, encode_get
 from bench.server import HOST, ServeProcess, rss_mb
-from pipelines.audit import AuditLog
-from pipelines.catalog import PROFILES
-from pipelines.keys import KeyStore
-from pipelines.lake import Lake
+from pipelines.lakehouse.catalog import PROFILES
+from pipelines.lakehouse.lake import Lake
+from pipelines.ops.audit import AuditLog
+from pipelines.ops.keys import KeyStore
 from tests.api.conftest import new_version
 from tests.conftest import settings_for
 

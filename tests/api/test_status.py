@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.status import Alerts
+from pipelines.ops.status import Alerts
 
 pytestmark = [pytest.mark.api]
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from bench.receiver import Receiver
-from pipelines.catalog import PROFILES
+from pipelines.lakehouse.catalog import PROFILES
 from tests.api.conftest import may_use
 from tests.conftest import screenshot_path
 

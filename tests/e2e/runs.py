@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Any
 import yaml
 
 from pipelines.config import PROJECT_ROOT
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 
-CDP = [sys.executable, "-m", "pipelines.cli"]
+CDP = [sys.executable, "-m", "pipelines.cli.main"]
 # One landing file per micro-batch on two local cores: a run has many commits to stop between.
 # 2 GB: a gold refresh's plans alone take a few hundred MB of driver heap (docs/benchmarks.md,
 # "Driver memory over a run"); memory targets live in bench/scale.py, not here.
@@ -39,6 +40,27 @@ def conf_with(tmp: Path, **engine: Any) -> Path:
 def cdp_env(conf: Path, root: Path) -> dict[str, str]:
     """The environment of a `cdp` command on config `conf` and data under `root`."""
     return {**os.environ, "CDP_CONF_DIR": str(conf), "CDP_DATA_ROOT": str(root)}
+
+
+def landed_twice(conf: Path, first: Path, second: Path, files_per_source: int) -> None:
+    """A 150-subscriber, 4-day operator generated under `first` and its landing files copied
+    under `second`: two runs to compare start from the same input."""
+    subprocess.run(
+        [
+            *CDP,
+            "generate",
+            "--subscribers",
+            "150",
+            "--days",
+            "4",
+            "--files-per-source",
+            str(files_per_source),
+        ],
+        env=cdp_env(conf, first),
+        check=True,
+        capture_output=True,
+    )
+    shutil.copytree(first / "landing", second / "landing")
 
 
 def snapshot(root: Path) -> dict[str, Counter]:

@@ -4,7 +4,6 @@ equal a local run's on the same landing files."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import StandaloneCluster
-from tests.e2e.runs import CDP, cdp_env, conf_with, snapshot
+from tests.e2e.runs import CDP, cdp_env, conf_with, landed_twice, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.cluster]
 
@@ -32,13 +31,7 @@ def test_the_pipeline_on_a_cluster_equals_the_local_run(
     local_conf = conf_with(tmp_path / "local", spark_master="local[2]", driver_memory="1g")
     cluster_conf = conf_with(tmp_path / "cluster", spark_master=cluster.url, driver_memory="1g")
     local, remote = tmp_path / "local" / "data", tmp_path / "cluster" / "data"
-    subprocess.run(
-        [*CDP, "generate", "--subscribers", "150", "--days", "4", "--files-per-source", "3"],
-        env=cdp_env(local_conf, local),
-        check=True,
-        capture_output=True,
-    )
-    shutil.copytree(local / "landing", remote / "landing")
+    landed_twice(local_conf, local, remote, files_per_source=3)
 
     subprocess.run([*CDP, "run"], env=cdp_env(local_conf, local), check=True, capture_output=True)
     ran = subprocess.run(

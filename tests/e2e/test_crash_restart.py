@@ -3,7 +3,6 @@ uninterrupted run, from bronze to the gold profiles: nothing lost, nothing twice
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 from tests.conftest import settings_for
-from tests.e2e.runs import CDP, ONE_FILE_PER_BATCH, cdp_env, conf_with, snapshot
+from tests.e2e.runs import CDP, ONE_FILE_PER_BATCH, cdp_env, conf_with, landed_twice, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -21,13 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_sigkill_mid_run_then_restart_equals_clean_run(tmp_path: Path) -> None:
     conf = conf_with(tmp_path, **ONE_FILE_PER_BATCH)
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    subprocess.run(
-        [*CDP, "generate", "--subscribers", "150", "--days", "4", "--files-per-source", "5"],
-        env=cdp_env(conf, clean),
-        check=True,
-        capture_output=True,
-    )
-    shutil.copytree(clean / "landing", crashed / "landing")
+    landed_twice(conf, clean, crashed, files_per_source=5)
 
     proc = subprocess.Popen(
         [*CDP, "run"],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 from tests.e2e.runs import ONE_FILE_PER_BATCH, cdp_env, conf_with
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -50,7 +50,7 @@ def _silver_ids(lake: Lake) -> set[str]:
 def _stream(conf: Path, root: Path) -> subprocess.Popen[str]:
     """`cdp stream` in a subprocess, its output captured."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "stream"],
+        [sys.executable, "-m", "pipelines.cli.main", "stream"],
         env=cdp_env(conf, root),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -104,8 +104,8 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
     """A held source's rows reach gold as soon as the steward releases them: the running stream
     notices the release; nobody has to send another file."""
     from pipelines.config import load_settings
-    from pipelines.gold.state import silver_ranges
-    from pipelines.status import gate_state
+    from pipelines.ops.status import gate_state
+    from pipelines.profile.state import silver_ranges
 
     conf, root = conf_with(tmp_path, **ONE_FILE_PER_BATCH), tmp_path / "data"
     settings = load_settings(conf, env={"CDP_DATA_ROOT": str(root)})
@@ -156,7 +156,7 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
         held = network()
         assert held is not None and held[0] is not None and held[0] < held[1]
         released = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "quality", "release", "silver.network"],
+            [sys.executable, "-m", "pipelines.cli.main", "quality", "release", "silver.network"],
             env=cdp_env(conf, root),
             capture_output=True,
             text=True,

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.audit import AuditLog, AuditRecord
 from pipelines.config import PROJECT_ROOT, load_settings
-from pipelines.consent import compile_rules
+from pipelines.ops.audit import AuditLog, AuditRecord
+from pipelines.profile.consent import compile_rules
 
 pytestmark = pytest.mark.ops
 RULES = compile_rules(load_settings(PROJECT_ROOT / "conf", env={}).policy)["sms_campaigns"]

@@ -11,10 +11,16 @@ from typing import Any
 import duckdb
 import pytest
 
-from api.delivery import Visibility
+from pipelines.activation.delivery import Visibility
+from pipelines.activation.events import (
+    Event,
+    EventStore,
+    FilterError,
+    Subscription,
+    check_subscription,
+)
+from pipelines.activation.webhooks import signature, verify
 from pipelines.config import Settings
-from pipelines.events import Event, EventStore, FilterError, Subscription, check_subscription
-from pipelines.webhooks import signature, verify
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -16,10 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
-from pipelines.cli import app
-from pipelines.keys import KeyStore, api_keys
-from pipelines.opsdb import current, head, metadata, ops_engine, store_modules
-from pipelines.segment_store import SegmentStore
+from pipelines.activation.segment_store import SegmentStore
+from pipelines.cli.main import app
+from pipelines.ops.keys import KeyStore, api_keys
+from pipelines.ops.store import current, head, metadata, ops_engine, store_modules
 
 pytestmark = pytest.mark.ops
 

@@ -9,8 +9,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
-from pipelines.ingest import Ingestion
-from pipelines.lake import Lake
+from pipelines.ingest.stream import Ingestion
+from pipelines.lakehouse.lake import Lake
 
 
 def event(source: str, event_type: str, event_id: str, **payload: Any) -> dict[str, Any]:

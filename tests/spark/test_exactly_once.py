@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.config import Settings
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 from tests.spark.helpers import event, ingest, land, rows
 
 pytestmark = pytest.mark.spark

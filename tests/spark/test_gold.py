@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from pipelines.catalog import DAILY, FACTS, MAP, OUTBOX, PROFILES
-from pipelines.gold.stage import rebuild_gold, refresh_gold
-from pipelines.gold.state import profile_as_of
-from pipelines.lake import Lake
+from pipelines.lakehouse.catalog import DAILY, FACTS, MAP, OUTBOX, PROFILES
+from pipelines.lakehouse.lake import Lake
+from pipelines.profile.stage import rebuild_gold, refresh_gold
+from pipelines.profile.state import profile_as_of
 from tests.spark.truth_profiles import Truth, expected_profiles, load_truth
 
 pytestmark = pytest.mark.spark
@@ -340,7 +340,7 @@ def test_crash_between_gold_tables_then_rerun_equals_uninterrupted(
 def test_compaction_folds_files_and_changes_no_profile(
     gold: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipelines.gold.stage as stage
+    import pipelines.profile.stage as stage
 
     settings = gold["settings"]
     lake = _with_new_usage(settings.paths.lake_root, tmp_path / "lake")
@@ -360,7 +360,7 @@ def test_compaction_folds_files_and_changes_no_profile(
 def test_cli_shows_a_profile_by_any_spelling_of_a_number(gold: dict[str, Any]) -> None:
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from pipelines.cli.main import app
 
     settings = gold["settings"]
     row = next(r for r in gold["profiles"].values() if r["primary_msisdn"])

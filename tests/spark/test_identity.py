@@ -12,12 +12,12 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.identity.full import assign_regions, rebuild_identity
 from pipelines.identity.quality import assignment, by_situation, evaluate, seen_values
 from pipelines.identity.resolve import Blocklist, regions_of
 from pipelines.identity.stage import refresh_identity
+from pipelines.lakehouse.catalog import ACCOUNTS, EVIDENCE, LINKS, MAP, MERGES
 
 pytestmark = pytest.mark.spark
 
@@ -100,7 +100,7 @@ def test_every_identity_situation_holds_and_no_number_has_two_open_tenures(
 def test_a_takeover_is_refused_and_told_to_the_fraud_team(streamed: dict[str, Any]) -> None:
     import pyarrow.parquet as pq
 
-    from pipelines.catalog import OUTBOX
+    from pipelines.lakehouse.catalog import OUTBOX
 
     lake, settings = streamed["lake"], streamed["settings"]
     truth = settings.paths.truth_root

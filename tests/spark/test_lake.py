@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 
 pytestmark = pytest.mark.spark
 

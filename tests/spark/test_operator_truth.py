@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Settings
-from pipelines.synthetic import generate
+from pipelines.synthetic.operator import generate
 from tests.spark.helpers import ingest, rows
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

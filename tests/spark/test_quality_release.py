@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from expectations.frames import pending_silver, release, releases
-from pipelines.lake import Lake
+from pipelines.lakehouse.lake import Lake
 from tests.conftest import settings_for
 
 # The lake writes with delta-spark.

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings
-from pipelines.lake import Lake
-from pipelines.reference import ReferenceFileError, load_reference
-from pipelines.synthetic import write_reference
+from pipelines.ingest.reference import ReferenceFileError, load_reference
+from pipelines.lakehouse.lake import Lake
+from pipelines.synthetic.operator import write_reference
 
 # Reference tables are written with delta-spark.
 pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("spark")]

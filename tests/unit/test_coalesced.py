@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from pipelines.ingest import Coalesced
+from pipelines.ingest.stream import Coalesced
 
 pytestmark = pytest.mark.unit
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.config import PROJECT_ROOT, ConfigError, load_settings
-from pipelines.gold.profile import check_policy
+from pipelines.profile.build import check_policy
 
 pytestmark = pytest.mark.unit
 

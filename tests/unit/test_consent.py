@@ -10,7 +10,7 @@ import random
 import pytest
 
 from pipelines.config import PROJECT_ROOT, PolicyCfg, load_settings
-from pipelines.consent import KEY, compile_rules, project
+from pipelines.profile.consent import KEY, compile_rules, project
 
 pytestmark = pytest.mark.unit
 

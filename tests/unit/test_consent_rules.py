@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.activation.push import current_members
+from pipelines.activation.segments import OPS_BY_KIND, RuleCompiler, preview
 from pipelines.config import PolicyCfg, PurposeCfg
-from pipelines.gold.profile import profile_schema
-from pipelines.push import current_members
-from pipelines.segments import OPS_BY_KIND, RuleCompiler, preview
+from pipelines.profile.build import profile_schema
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.locks import StageBusyError, stage_lock
-from pipelines.spark import JavaMissingError, check_java
+from pipelines.lakehouse.locks import StageBusyError, stage_lock
+from pipelines.lakehouse.spark import JavaMissingError, check_java
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +36,7 @@ def test_missing_java_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_help_lists_every_command() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "--help"],
+        [sys.executable, "-m", "pipelines.cli.main", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -54,7 +54,7 @@ def test_broken_config_exits_with_the_key(tmp_path: Path) -> None:
     engine = tmp_path / "conf" / "engine.yaml"
     engine.write_text(engine.read_text().replace("trigger_interval_s: 2", "trigger_interval_s: -1"))
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--conf", str(tmp_path / "conf")],
+        [sys.executable, "-m", "pipelines.cli.main", "run", "--conf", str(tmp_path / "conf")],
         capture_output=True,
         text=True,
     )
@@ -63,7 +63,7 @@ def test_broken_config_exits_with_the_key(tmp_path: Path) -> None:
 
 
 def test_files_no_query_would_read_are_reported(tmp_path: Path) -> None:
-    from pipelines.ingest import landing_warnings
+    from pipelines.ingest.stream import landing_warnings
 
     (tmp_path / "billing").mkdir()
     (tmp_path / "billing" / "b-1.jsonl").write_text("{}\n")

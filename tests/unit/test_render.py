@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from api.render import RenderedProfiles
-from pipelines.consent import compile_rules, project
+from pipelines.profile.consent import compile_rules, project
 from tests.unit.test_consent import SHIPPED, _profile, _random_policy
 
 pytestmark = pytest.mark.unit

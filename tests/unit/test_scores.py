@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipelines.config import ScoresCfg
-from pipelines.gold.scores import add_scores
+from pipelines.profile.scores import add_scores
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from pipelines.activation.segments import RuleCompiler, RuleError, preview
 from pipelines.config import PROJECT_ROOT, load_settings
-from pipelines.gold.profile import profile_schema
-from pipelines.segments import RuleCompiler, RuleError, preview
+from pipelines.profile.build import profile_schema
 
 pytestmark = pytest.mark.unit
 POLICY = load_settings(PROJECT_ROOT / "conf", env={}).policy

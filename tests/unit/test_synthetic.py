@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import PROJECT_ROOT, load_settings
-from pipelines.synthetic import BAD_KINDS, generate
+from pipelines.synthetic.operator import BAD_KINDS, generate
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,1 @@
+"""The `cdp` command line: runs, the stream, stewardship, keys, the ops store and serving."""

@@ -1,1 +1,0 @@
-"""Gold profile: daily usage, facts, profiles, scores, consent columns and the outbox."""
