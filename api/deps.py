@@ -41,6 +41,14 @@ async def channel_caller(who: Annotated[Caller, Depends(caller)]) -> Caller:
     return who
 
 
+async def lookup_caller(
+    request: Request, who: Annotated[Caller, Depends(channel_caller)]
+) -> Caller:
+    """A channel caller within its lookup rate (429 with Retry-After beyond it)."""
+    request.app.state.rate_limits.check("lookup", who.key_id)
+    return who
+
+
 def role(*roles: str, what: str) -> Any:
     """A dependency admitting keys of `roles` only: 403 naming them otherwise."""
 
@@ -65,6 +73,7 @@ async def snapshot(request: Request) -> Snapshot:
 
 CallerDep = Annotated[Caller, Depends(caller)]
 ChannelDep = Annotated[Caller, Depends(channel_caller)]
+LookupDep = Annotated[Caller, Depends(lookup_caller)]
 SnapshotDep = Annotated[Snapshot, Depends(snapshot)]
 StewardDep = Annotated[Caller, role("steward", "admin", what="this is for")]
 MarketerDep = Annotated[Caller, role("marketing", "admin", what="segments are for")]

@@ -1,8 +1,8 @@
 """The lookup hot path in plain ASGI: `GET /v1/profiles/{id_type}/{id_value}` answered without
 FastAPI's routing and dependency injection, which cost more than the lookup itself.
 
-It answers only the common case: a channel key already in the key cache, a well-formed
-identifier, a person in the snapshot. It calls the same functions as the FastAPI route
+It answers only the common case: a channel key already in the key cache and within its rate, a
+well-formed identifier, a person in the snapshot. It calls the same functions as the FastAPI route
 (`valid`, `current_row`, `projected`), so the 200 body and the audit record are the same.
 Everything else (no key, a key to verify against the database, 4xx, the 308 of a merged person,
 no snapshot yet) falls through to the route, which owns every error and the OpenAPI document.
@@ -76,8 +76,8 @@ class LookupFastPath:
         except HTTPException:
             return None
         row = current_row(snap, id_type, value)
-        if row is None:
-            return None
+        if row is None or self.state.rate_limits.retry_after("lookup", who.key_id) is not None:
+            return None  # the route answers (and counts the request again: still over)
         return projected(self.state, who, snap.rendered, row, "lookup")
 
     def _caller(self, scope: Scope) -> Caller | None:

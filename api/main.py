@@ -11,7 +11,9 @@ from fastapi import FastAPI
 
 from api import metrics
 from api.fastpath import LookupFastPath
-from api.routes import audit, collect, events, health, profiles, segments, status, ui
+from api.ratelimit import RateLimits
+from api.routes import audit, collect, docs, events, health, profiles, segments, status, ui
+from api.security import SecurityHeaders
 from api.snapshot import SnapshotHolder
 from pipelines.activation.events import EventStore
 from pipelines.activation.push import PushStore
@@ -55,11 +57,14 @@ def create_app(settings: Settings) -> FastAPI:
         description="Consent-aware profile lookups for channels. Every route but health needs "
         "an API key in X-API-Key.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/routes/docs.py: offline, no inline script
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.keys = KeyStore(settings.database_url)
     app.state.audit = AuditLog(settings.database_url)
     app.state.rules = compile_rules(settings.policy)
+    app.state.rate_limits = RateLimits(settings.api.rate_limits)
     app.state.segments = SegmentStore(settings.database_url)
     app.state.events = EventStore(settings.database_url)
     app.state.pushes = PushStore(app.state.events)
@@ -73,7 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(segments.router)
     app.include_router(events.router)
     ui.install(app)
+    docs.install(app)
     app.add_middleware(LookupFastPath, api=app)
     # outermost: times both lookup paths
     metrics.install(app, app.state.snapshots, app.state.events)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, the fast path's included
     return app

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+RATE = r"^[1-9][0-9]*/(second|minute|hour)$"  # a rate limit: 100/second
 
 # Envelope carried by every event (DESIGN.md, "Sources"); contracts describe only the payload.
 ENVELOPE_FIELDS = ("event_id", "source", "event_type", "event_ts", "schema_version")
@@ -494,6 +495,15 @@ class EndpointCfg(Model):
     secret_env: str | None = None  # http: default CDP_ENDPOINT_SECRET_<CHANNEL>
 
 
+class RateLimitsCfg(Model):
+    """Requests per API key and API process (`<count>/<second|minute|hour>`, the `limits`
+    notation); over it a request gets 429 with Retry-After. With N workers a key may reach N
+    times the rate on one host."""
+
+    lookup: str = Field("2000/second", pattern=RATE)  # profile lookups of a channel key
+    collect: str = Field("200/second", pattern=RATE)  # collector posts of a source key
+
+
 class EventsCfg(Model):
     """Event delivery to subscribers and channel endpoints (one worker delivers at a time)."""
 
@@ -517,6 +527,10 @@ class ApiCfg(Model):
     snapshot_poll_s: float = Field(2.0, gt=0)
     database_url: str | None = None
     max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
+    max_events: int = Field(10_000, ge=1)  # collector: events in one body (more: 413)
+    max_json_depth: int = Field(16, ge=2, le=64)  # nesting of an event's JSON (deeper: 400)
+    max_string_chars: int = Field(10_000, ge=64)  # one JSON string or key (longer: 413)
+    rate_limits: RateLimitsCfg = Field(default_factory=RateLimitsCfg)
     endpoints: dict[str, EndpointCfg] = Field(default_factory=dict)  # per channel
     events: EventsCfg = Field(default_factory=EventsCfg)
 

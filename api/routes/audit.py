@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from api.deps import StewardDep
+from pipelines.identity.resolve import PERSON_ID_PATTERN
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -20,7 +21,9 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 def audit(
     request: Request,
     _who: StewardDep,
-    person: Annotated[str, Query(description="person_id")],
+    person: Annotated[
+        str, Query(description="person_id: P and 20 hex digits", pattern=PERSON_ID_PATTERN)
+    ],
     since: Annotated[datetime | None, Query(alias="from")] = None,
     until: Annotated[datetime | None, Query(alias="to")] = None,
 ) -> list[dict[str, Any]]:
@@ -38,7 +41,9 @@ def audit(
 def pushes(
     request: Request,
     _who: StewardDep,
-    person: Annotated[str, Query(description="person_id")],
+    person: Annotated[
+        str, Query(description="person_id: P and 20 hex digits", pattern=PERSON_ID_PATTERN)
+    ],
     segment: Annotated[str | None, Query(description="Only this segment (campaign)")] = None,
 ) -> list[dict[str, Any]]:
     """Answers "on what basis did this customer receive campaign X": per push, the segment

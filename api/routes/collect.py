@@ -1,9 +1,10 @@
 """The HTTP collector: events from a source, written durably to its landing folder before 202.
 
 The body is one JSON event (application/json) or a batch, one event per line
-(application/x-ndjson). The file is written under a hidden name, flushed to disk and renamed, so
-the streaming pipeline never sees half a file; the contract checks happen in silver as for any
-landing file (a breach becomes a quarantine row, never a lost event).
+(application/x-ndjson), decoded strictly and bounded (api/bodies.py). The file is written under
+a hidden name, flushed to disk and renamed, so the streaming pipeline never sees half a file; the
+contract checks happen in silver as for any landing file (a breach becomes a quarantine row,
+never a lost event).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel
 
+from api.bodies import BodyError, Limits, parse_events
 from api.deps import CallerDep
 
 router = APIRouter(prefix="/v1/collect", tags=["collector"])
@@ -33,10 +35,17 @@ class Accepted(BaseModel):
     status_code=status.HTTP_202_ACCEPTED,
     summary="Accept events from a source (durable before the answer)",
     responses={
-        400: {"description": "A line is not a JSON object, or names another source"},
+        400: {
+            "description": "Not UTF-8; a line is not RFC 8259 JSON (NaN and Infinity are not), "
+            "not an object, nested deeper than api.max_json_depth, or names another source"
+        },
         403: {"description": "The key is not this source's key"},
         404: {"description": "No contract for this source"},
-        413: {"description": "Body larger than api.max_body_bytes"},
+        429: {"description": "Over the key's collect rate (api.rate_limits), see Retry-After"},
+        413: {
+            "description": "Body over api.max_body_bytes, more events than api.max_events, or a "
+            "string over api.max_string_chars"
+        },
     },
 )
 async def collect(source: str, request: Request, who: CallerDep) -> Accepted:
@@ -45,6 +54,7 @@ async def collect(source: str, request: Request, who: CallerDep) -> Accepted:
         raise HTTPException(404, f"no contract for source {source!r} (conf/contracts/)")
     if who.role != "source" or who.channel != source:
         raise HTTPException(403, f"posting events needs a key of source {source!r}")
+    request.app.state.rate_limits.check("collect", who.key_id)
     limit = settings.api.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -54,32 +64,15 @@ async def collect(source: str, request: Request, who: CallerDep) -> Accepted:
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, f"body over {limit} bytes (api.max_body_bytes)")
-    events = _events(bytes(body), source, request.headers.get("content-type", ""))
+    api = settings.api
+    limits = Limits(api.max_events, api.max_json_depth, api.max_string_chars)
+    ndjson = "ndjson" in request.headers.get("content-type", "")
+    try:
+        events = parse_events(bytes(body), ndjson, source, limits)
+    except BodyError as err:
+        raise HTTPException(err.status, err.detail) from None
     name = _land(settings.paths.landing_root / source, events)
     return Accepted(accepted=len(events), file=name)
-
-
-def _events(body: bytes, source: str, content_type: str) -> list[dict[str, Any]]:
-    text = body.decode("utf-8", errors="strict") if body else ""
-    lines = (
-        [text] if "ndjson" not in content_type else [ln for ln in text.splitlines() if ln.strip()]
-    )
-    if not lines or not text.strip():
-        raise HTTPException(400, "empty body: send one JSON event or NDJSON lines")
-    events = []
-    for n, line in enumerate(lines, start=1):
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(
-                400, f"line {n}: not JSON ({exc.msg} at column {exc.colno})"
-            ) from None
-        if not isinstance(event, dict):
-            raise HTTPException(400, f"line {n}: an event is a JSON object")
-        if event.get("source", source) != source:
-            raise HTTPException(400, f"line {n}: source {event['source']!r} posted to {source!r}")
-        events.append(event)
-    return events
 
 
 def _land(folder: Path, events: list[dict[str, Any]]) -> str:

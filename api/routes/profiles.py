@@ -11,12 +11,13 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
-from api.deps import ChannelDep, SnapshotDep
+from api.deps import LookupDep, SnapshotDep
 from api.models import ErrorPublic, MergedPublic, ProfilePublic
 from api.render import RenderedProfiles
 from api.snapshot import Snapshot
 from pipelines.config import PolicyCfg, Settings
 from pipelines.identity.explain import normalise_value
+from pipelines.identity.resolve import is_person_id
 from pipelines.lakehouse.catalog import PROFILES
 from pipelines.ops.audit import AuditRecord
 from pipelines.ops.keys import Caller
@@ -30,6 +31,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorPublic, "description": "Missing, unknown or revoked key"},
     403: {"model": ErrorPublic, "description": "The key is not a channel key"},
     404: {"model": ErrorPublic, "description": "No person holds this identifier now"},
+    429: {"model": ErrorPublic, "description": "Over the key's lookup rate (api.rate_limits)"},
     308: {"model": MergedPublic, "description": "The person was merged into another"},
 }
 
@@ -37,7 +39,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 def valid(settings: Settings, id_type: str, value: str) -> str:
     """The identifier as identity stores it, or 422 naming the field and the fix."""
     if id_type == "person_id":
-        if not (value.startswith("P") and len(value) == 21):
+        if not is_person_id(value):
             raise HTTPException(422, "id_value: a person_id is P followed by 20 hex digits")
         return value
     normal = normalise_value(id_type, value, settings.identity)
@@ -67,7 +69,7 @@ def valid(settings: Settings, id_type: str, value: str) -> str:
     responses=ERRORS,
 )
 async def lookup(
-    id_type: IdType, id_value: str, request: Request, who: ChannelDep, snap: SnapshotDep
+    id_type: IdType, id_value: str, request: Request, who: LookupDep, snap: SnapshotDep
 ) -> Response:
     """In memory end to end (dictionaries of the snapshot, the compiled policy, a queued audit
     record), so it runs on the event loop without a thread hop."""
@@ -99,7 +101,7 @@ def lookup_as_of(
     id_value: str,
     ts: Annotated[datetime, Query(description="ISO-8601 time with an offset")],
     request: Request,
-    who: ChannelDep,
+    who: LookupDep,
     snap: SnapshotDep,
 ) -> Response:
     """The values as they were at `ts`, served only where consent for their purpose was in

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -296,7 +297,6 @@ def profiles_show(
 ) -> None:
     """Print the profile of the person holding an identifier (its current tenure)."""
     import json
-    from datetime import datetime
 
     from pipelines.identity.explain import example_msisdn, normalise_value
     from pipelines.lakehouse.lake import Lake
@@ -345,6 +345,9 @@ def keys_create(
     role: Annotated[
         str | None, typer.Option(help="marketing, steward or admin (instead of a channel).")
     ] = None,
+    expires_days: Annotated[
+        float | None, typer.Option(help="The key stops working after this many days.", min=0)
+    ] = None,
     conf: ConfOpt = None,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
@@ -363,8 +366,9 @@ def keys_create(
         console.print(f"[red]error:[/red] unknown source {source!r}; contracts exist for {known}")
         raise typer.Exit(2)
     bound = "channel" if channel else "source" if source else None
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     try:
-        key = _key_store(settings).create(name, role or bound or "", channel or source)
+        key = _key_store(settings).create(name, role or bound or "", channel or source, expires)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -374,19 +378,37 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(conf: ConfOpt = None) -> None:
-    """Keys with their channel or role, creation and revocation times (never the secrets)."""
+    """Keys with their channel or role, creation, expiry and revocation times (never the
+    secrets)."""
     rows = _key_store(_settings(conf)).list()
     table = Table(title="API keys")
-    for col in ("key_id", "name", "role", "channel", "created_at", "revoked_at"):
+    columns = ("key_id", "name", "role", "channel", "created_at", "expires_at", "revoked_at")
+    for col in columns:
         table.add_column(col)
     for r in rows:
-        table.add_row(
-            *(
-                str(r[c] or "")
-                for c in ("key_id", "name", "role", "channel", "created_at", "revoked_at")
-            )
-        )
+        table.add_row(*(str(r[c] or "") for c in columns))
     console.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part after cdp_).")],
+    overlap_hours: Annotated[
+        float, typer.Option(help="How long the old key keeps working.", min=0)
+    ] = 24,
+    conf: ConfOpt = None,
+) -> None:
+    """A new key for the same holder, printed once; the old one works for the overlap, then
+    stops (every API process refuses it within seconds of that)."""
+    try:
+        key = _key_store(_settings(conf)).rotate(key_id, timedelta(hours=overlap_hours))
+    except KeyError as exc:
+        console.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(1) from None
+    console.print(key, highlight=False, soft_wrap=True)
+    console.print(
+        f"store it now: it is not shown again; {key_id} stops working in {overlap_hours:g} h"
+    )
 
 
 @keys_app.command("revoke")

@@ -94,6 +94,13 @@ def value_key(id_type: str, value: str) -> str:
     return f"{id_type}:{value}"
 
 
+PERSON_ID_PATTERN = r"^P[0-9a-f]{20}$"  # what person_id_of makes; every API input is checked
+
+
+def is_person_id(value: str) -> bool:
+    return re.fullmatch(PERSON_ID_PATTERN, value) is not None
+
+
 def person_id_of(founding_node: str) -> str:
     """80 bits of a hash of the founding node: distinct nodes give distinct ids in practice, and
     the same node gives the same id in every run, full or incremental."""

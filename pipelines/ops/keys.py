@@ -1,11 +1,12 @@
-"""API keys: created once (the secret is shown once), stored hashed, revocable.
+"""API keys: created once (the secret is shown once), stored hashed, revocable, expiring.
 
 A key is `cdp_<key id>_<secret>`. The store keeps the key id, the SHA-256 of the secret, and who
 the key is for: a channel (`role = channel`, bound to one channel of the policy), a source
 (`role = source`, bound to one source: it may post events to the collector) or a role (marketing,
 steward, admin). The `channel` column holds the bound channel or source. Verification looks the
-key id up and compares hashes in constant
-time. SQLite by default; any SQLAlchemy URL.
+key id up and compares hashes in constant time. A key may expire (`expires_at`); rotating a key
+makes a new one for the same holder and lets the old one work for an overlap window, so a
+client can switch without an outage. SQLite by default; any SQLAlchemy URL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, DateTime, String, Table, select, update
 from sqlalchemy.engine import Engine
@@ -37,6 +38,7 @@ api_keys = Table(
     Column("channel", String(100)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),  # null: never
 )
 
 
@@ -68,9 +70,16 @@ class KeyStore:
 
     def __init__(self, url: str) -> None:
         self.engine: Engine = ops_engine(url)
-        self._cache: dict[str, tuple[float, tuple[str, Caller] | None]] = {}
+        # key id -> (when loaded, (secret digest, caller, expiry as epoch seconds) or None)
+        self._cache: dict[str, tuple[float, tuple[str, Caller, float | None] | None]] = {}
 
-    def create(self, name: str, role: str, channel: str | None = None) -> str:
+    def create(
+        self,
+        name: str,
+        role: str,
+        channel: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> str:
         """A new key; returns the full key (shown once, stored only as a hash)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -88,9 +97,31 @@ class KeyStore:
                     role=role,
                     channel=channel,
                     created_at=datetime.now(UTC),
+                    expires_at=expires_at,
                 )
             )
         return f"cdp_{key_id}_{secret}"
+
+    def rotate(self, key_id: str, overlap: timedelta) -> str:
+        """A new key for the holder of `key_id` (same name, role, channel and lifetime); the
+        old key keeps working for `overlap` (or until its own expiry, if sooner). Returns the
+        new key; KeyError for an unknown, revoked or expired key."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()
+            if row is None or row.revoked_at is not None or _expired(row.expires_at, now):
+                raise KeyError(f"no key {key_id!r} in force (cdp keys list)")
+            lifetime = _utc(row.expires_at) - _utc(row.created_at) if row.expires_at else None
+            ends = (
+                now + overlap
+                if row.expires_at is None
+                else min(now + overlap, _utc(row.expires_at))
+            )
+            conn.execute(
+                update(api_keys).where(api_keys.c.key_id == key_id).values(expires_at=ends)
+            )
+        self._cache.pop(key_id, None)
+        return self.create(row.name, row.role, row.channel, now + lifetime if lifetime else None)
 
     def revoke(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -108,7 +139,8 @@ class KeyStore:
             return [{k: v for k, v in r.items() if k != "secret_sha256"} for r in rows]
 
     def verify(self, key: str | None) -> Caller | None:
-        """The caller a presented key belongs to; None for a malformed, unknown or revoked key."""
+        """The caller a presented key belongs to; None for a malformed, unknown, revoked or
+        expired key."""
         parsed = _parse(key)
         if parsed is None:
             return None
@@ -143,6 +175,7 @@ class KeyStore:
             (
                 str(row["secret_sha256"]),
                 Caller(key_id, str(row["name"]), str(row["role"]), row["channel"]),
+                _utc(row["expires_at"]).timestamp() if row["expires_at"] else None,
             )
             if row
             else None
@@ -153,8 +186,19 @@ class KeyStore:
         found = self._cache[key_id][1]
         if found is None:
             return None
-        digest, caller = found
+        digest, caller, expires = found
+        if expires is not None and time.time() >= expires:
+            return None
         return caller if hmac.compare_digest(digest, _digest(secret)) else None
+
+
+def _utc(at: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _expired(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and _utc(expires_at) <= now
 
 
 def _parse(key: str | None) -> tuple[str, str] | None:

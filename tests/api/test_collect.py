@@ -58,3 +58,27 @@ def test_refusals_name_the_problem(served: Any) -> None:
     limit = served["settings"].api.max_body_bytes
     huge = _post(served, "app", "x" * (limit + 1), "source:app")
     assert huge.status_code == 413 and "max_body_bytes" in huge.json()["detail"]
+
+
+def test_hostile_bodies_get_a_4xx_that_names_the_problem_never_a_5xx(served: Any) -> None:
+    """The probes that answered 500 or reset the connection: bytes that are not UTF-8, 100,000
+    nested brackets, deeply nested objects (both content types), NaN; nothing lands."""
+    landing = served["settings"].paths.landing_root / "app"
+    before = sorted(landing.glob("*.jsonl")) if landing.exists() else []
+    nested = ('{"a":' * 5_000 + json.dumps(_event(7)) + "}" * 5_000).encode()
+    probes = {
+        "not UTF-8": (b'{"a":"\xff"}', False, 400, "not UTF-8"),
+        "not UTF-8, NDJSON": (b'{"a":"\xff"}', True, 400, "not UTF-8"),
+        "brackets": (b"[" * 100_000 + b"]" * 100_000, False, 400, "api.max_json_depth"),
+        "nested objects": (nested, True, 400, "api.max_json_depth"),
+        "NaN": (json.dumps(dict(_event(8), amount=float("nan"))).encode(), False, 400, "NaN"),
+    }
+    for name, (body, ndjson, code, says) in probes.items():
+        headers = {
+            "Content-Type": "application/x-ndjson" if ndjson else "application/json",
+            "X-API-Key": served["keys"]["source:app"],
+        }
+        got = served["client"].post("/v1/collect/app", content=body, headers=headers)
+        assert got.status_code == code and says in got.json()["detail"], (name, got.text)
+    after = sorted(landing.glob("*.jsonl")) if landing.exists() else []
+    assert after == before

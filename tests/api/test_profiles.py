@@ -98,6 +98,11 @@ def test_errors_say_what_is_wrong(served: Any) -> None:
     assert malformed.status_code == 422 and "id_value" in malformed.json()["detail"]
     unknown_type = _get(served, "/v1/profiles/shoe_size/42", "mobile_app")
     assert unknown_type.status_code == 422 and "id_type" in unknown_type.text
+    # a person id is P and 20 hex digits: the right length is not enough
+    not_hex = _get(served, "/v1/profiles/person_id/P" + "z" * 20, "mobile_app")
+    assert not_hex.status_code == 422 and "20 hex digits" in not_hex.json()["detail"]
+    audit = _get(served, "/v1/audit?person=P" + "z" * 20, "steward")
+    assert audit.status_code == 422 and "person" in audit.text
 
 
 def test_a_merged_away_person_id_names_the_survivor(served: Any) -> None:

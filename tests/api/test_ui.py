@@ -83,3 +83,36 @@ def test_the_page_refuses_a_key_that_is_not_for_marketing(
     page.get_by_role("button", name="Use key").click()
     page.get_by_text("Key refused").wait_for()
     assert page.locator("#app").is_hidden()
+
+
+def test_api_docs_open_offline_under_a_csp_without_inline_script(
+    served: dict[str, Any], browser: Any
+) -> None:
+    """/docs and /redoc render every route with nothing fetched from outside the server and no
+    script refused by the Content-Security-Policy; every page sends the security headers."""
+    base = served["server"].url
+    for path in ("/docs", "/redoc", "/ui"):
+        headers = served["client"].get(path).headers
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
+    page = browser.new_page()
+    outside: list[str] = []
+    refused: list[str] = []
+
+    def local_only(route: Any) -> None:
+        if route.request.url.startswith(base) or route.request.url.startswith("blob:"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    page.goto(f"{base}/docs")
+    page.get_by_text("/v1/profiles/{id_type}/{id_value}").first.wait_for(timeout=30_000)
+    page.goto(f"{base}/redoc")
+    page.get_by_text("Consent-aware profile lookups").first.wait_for(timeout=30_000)
+    page.close()
+    assert outside == [] and refused == [], (outside, refused)
