@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import metrics
+from api import errors, metrics, openapi
 from api.fastpath import LookupFastPath
 from api.ratelimit import RateLimits
 from api.routes import audit, collect, docs, events, health, profiles, segments, status, ui
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,  # served by api/routes/docs.py: offline, no inline script
         redoc_url=None,
     )
+    errors.install(app)
     app.state.settings = settings
     app.state.keys = KeyStore(settings.database_url)
     app.state.audit = AuditLog(settings.database_url)
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.events = EventStore(settings.database_url)
     app.state.pushes = PushStore(app.state.events)
     app.state.rule_compiler = RuleCompiler(settings.policy, profile_schema(settings.policy))
+    openapi.document(app, settings, app.state.rule_compiler)
     app.state.snapshots = SnapshotHolder(LakeReader(settings.paths.lake_root), settings.policy)
     app.include_router(health.router)
     app.include_router(profiles.router)

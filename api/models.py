@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+
+ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def _iso_text(value: Any) -> Any:
+    """Only ISO-8601 text is a time here (pydantic alone would also read a number as epoch
+    seconds, which the OpenAPI document does not promise)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not ISO_TIME.fullmatch(value):
+        raise ValueError("expected an ISO-8601 time, e.g. 2026-10-05T12:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_text)]
 
 
 class WithheldPublic(BaseModel):
@@ -37,4 +53,7 @@ class MergedPublic(BaseModel):
 
 
 class ErrorPublic(BaseModel):
+    """Every error: what is wrong and how to fix it, and the field (or rule node) at fault."""
+
     detail: str
+    field: str | None = None

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from api.deps import StewardDep
+from api.errors import KEYED, StrictRoute, error
+from api.models import IsoTime
 from pipelines.identity.resolve import PERSON_ID_PATTERN
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=KEYED, route_class=StrictRoute)
 
 
 @router.get(
     "",
     summary="Every lookup of a person's profile in a time range (steward or admin keys)",
-    responses={403: {"description": "The key is not a steward or admin key"}},
+    responses={403: error("The key is not a steward or admin key")},
 )
 def audit(
     request: Request,
@@ -24,8 +25,8 @@ def audit(
     person: Annotated[
         str, Query(description="person_id: P and 20 hex digits", pattern=PERSON_ID_PATTERN)
     ],
-    since: Annotated[datetime | None, Query(alias="from")] = None,
-    until: Annotated[datetime | None, Query(alias="to")] = None,
+    since: Annotated[IsoTime | None, Query(alias="from")] = None,
+    until: Annotated[IsoTime | None, Query(alias="to")] = None,
 ) -> list[dict[str, Any]]:
     log = request.app.state.audit
     log.flush()  # lookups answered a moment ago are part of the answer
@@ -36,7 +37,7 @@ def audit(
 @router.get(
     "/pushes",
     summary="Every segment push that told a channel about a person, with the basis used",
-    responses={403: {"description": "The key is not a steward or admin key"}},
+    responses={403: error("The key is not a steward or admin key")},
 )
 def pushes(
     request: Request,

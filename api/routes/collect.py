@@ -21,8 +21,11 @@ from pydantic import BaseModel
 
 from api.bodies import BodyError, Limits, parse_events
 from api.deps import CallerDep
+from api.errors import KEYED, StrictRoute
 
-router = APIRouter(prefix="/v1/collect", tags=["collector"])
+router = APIRouter(
+    prefix="/v1/collect", tags=["collector"], responses=KEYED, route_class=StrictRoute
+)
 
 
 class Accepted(BaseModel):

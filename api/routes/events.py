@@ -6,35 +6,47 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, HttpUrl
+from pydantic import BaseModel, BeforeValidator, Field, HttpUrl, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep
+from api.errors import KEYED, StrictRoute, error, invalid
 from pipelines.activation.delivery import Visibility
 from pipelines.activation.events import (
     EVENT_TYPES,
     EventStore,
     FilterError,
+    NotForYouError,
     Subscription,
     check_subscription,
 )
 from pipelines.ops.keys import Caller
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=KEYED, route_class=StrictRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "The key may not receive these events"},
-    404: {"description": "No such subscription of this key"},
-    422: {"description": "An unknown event type or filter field; `detail.field` names it"},
+    403: error("The key may not receive these events"),
+    404: error("No such subscription of this key"),
+    422: error("An unknown event type or filter field; `field` names it"),
 }
 HEARTBEAT_S = 15.0
 # Sequence numbers are SQL integers: a larger `since` could not be compared, only refused.
 MAX_SEQ = 2**63 - 1
+
+
+URL = re.compile(r"https?://[!-~]+")  # what the OpenAPI document promises (api/openapi.py)
+
+
+def _ascii_url(value: Any) -> Any:
+    if not isinstance(value, str) or not URL.fullmatch(value):
+        raise ValueError("expected an http(s) URL in ASCII (a non-ASCII host in punycode)")
+    return value
 
 
 class SubscriptionIn(BaseModel):
@@ -44,12 +56,14 @@ class SubscriptionIn(BaseModel):
         description='Field -> value or list of values, e.g. {"segment_id": "seg_..."} or '
         '{"direction": "up"}; `person_id` and the event types\' payload fields',
     )
-    url: HttpUrl = Field(description="Where signed deliveries are POSTed")
+    url: Annotated[HttpUrl, BeforeValidator(_ascii_url)] = Field(
+        description="Where signed deliveries are POSTed (http or https, ASCII: punycode hosts)"
+    )
     secret: str = Field(min_length=16, max_length=200, description="Signs each delivery (HMAC)")
 
 
 class RedeliverIn(BaseModel):
-    ids: list[int] | None = Field(None, description="Dead messages to resend (default: all)")
+    ids: list[StrictInt] | None = Field(None, description="Dead messages to resend (default: all)")
 
 
 def _store(request: Request) -> EventStore:
@@ -88,10 +102,10 @@ async def subscribe(request: Request, body: SubscriptionIn, who: CallerDep) -> d
     ops = _audience(who)
     try:
         check_subscription(body.event_types, body.filter, ops)
+    except NotForYouError as err:
+        raise HTTPException(403, {"field": err.field, "error": err.message}) from None
     except FilterError as err:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, {"field": err.field, "error": err.message}
-        ) from None
+        raise invalid(err.field, err.message) from None
     sub = await run_in_threadpool(
         _store(request).subscribe,
         who.key_id,
@@ -175,8 +189,9 @@ async def stream(
     who: CallerDep,
     types: Annotated[list[str] | None, Query(description="Only these event types")] = None,
     last_event_id: Annotated[
-        str | None, Header(description="The `id` of the last event received")
-    ] = None,
+        str,
+        Header(description="The `id` of the last event received", pattern=r"^[0-9]{1,18}$"),
+    ] = "",
     since: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="Start after this seq")
     ] = None,
@@ -188,19 +203,13 @@ async def stream(
     wanted = types or [t for t, (p, _) in EVENT_TYPES.items() if (p == "ops") == ops]
     for t in wanted:
         if t not in EVENT_TYPES:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
-                {"field": "types", "error": f"unknown event type {t!r}"},
-            )
+            raise invalid("types", f"unknown event type {t!r}")
     try:
         start = int(last_event_id) if last_event_id else (since or 0)
         if not 0 <= start <= MAX_SEQ:
             raise ValueError(start)
     except ValueError:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            {"field": "Last-Event-ID", "error": f"expected an event seq, got {last_event_id!r}"},
-        ) from None
+        raise invalid("Last-Event-ID", f"expected an event seq, got {last_event_id!r}") from None
     store, settings = _store(request), request.app.state.settings
     poll = settings.api.events.poll_s
     channel = None if ops else who.channel

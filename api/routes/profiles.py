@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
 from api.deps import LookupDep, SnapshotDep
-from api.models import ErrorPublic, MergedPublic, ProfilePublic
+from api.errors import KEYED, StrictRoute, error
+from api.models import IsoTime, MergedPublic, ProfilePublic
 from api.render import RenderedProfiles
 from api.snapshot import Snapshot
 from pipelines.config import PolicyCfg, Settings
@@ -24,14 +25,14 @@ from pipelines.ops.keys import Caller
 from pipelines.profile.state import person_at, profiles_version_at
 
 PREFIX = "/v1/profiles"
-router = APIRouter(prefix=PREFIX, tags=["profiles"])
+router = APIRouter(prefix=PREFIX, tags=["profiles"], responses=KEYED, route_class=StrictRoute)
 
 IdType = Literal["msisdn", "iccid", "account_id", "app_user_id", "email", "passport", "person_id"]
 ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorPublic, "description": "Missing, unknown or revoked key"},
-    403: {"model": ErrorPublic, "description": "The key is not a channel key"},
-    404: {"model": ErrorPublic, "description": "No person holds this identifier now"},
-    429: {"model": ErrorPublic, "description": "Over the key's lookup rate (api.rate_limits)"},
+    403: error("The key is not a channel key"),
+    404: error("No person holds this identifier now"),
+    429: error("Over the key's lookup rate (api.rate_limits); see Retry-After"),
+    503: error("No gold snapshot loaded yet"),
     308: {"model": MergedPublic, "description": "The person was merged into another"},
 }
 
@@ -99,7 +100,7 @@ async def lookup(
 def lookup_as_of(
     id_type: IdType,
     id_value: str,
-    ts: Annotated[datetime, Query(description="ISO-8601 time with an offset")],
+    ts: Annotated[IsoTime, Query(description="ISO-8601 time with an offset")],
     request: Request,
     who: LookupDep,
     snap: SnapshotDep,

@@ -17,15 +17,20 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import MarketerDep, SnapshotDep
+from api.errors import KEYED, StrictRoute, error, invalid
 from api.routes.profiles import projected
 from pipelines.activation.push import PushStore, current_members
 from pipelines.activation.segment_store import Segment, SegmentStore
 from pipelines.activation.segments import RuleCompiler, RuleError, preview
 
-router = APIRouter(prefix="/v1/segments", tags=["segments"])
+router = APIRouter(
+    prefix="/v1/segments", tags=["segments"], responses=KEYED, route_class=StrictRoute
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "The key is not a marketing or admin key"},
-    422: {"description": "The rule or purpose is invalid; `detail.node` names the rule node"},
+    403: error("Not a marketing or admin key, or the channel does not hold the purpose"),
+    404: error("No such segment"),
+    422: error("The rule, purpose or channel is invalid; `field` names the rule node"),
+    503: error("No gold snapshot loaded yet"),
 }
 
 
@@ -54,19 +59,11 @@ def _checked(request: Request, purpose: str, rule: Any) -> None:
     """422 naming the node when the rule does not compile, or the purpose is unknown."""
     policy = request.app.state.settings.policy
     if purpose not in policy.purposes:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            {
-                "node": "purpose",
-                "error": f"unknown purpose {purpose!r}; one of {sorted(policy.purposes)}",
-            },
-        )
+        raise invalid("purpose", f"unknown purpose {purpose!r}; one of {sorted(policy.purposes)}")
     try:
         request.app.state.rule_compiler.compile(rule)
     except RuleError as err:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, {"node": err.path, "error": err.message}
-        ) from None
+        raise invalid(err.path, err.message) from None
 
 
 async def _segment_for(request: Request, segment_id: str, channel: str) -> Segment:
@@ -78,20 +75,14 @@ async def _segment_for(request: Request, segment_id: str, channel: str) -> Segme
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {segment_id!r}")
     held = policy.channels.get(channel)
     if held is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            {
-                "node": "channel",
-                "error": f"unknown channel {channel!r}; one of {sorted(policy.channels)}",
-            },
-        )
+        raise invalid("channel", f"unknown channel {channel!r}; one of {sorted(policy.channels)}")
     if seg.purpose not in held.purposes:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_403_FORBIDDEN,
             {
-                "node": "channel",
-                "error": f"channel {channel} does not hold purpose "
-                f"{seg.purpose!r} (it holds {held.purposes})",
+                "field": "channel",
+                "error": f"channel {channel} does not hold purpose {seg.purpose!r} "
+                f"(it holds {held.purposes}): the policy forbids sending it this segment",
             },
         )
     return seg

@@ -10,13 +10,12 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import StewardDep
+from api.errors import KEYED, StrictRoute, error
 from pipelines.lakehouse.reader import LakeReader
 from pipelines.ops.status import Alerts, contract_status, sla_status
 
-router = APIRouter(prefix="/v1/status", tags=["status"])
-FORBIDDEN: dict[int | str, dict[str, Any]] = {
-    403: {"description": "The key is not a steward or admin key"}
-}
+router = APIRouter(prefix="/v1/status", tags=["status"], responses=KEYED, route_class=StrictRoute)
+FORBIDDEN: dict[int | str, dict[str, Any]] = {403: error("The key is not a steward or admin key")}
 
 
 def _lake(request: Request) -> LakeReader:

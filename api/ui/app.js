@@ -17,9 +17,8 @@ async function api(method, path, body) {
   });
   const data = await response.json().catch(() => null);
   if (!response.ok) {
-    const detail = data && data.detail;
-    const message = detail && detail.node ? `${detail.node}: ${detail.error}`
-      : typeof detail === "string" ? detail : `HTTP ${response.status}`;
+    // every error is {"detail": "...", "field": ...}; the detail names the field already
+    const message = data && typeof data.detail === "string" ? data.detail : `HTTP ${response.status}`;
     throw new Error(message);
   }
   return data;

@@ -201,12 +201,21 @@ class FilterError(ValueError):
         self.message = message
 
 
+class NotForYouError(FilterError):
+    """An event type the caller's key may not receive (a 403, not a malformed request)."""
+
+
+FILTER_FIELDS = frozenset({"person_id", *(f for _, fs in EVENT_TYPES.values() for f in fs)})
+
+
 def check_subscription(event_types: Sequence[str], filter_: dict[str, Any], ops: bool) -> None:
     """Refuse unknown types, types the caller may not receive (`ops`: steward or admin, who
-    receive only ops events; channels the rest) and filter fields no subscribed type has."""
+    receive only ops events; channels the rest) and filter fields no event type has (a field
+    only some subscribed types have filters those; the others never match it)."""
     if not event_types:
         raise FilterError("event_types", "name at least one event type")
-    fields: set[str] = {"person_id"}
+    if len(set(event_types)) != len(event_types):
+        raise FilterError("event_types", "name each event type once")
     for i, t in enumerate(event_types):
         if t not in EVENT_TYPES:
             raise FilterError(
@@ -215,16 +224,23 @@ def check_subscription(event_types: Sequence[str], filter_: dict[str, Any], ops:
         is_ops = EVENT_TYPES[t][0] == "ops"
         if is_ops != ops:
             who = "steward and admin keys" if is_ops else "channel keys"
-            raise FilterError(f"event_types[{i}]", f"{t} is delivered to {who} only")
-        fields.update(EVENT_TYPES[t][1])
+            raise NotForYouError(f"event_types[{i}]", f"{t} is delivered to {who} only")
     for name, value in filter_.items():
-        if name not in fields:
+        if name not in FILTER_FIELDS:
             raise FilterError(
-                f"filter.{name}", f"not a field of {list(event_types)}; one of {sorted(fields)}"
+                f"filter.{name}", f"not a field of any event type; one of {sorted(FILTER_FIELDS)}"
             )
         values = value if isinstance(value, list) else [value]
-        if not values or any(isinstance(v, dict | list) for v in values):
-            raise FilterError(f"filter.{name}", "expected a value or a non-empty list of values")
+        if not values or not all(_filter_value(v) for v in values):
+            raise FilterError(
+                f"filter.{name}",
+                "expected a value (a string of at most 200 characters, a number or a boolean) "
+                "or a non-empty list of values",
+            )
+
+
+def _filter_value(v: Any) -> bool:
+    return isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200)
 
 
 class EventStore:

@@ -43,6 +43,8 @@ OPS_BY_KIND = {  # what the page offers per attribute kind (the compiler is the 
 }
 MAX_DEPTH = 12
 MAX_LIST = 1000
+MAX_CHILDREN = 20  # rules under one and/or node
+MAX_NUMBER = Decimal("1e15")  # rule values: beyond any balance or count, within DuckDB's range
 
 
 class RuleError(ValueError):
@@ -136,6 +138,28 @@ class RuleCompiler:
             {"name": a, "kind": k, "ops": OPS_BY_KIND[k]} for a, k in sorted(self.kinds.items())
         ]
 
+    def json_schema(self) -> dict[str, Any]:
+        """The rule language as JSON Schema (`$ref`s to `#/components/schemas/Rule`): every
+        rule it describes compiles (up to MAX_DEPTH levels, which JSON Schema cannot bound)."""
+        ref = {"$ref": "#/components/schemas/Rule"}
+        logic = [
+            _closed(
+                {"and": {"type": "array", "items": ref, "minItems": 1, "maxItems": MAX_CHILDREN}}
+            ),
+            _closed(
+                {"or": {"type": "array", "items": ref, "minItems": 1, "maxItems": MAX_CHILDREN}}
+            ),
+            _closed({"not": ref}),
+        ]
+        conditions = []
+        for kind in ("number", "string", "time", "bool", "list"):
+            attrs = sorted(a for a, k in self.kinds.items() if k == kind)
+            for ops, operands in _operand_schemas(kind) if attrs else []:
+                conditions.append(
+                    _closed({"attr": {"enum": attrs}, "op": {"enum": ops}, **operands})
+                )
+        return {"anyOf": [*logic, *conditions], "description": "A segment rule (docs/segments.md)"}
+
     def compile(self, rule: Any, now: datetime | None = None) -> Compiled:
         params: list[Any] = []
         used: set[str] = set()
@@ -158,8 +182,8 @@ class RuleCompiler:
                 inner = self._node(node["not"], f"{path}.not", params, used, now, depth + 1)
                 return f"(NOT {inner})"
             children = node[key]
-            if not isinstance(children, list) or not children:
-                raise RuleError(f"{path}.{key}", "expected a non-empty list of rules")
+            if not isinstance(children, list) or not 1 <= len(children) <= MAX_CHILDREN:
+                raise RuleError(f"{path}.{key}", f"expected a list of 1 to {MAX_CHILDREN} rules")
             parts = [
                 self._node(c, f"{path}.{key}[{i}]", params, used, now, depth + 1)
                 for i, c in enumerate(children)
@@ -188,7 +212,7 @@ class RuleCompiler:
     ) -> str:
         """The condition on the attribute's value, for persons whose basis is met."""
         op = node.get("op")
-        if op not in OPERATORS:
+        if not isinstance(op, str) or op not in OPERATORS:
             raise RuleError(
                 f"{path}.op",
                 f"unknown op {op!r}; one of {', '.join([*COMPARISONS, 'in', 'not_in'])}, "
@@ -248,9 +272,12 @@ class RuleCompiler:
             if isinstance(v, bool) or not isinstance(v, int | float | str):
                 raise RuleError(path, f"expected a number, got {v!r}")
             try:
-                return Decimal(str(v))
+                number = Decimal(str(v))
             except ArithmeticError:
                 raise RuleError(path, f"expected a number, got {v!r}") from None
+            if not number.is_finite() or abs(number) > MAX_NUMBER:
+                raise RuleError(path, f"expected a number between -1e15 and 1e15, got {v!r}")
+            return number
         if kind == "bool":
             if not isinstance(v, bool):
                 raise RuleError(path, f"expected true or false, got {v!r}")
@@ -266,6 +293,40 @@ class RuleCompiler:
         if not isinstance(v, str) or len(v) > 1000:
             raise RuleError(path, f"expected a string (at most 1000 characters), got {v!r}")
         return v
+
+
+def _closed(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": sorted(properties),
+        "additionalProperties": False,
+    }
+
+
+def _operand_schemas(kind: str) -> list[tuple[list[str], dict[str, Any]]]:
+    """(operators, the schemas of their operands) that compile for attributes of `kind`."""
+    values_of: dict[str, dict[str, Any]] = {
+        "number": {"type": "number", "minimum": -float(MAX_NUMBER), "maximum": float(MAX_NUMBER)},
+        "string": {"type": "string", "maxLength": 1000},
+        "time": {"type": "string", "format": "date-time"},
+        "bool": {"type": "boolean"},
+        "list": {"type": "string", "maxLength": 1000},
+    }
+    value = values_of[kind]
+    values = {"type": "array", "items": value, "minItems": 1, "maxItems": MAX_LIST}
+    days = {"type": "number", "minimum": 0, "maximum": 36500}
+    out: list[tuple[list[str], dict[str, Any]]] = [(["is_null", "is_not_null"], {})]
+    if kind == "list":
+        return [*out, (["contains"], {"value": value})]
+    out.append(([*COMPARISONS], {"value": value}))
+    if kind != "bool":
+        out.append((["in", "not_in"], {"values": values}))
+    if kind in ("number", "time", "string"):
+        out.append((["between"], {"low": value, "high": value}))
+    if kind == "time":
+        out.append((["older_than", "within"], {"days": days}))
+    return out
 
 
 # op -> (the keys it takes besides attr and op, the method that compiles it)

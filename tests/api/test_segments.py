@@ -74,7 +74,7 @@ def test_bad_rules_get_a_422_naming_the_node(
     served: dict[str, Any], body: dict[str, Any], node: str
 ) -> None:
     r = call(served, "POST", "/v1/segments/preview", "marketing", body)
-    assert r.status_code == 422 and r.json()["detail"]["node"] == node, r.text
+    assert r.status_code == 422 and r.json()["field"] == node, r.text
 
 
 def test_saved_segments_keep_every_version(served: dict[str, Any]) -> None:
@@ -108,7 +108,7 @@ def test_saved_segments_keep_every_version(served: dict[str, Any]) -> None:
         "marketing",
         {"rule": {"attr": "churn_risk", "op": "~", "value": 1}},
     )
-    assert bad.status_code == 422 and bad.json()["detail"]["node"] == "rule.op"
+    assert bad.status_code == 422 and bad.json()["field"] == "rule.op"
     assert call(served, "GET", "/v1/segments/seg_nope", "marketing").status_code == 404
 
 

@@ -94,7 +94,7 @@ def test_filters_match_person_or_payload_fields() -> None:
         (["profile.exploded"], {}, False, "event_types[0]"),
         (["ops.schema_drift"], {}, False, "event_types[0]"),  # a channel asking for ops alerts
         (["churn_risk.crossed"], {}, True, "event_types[0]"),  # a steward asking for churn
-        (["churn_risk.crossed"], {"purpose": "x"}, False, "filter.purpose"),
+        (["churn_risk.crossed"], {"iban": "x"}, False, "filter.iban"),  # no event type has it
         (["consent.changed"], {"purpose": {"$ne": 1}}, False, "filter.purpose"),
     ],
 )
