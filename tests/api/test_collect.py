@@ -4,9 +4,19 @@ what it must: other sources' keys, malformed lines, oversized bodies."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from bench.server import ServeProcess
+from pipelines.ops.keys import KeyStore
+from tests.conftest import settings_for
 
 pytestmark = pytest.mark.api
 
@@ -82,3 +92,55 @@ def test_hostile_bodies_get_a_4xx_that_names_the_problem_never_a_5xx(served: Any
         assert got.status_code == code and says in got.json()["detail"], (name, got.text)
     after = sorted(landing.glob("*.jsonl")) if landing.exists() else []
     assert after == before
+
+
+def test_a_kill_9_with_20_posts_in_flight_loses_no_acknowledged_event(
+    served: Any, tmp_path: Path
+) -> None:
+    """Twenty sources post 2,000 events each at once and the server is killed with SIGKILL as
+    the first 202 arrives: every acknowledged batch is in landing whole, and every visible
+    landing file is complete (no partial line, no partial batch)."""
+    root = tmp_path / "root"
+    shutil.copytree(served["root"] / "lake", root / "lake")
+    key = KeyStore(settings_for(root).database_url).create("kill feed", "source", "app")
+    server = ServeProcess(root, {"CDP_EVENTS_DELIVER": "false"})
+    bodies = [
+        "".join(json.dumps(dict(_event(0), event_id=f"kill-{i}-{j}")) + "\n" for j in range(2000))
+        for i in range(20)
+    ]
+    answers: dict[int, int | None] = {}
+    first = threading.Event()
+
+    def post(i: int) -> None:
+        try:
+            r = httpx.post(
+                f"{server.url}/v1/collect/app",
+                content=bodies[i],
+                headers={"X-API-Key": key, "Content-Type": "application/x-ndjson"},
+                timeout=60,
+            )
+            answers[i] = r.status_code
+            if r.status_code == 202:
+                first.set()
+        except httpx.HTTPError:
+            answers[i] = None  # cut off by the kill: not acknowledged
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    try:
+        assert first.wait(60), answers
+    finally:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=30)
+    for t in threads:
+        t.join(timeout=60)
+    acknowledged = {i for i, code in answers.items() if code == 202}
+    assert acknowledged and all(code in (202, None) for code in answers.values()), answers
+    landed: dict[int, int] = {}
+    for f in sorted((root / "landing" / "app").glob("*.jsonl")):  # hidden .tmp files excluded
+        ids = [json.loads(line)["event_id"] for line in f.read_text().splitlines()]
+        batches = {int(i.split("-")[1]) for i in ids}
+        assert len(batches) == 1 and len(ids) == 2000, f"{f.name} is not one whole batch"
+        landed[batches.pop()] = len(ids)
+    assert acknowledged <= set(landed), (acknowledged, sorted(landed))
