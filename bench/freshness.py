@@ -94,7 +94,8 @@ def main() -> None:
         datetime, lake.read_polars(PROFILES, ["last_event_ts"]).get_column("last_event_ts").max()
     )
 
-    server = ServeProcess(root)
+    # the figures are the server's, not a channel's rate limit
+    server = ServeProcess(root, {"CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"})
     stream = subprocess.Popen(
         [CDP, "stream"], env=env, start_new_session=True, stdout=subprocess.DEVNULL
     )

@@ -38,12 +38,12 @@ from pipelines.config import PROJECT_ROOT, Settings, load_settings  # noqa: E402
 from pipelines.identity.resolve import LINKS_SCHEMA, NODES_SCHEMA  # noqa: E402
 from pipelines.identity.stage import CHANGED_AT, RESOLVED  # noqa: E402
 from pipelines.ingest.reference import load_reference  # noqa: E402
-from pipelines.lakehouse.catalog import (  # noqa: E402  # noqa: E402
+from pipelines.lakehouse.catalog import (  # noqa: E402
     DAILY,
     FACTS,
     LINKS,
     MAP,
-    PROFILES,  # noqa: E402
+    PROFILES,
 )
 from pipelines.lakehouse.lake import Lake  # noqa: E402
 from pipelines.profile.facts import DAILY_SCHEMA, FACTS_SCHEMA  # noqa: E402

@@ -740,6 +740,11 @@ def _api(api_path: Path, env: Mapping[str, str], policy: PolicyCfg) -> ApiCfg:
         if env.get(var := f"CDP_EVENTS_{key.upper()}"):
             events_raw[key] = env[var]
     api_raw["events"] = events_raw
+    limits_raw = dict(api_raw.get("rate_limits") or {})
+    for key in RateLimitsCfg.model_fields:  # CDP_API_RATE_LIMIT_LOOKUP=50000/second, ...
+        if env.get(var := f"CDP_API_RATE_LIMIT_{key.upper()}"):
+            limits_raw[key] = env[var]
+    api_raw["rate_limits"] = limits_raw
     api = _parse(ApiCfg, api_raw, api_path)
     if unknown_channels := sorted(set(api.endpoints) - set(policy.channels)):
         raise ConfigError(

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -137,11 +139,32 @@ def generate(
     console.print(f"ground truth (tests and benchmarks only): {summary.truth_root}")
 
 
+@contextmanager
+def _holding(settings: Settings, stage: str = "identity") -> Iterator[None]:
+    """Run the command holding `stage`'s lock (the one the stream, `cdp run`, the rebuilds and
+    Dagster share for identity and gold); a lock another process holds, for this stage or a
+    source's ingestion, ends the command with the holder named and exit status 3."""
+    from pipelines.lakehouse.locks import StageBusyError, stage_lock
+
+    try:
+        with stage_lock(settings.paths.checkpoint_root, stage):
+            yield
+    except StageBusyError as exc:
+        console.print(f"[red]busy:[/red] {exc}")
+        raise typer.Exit(3) from None
+
+
 def _pipeline(settings: Settings, *, available_now: bool) -> None:
+    """Reference loads, ingestion and promotion, all under the identity lock: a second process
+    stops before it writes anything."""
+    with _holding(settings):
+        _ingest_and_promote(settings, available_now=available_now)
+
+
+def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
     from pipelines.ingest.reference import ReferenceFileError, load_reference
     from pipelines.ingest.stream import CheckpointMismatchError, Ingestion
     from pipelines.lakehouse.lake import Lake
-    from pipelines.lakehouse.locks import StageBusyError, stage_lock
     from pipelines.lakehouse.spark import JavaMissingError, spark_session
     from pipelines.promotion import Promoter
 
@@ -176,11 +199,7 @@ def _pipeline(settings: Settings, *, available_now: bool) -> None:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
     try:
-        with stage_lock(settings.paths.checkpoint_root, "identity"):
-            ingestion.run(available_now=available_now, stop=stop)
-    except StageBusyError as exc:
-        console.print(f"[red]busy:[/red] {exc}")
-        raise typer.Exit(3) from None
+        ingestion.run(available_now=available_now, stop=stop)
     except CheckpointMismatchError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -246,11 +265,10 @@ def identity_rebuild(conf: ConfOpt = None) -> None:
     the merges and splits it causes in gold.person_merges."""
     from pipelines.identity.full import rebuild_identity
     from pipelines.lakehouse.lake import Lake
-    from pipelines.lakehouse.locks import stage_lock
     from pipelines.lakehouse.spark import spark_session
 
     settings = _settings(conf)
-    with stage_lock(settings.paths.checkpoint_root, "identity"):
+    with _holding(settings):
         spark = spark_session(settings.engine)
         r = rebuild_identity(spark, Lake(settings.paths.lake_root, spark), settings)
     console.print(
@@ -264,12 +282,11 @@ def profiles_rebuild(conf: ConfOpt = None) -> None:
     """Recompute daily usage, facts and every profile from all of silver (after a change to
     conf/profile.yaml or conf/scores.yaml); writes only the profiles that change."""
     from pipelines.lakehouse.lake import Lake
-    from pipelines.lakehouse.locks import stage_lock
     from pipelines.lakehouse.spark import spark_session
     from pipelines.profile.stage import rebuild_gold
 
     settings = _settings(conf)
-    with stage_lock(settings.paths.checkpoint_root, "identity"):
+    with _holding(settings):
         lake = Lake(settings.paths.lake_root, spark_session(settings.engine))
         r = rebuild_gold(lake, settings, progress=console.print)
     console.print(

@@ -153,4 +153,4 @@ def test_export_reaches_only_consented_members_with_only_allowed_attributes(
     assert any(a["kind"] == "segment_export" and a["channel"] == "sms_campaigns" for a in audit)
 
     refused = call(served, "GET", f"/v1/segments/{sid}/export?channel=contact_centre", "marketing")
-    assert refused.status_code == 422 and "does not hold purpose" in refused.text
+    assert refused.status_code == 403 and "does not hold purpose" in refused.json()["detail"]

@@ -101,7 +101,7 @@ def test_a_clean_shutdown_writes_every_audit_record(
     shutil.copytree(served["lake"].root, root / "lake")
     settings = settings_for(root)
     key = KeyStore(settings.database_url).create("shutdown test", "channel", "mobile_app")
-    server = ServeProcess(root)
+    server = ServeProcess(root, {"CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"})
     rows = Lake(root / "lake").read_arrow(PROFILES).to_pylist()[:50]
     requests = [
         encode_get(HOST, f"/v1/profiles/person_id/{r['person_id']}", {"X-API-Key": key})

@@ -111,7 +111,7 @@ def test_api_docs_open_offline_under_a_csp_without_inline_script(
     page.route("**/*", local_only)
     page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
     page.goto(f"{base}/docs")
-    page.get_by_text("/v1/profiles/{id_type}/{id_value}").first.wait_for(timeout=30_000)
+    page.get_by_text("/v1/profiles/msisdn/{id_value}").first.wait_for(timeout=30_000)
     page.goto(f"{base}/redoc")
     page.get_by_text("Consent-aware profile lookups").first.wait_for(timeout=30_000)
     page.close()

@@ -171,3 +171,36 @@ def test_a_release_reaches_gold_while_the_stream_runs_without_a_new_batch(tmp_pa
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "quality gate HELD network" in out
+
+
+def test_run_and_rebuilds_beside_a_running_stream_stop_clearly_and_touch_nothing(
+    tmp_path: Path,
+) -> None:
+    """While `cdp stream` holds identity and gold, `cdp run`, `cdp identity rebuild` and
+    `cdp profiles rebuild` each stop with the holder named (exit 3, no traceback), taking the
+    lock before they start Spark or load anything, and the stream goes on ingesting."""
+    conf, root = conf_with(tmp_path, **ONE_FILE_PER_BATCH), tmp_path / "data"
+    landing = root / "landing" / "network"
+    _drop(landing, "n-1.jsonl", [_line("first")])
+    proc = _stream(conf, root)
+    lake = Lake(root / "lake")
+    try:
+        assert _wait_for(lambda: "first" in _silver_ids(lake), 120)
+        for command in (["run"], ["identity", "rebuild"], ["profiles", "rebuild"]):
+            other = subprocess.run(
+                [sys.executable, "-m", "pipelines.cli.main", *command],
+                env=cdp_env(conf, root),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            said = other.stdout + other.stderr
+            assert other.returncode == 3, (command, said)
+            assert "busy" in said and f"pid {proc.pid}" in said.replace("\n", " "), said
+            assert "Traceback" not in said
+        _drop(landing, "n-2.jsonl", [_line("second")])
+        assert _wait_for(lambda: "second" in _silver_ids(lake), 60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
