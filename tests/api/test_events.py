@@ -401,3 +401,42 @@ def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
     assert f'cdp_event_queue_messages{{queue="sub:{sid}",status="delivered"}} 1.0' in metrics
     assert f'cdp_event_queue_oldest_pending_seconds{{queue="sub:{sid}"}} 0.0' in metrics
     assert 'cdp_event_delivery_lag_seconds{quantile="0.99"}' in metrics
+
+
+def test_sse_and_webhooks_carry_no_event_of_a_person_without_consent_for_its_purpose(
+    served: dict[str, Any], receiver: Receiver
+) -> None:
+    """churn_risk.crossed discloses profiling: a channel holding profiling gets it for a person
+    who consented to profiling, never for one who did not, on the SSE stream and on its webhook
+    alike (the consented person's later event marks that both were past the refused one)."""
+    allowed, refused = (_persons(served, "profiling", granted, 1)[0] for granted in (True, False))
+    path = "/nba-consent"
+    _subscribe(served, "nba_engine", ["churn_risk.crossed"], receiver.url + path)
+    ids = _outbox(
+        served,
+        [
+            ("churn_risk.crossed", allowed, {"direction": "up", "threshold": 0.5}),
+            ("churn_risk.crossed", refused, {"direction": "up", "threshold": 0.5}),
+            ("churn_risk.crossed", allowed, {"direction": "down", "threshold": 0.5}),
+        ],
+    )
+
+    def past_the_marker() -> list[dict[str, Any]]:
+        got = _events_at(receiver, path)
+        return got if ids[2] in {e["event_id"] for e in got} else []
+
+    hooked = _wait("the webhook", past_the_marker)
+    assert {e["person_id"] for e in hooked} == {allowed}
+    seen: list[dict[str, Any]] = []
+    url = f"{served['server'].url}/v1/events/stream"
+    headers = {"X-API-Key": served["keys"]["nba_engine"]}
+    with httpx.stream(
+        "GET", url, params={"types": "churn_risk.crossed"}, headers=headers, timeout=30
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if seen[-1]["event_id"] == ids[2]:
+                    break
+    assert ids[0] in {e["event_id"] for e in seen}
+    assert refused not in {e["person_id"] for e in seen}
