@@ -26,7 +26,8 @@ class Limits:
     max_string_chars: int
 
 
-def _no_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
+    """`parse_constant` for json.loads: NaN, Infinity and -Infinity are not RFC 8259 JSON."""
     raise ValueError(f"{name} is not a JSON number (RFC 8259); send null or a string")
 
 
@@ -51,7 +52,7 @@ def parse_events(body: bytes, ndjson: bool, source: str, limits: Limits) -> list
 
 def _event(line: str, n: int, source: str, limits: Limits) -> dict[str, Any]:
     try:
-        event = json.loads(line, parse_constant=_no_constant)
+        event = json.loads(line, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
         raise BodyError(400, f"line {n}: not JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:

@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from api.bodies import reject_constant
 from api.models import ErrorPublic
 
 
@@ -88,10 +89,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
-
-
 class StrictRequest(Request):
     """A request whose JSON body is read as UTF-8 and RFC 8259 only."""
 
@@ -99,7 +96,7 @@ class StrictRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+                self._json = json.loads(body.decode("utf-8"), parse_constant=reject_constant)
             except UnicodeDecodeError as exc:
                 raise HTTPException(400, f"body is not UTF-8 (byte offset {exc.start})") from None
             except json.JSONDecodeError as exc:
