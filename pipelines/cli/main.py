@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -166,8 +167,13 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
     from pipelines.ingest.stream import CheckpointMismatchError, Ingestion
     from pipelines.lakehouse.lake import Lake
     from pipelines.lakehouse.spark import JavaMissingError, spark_session
-    from pipelines.promotion import Promoter
 
+    # Importing the promotion path (Great Expectations) takes ~5 s of CPU; it runs while the JVM
+    # starts instead of before it, which is most of what a restart after a crash waits for.
+    preload = threading.Thread(
+        target=importlib.import_module, args=("pipelines.promotion",), daemon=True
+    )
+    preload.start()
     try:
         spark = spark_session(settings.engine)
         lake = Lake(settings.paths.lake_root, spark)
@@ -179,6 +185,9 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
     except (JavaMissingError, ReferenceFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    preload.join()
+    from pipelines.promotion import Promoter
+
     promoter = Promoter(settings, lake)
     ingestion = Ingestion(
         spark,
@@ -579,10 +588,22 @@ def docs(conf: ConfOpt = None) -> None:
 
 
 @app.command()
-def serve(conf: ConfOpt = None) -> None:
-    """Serve the API (uvicorn) on the gold snapshot; reloads it when gold changes."""
+def serve(
+    conf: ConfOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (api.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (api.port).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (api.workers); they share the snapshot's base."),
+    ] = None,
+) -> None:
+    """Serve the API (uvicorn) on the gold snapshot; follows gold as it changes."""
     import uvicorn
 
+    # The workers load their settings from the environment: pass them what was asked here.
+    overrides = {"CDP_CONF_DIR": conf, "CDP_API_HOST": host, "CDP_API_PORT": port}
+    overrides["CDP_API_WORKERS"] = workers
+    os.environ.update({k: str(v) for k, v in overrides.items() if v is not None})
     settings = _settings(conf)
     console.print(
         f"serving on http://{settings.api.host}:{settings.api.port} "
