@@ -78,7 +78,7 @@ class LookupFastPath:
         row = current_row(snap, id_type, value)
         if row is None or self.state.rate_limits.retry_after("lookup", who.key_id) is not None:
             return None  # the route answers (and counts the request again: still over)
-        return projected(self.state, who, snap.rendered, row, "lookup")
+        return projected(self.state, who, snap, row, "lookup")
 
     def _caller(self, scope: Scope) -> Caller | None:
         for name, value in scope["headers"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -26,6 +27,8 @@ from pipelines.ops.keys import KeyStore
 from pipelines.profile.build import check_policy, profile_schema
 from pipelines.profile.consent import compile_rules
 
+LOG = logging.getLogger("cdp.api")
+
 
 def create_app(settings: Settings) -> FastAPI:
     """The app for one process: keys, compiled consent rules, and a snapshot reloaded when the
@@ -38,8 +41,12 @@ def create_app(settings: Settings) -> FastAPI:
 
         async def poll() -> None:
             while True:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     await asyncio.to_thread(holder.refresh)
+                except FileNotFoundError:
+                    pass  # no gold yet: /readyz says so
+                except Exception:  # the next poll tries again; the current snapshot serves on
+                    LOG.exception("the snapshot could not follow gold")
                 await asyncio.sleep(settings.api.snapshot_poll_s)
 
         task = asyncio.create_task(poll())
@@ -49,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            holder.close()
             app.state.audit.close()  # a clean shutdown writes every queued audit record
 
     app = FastAPI(

@@ -81,10 +81,22 @@ class ApiMetrics:
             "cdp_snapshot_age_seconds", "Seconds since the snapshot was loaded", registry=registry
         )
         self.reload_s = Gauge(
-            "cdp_snapshot_reload_seconds", "Duration of the last reload", registry=registry
+            "cdp_snapshot_reload_seconds",
+            "Duration of the last update (changes applied, or a start from a base)",
+            registry=registry,
         )
         self.reloads = Gauge(
-            "cdp_snapshot_reloads", "Snapshots loaded by this process", registry=registry
+            "cdp_snapshot_reloads", "Gold versions taken by this process", registry=registry
+        )
+        self.full_loads = Gauge(
+            "cdp_snapshot_full_loads",
+            "Times this process started from a serving base (start, rewrite of gold)",
+            registry=registry,
+        )
+        self.changed_rows = Gauge(
+            "cdp_snapshot_changed_rows",
+            "Profile rows applied since the base (a new base folds them in)",
+            registry=registry,
         )
         self.sla_measured = Gauge(
             "cdp_sla_measured",
@@ -138,8 +150,10 @@ class ApiMetrics:
         if current is not None:
             self.version.set(current.version)
             self.age.set(time.time() - current.loaded_at)
+            self.changed_rows.set(current.changed_rows)
         self.reload_s.set(holder.last_reload_s)
         self.reloads.set(holder.reloads)
+        self.full_loads.set(holder.full_loads)
 
     def queues(self, events: EventStore) -> None:
         now = datetime.now(UTC)

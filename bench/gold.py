@@ -46,6 +46,7 @@ from pipelines.lakehouse.catalog import (  # noqa: E402
     PROFILES,
 )
 from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.lakehouse.spark import spark_session  # noqa: E402
 from pipelines.profile.facts import DAILY_SCHEMA, FACTS_SCHEMA  # noqa: E402
 from pipelines.profile.stage import recompute_profiles, refresh_gold  # noqa: E402
 from pipelines.synthetic.operator import write_reference  # noqa: E402
@@ -258,11 +259,13 @@ def _money(units: np.ndarray) -> pa.Array:
     return pa.array([Decimal(int(u)) for u in units], pa.decimal128(18, 2))
 
 
-def batch_events(rng: np.random.Generator, nodes: pl.DataFrame, batch: int) -> dict[str, pa.Table]:
-    """A data session end and a payment on the first line of TOUCHED random persons, and an app
-    open by the ones with an app user: event times in the last hour."""
+def batch_events(
+    rng: np.random.Generator, nodes: pl.DataFrame, batch: int, touched: int = TOUCHED
+) -> dict[str, pa.Table]:
+    """A data session end and a payment on the first line of `touched` random persons, and an
+    app open by the ones with an app user: event times in the last hour."""
     now = datetime.now(UTC).replace(microsecond=0)
-    persons = pl.Series(rng.choice(PERSONS, TOUCHED, replace=False)).cast(pl.String).str.zfill(19)
+    persons = pl.Series(rng.choice(PERSONS, touched, replace=False)).cast(pl.String).str.zfill(19)
     chosen = nodes.filter(("P" + pl.col("person_id").str.slice(1)).is_in(("P" + persons).implode()))
     lines = chosen.filter(pl.col("id_type") == "msisdn").unique("person_id")
     apps = chosen.filter(pl.col("id_type") == "app_user_id")
@@ -352,7 +355,9 @@ def build(lake: Lake, settings: Settings, today: date) -> pl.DataFrame:
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="cdp-bench-gold-"))
     settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(root)})
-    lake = Lake(settings.paths.lake_root)
+    # the generated tables reach Spark from driver memory: 30M rows of daily usage need room
+    engine = settings.engine.model_copy(update={"driver_memory": "12g"})
+    lake = Lake(settings.paths.lake_root, spark_session(engine, app_name="bench-gold"))
     today = datetime.now(UTC).date()
     nodes = build(lake, settings, today)
 

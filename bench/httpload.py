@@ -70,13 +70,7 @@ async def _connection(
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-                    break
-            else:
-                raise ValueError(f"no content-length in response: {head[:200]!r}")
+            length = _content_length(head)
             if length:
                 await reader.readexactly(length)
             if time.perf_counter() >= warmup_until:
@@ -113,3 +107,113 @@ def drive(
 ) -> LoadResult:
     """Run `concurrency` connections for warmup + seconds; only the measured seconds count."""
     return uvloop.run(_run(host, port, requests, concurrency, seconds, warmup))
+
+
+@dataclass
+class OpenLoopResult(LoadResult):
+    """An open-loop run: latency counted from each request's scheduled send time (a stall of
+    the server delays every request scheduled behind it, and all of that is counted), and how
+    late the generator itself sent (its own share of the figures)."""
+
+    rate: float = 0.0
+    send_lag_ns: list[int] = field(default_factory=list)
+
+    def summary(self, prefix: str) -> dict[str, float]:
+        lat = np.asarray(self.latencies_ns, dtype=np.float64) / 1e6
+        lag = np.asarray(self.send_lag_ns, dtype=np.float64) / 1e6
+        figures = super().summary(prefix)
+        figures.update(
+            {
+                f"{prefix}_offered_per_s": self.rate,
+                f"{prefix}_p999_ms": round(float(np.percentile(lat, 99.9)), 3) if lat.size else 0.0,
+                f"{prefix}_send_lag_p99_ms": (
+                    round(float(np.percentile(lag, 99)), 3) if lag.size else 0.0
+                ),
+            }
+        )
+        return figures
+
+
+async def _open_connection_worker(
+    host: str,
+    port: int,
+    jobs: asyncio.Queue[tuple[int, bytes, bool] | None],
+    result: OpenLoopResult,
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    clock = time.perf_counter_ns
+    try:
+        while (job := await jobs.get()) is not None:
+            scheduled, request, counted = job
+            sent = clock()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = _content_length(head)
+            if length:
+                await reader.readexactly(length)
+            if counted:
+                result.latencies_ns.append(clock() - scheduled)
+                result.send_lag_ns.append(sent - scheduled)
+                result.statuses[status] += 1
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        result.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        writer.close()
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            return int(line[15:])
+    raise ValueError(f"no content-length in response: {head[:200]!r}")
+
+
+async def _run_open(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    rate: float,
+    seconds: float,
+    warmup: float,
+    connections: int,
+) -> OpenLoopResult:
+    result = OpenLoopResult(seconds=seconds, rate=rate)
+    jobs: asyncio.Queue[tuple[int, bytes, bool] | None] = asyncio.Queue()
+    workers = [
+        asyncio.create_task(_open_connection_worker(host, port, jobs, result))
+        for _ in range(connections)
+    ]
+    await asyncio.sleep(0.2)  # connections open before the schedule starts
+    interval = int(1e9 / rate)
+    start = time.perf_counter_ns()
+    total = int((warmup + seconds) * rate)
+    counted_from = int(warmup * rate)
+    i = 0
+    while i < total:
+        now = time.perf_counter_ns()
+        while i < total and start + i * interval <= now:
+            jobs.put_nowait((start + i * interval, requests[i % len(requests)], i >= counted_from))
+            i += 1
+        # the loop's timers have millisecond resolution: the lag this adds is measured
+        await asyncio.sleep(max(0.0, (start + i * interval - time.perf_counter_ns()) / 1e9))
+    for _ in workers:
+        jobs.put_nowait(None)
+    await asyncio.gather(*workers)
+    return result
+
+
+def drive_open(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    rate: float,
+    seconds: float = 30.0,
+    warmup: float = 3.0,
+    connections: int = 64,
+) -> OpenLoopResult:
+    """Send `requests` (in turn) at a constant `rate` per second for warmup + seconds, whatever
+    the answers' pace: each goes out on the next free of `connections` keep-alive connections
+    (if none is free it waits, and the wait counts). Only the measured seconds count."""
+    return uvloop.run(_run_open(host, port, requests, rate, seconds, warmup, connections))

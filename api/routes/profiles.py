@@ -14,7 +14,7 @@ from starlette.datastructures import State
 from api.deps import LookupDep, SnapshotDep
 from api.errors import KEYED, StrictRoute, error
 from api.models import IsoTime, MergedPublic, ProfilePublic
-from api.render import RenderedProfiles
+from api.render import RenderedProfiles, Served
 from api.snapshot import Snapshot
 from pipelines.config import PolicyCfg, Settings
 from pipelines.identity.explain import normalise_value
@@ -87,7 +87,7 @@ async def lookup(
             )
     if row is None:
         raise HTTPException(404, f"no person holds {id_type} {id_value} now")
-    body = projected(request.app.state, who, snap.rendered, row, "lookup")
+    body = projected(request.app.state, who, snap, row, "lookup")
     return Response(body, media_type="application/json")
 
 
@@ -130,46 +130,38 @@ def in_force_now(
 ) -> list[pl.Expr]:
     """Each purpose's `consent_<p>_granted` of an old profile row, kept only where the person
     (or the person they were merged into) has it in force in the current snapshot too."""
-    current = person if person in snap.row_of else snap.surviving(person)
+    current = person if snap.row_of(person) is not None else snap.surviving(person)
+    row = snap.row_of(current) if current is not None else None
+    now = snap.consent(row) if row is not None else {}
     columns = [f"consent_{p}_granted" for p in policy.purposes]
-    columns = [c for c in columns if c in frame.columns]
-    now: tuple[object, ...] | None = None
-    if current is not None and columns:
-        now = (
-            snap.db.cursor()
-            .execute(
-                f"SELECT {', '.join(columns)} FROM profiles WHERE person_id = ?",  # policy names
-                [current],
-            )
-            .fetchone()
-        )
     return [
-        (pl.col(c).fill_null(False) & pl.lit(bool(now and now[i] is True))).alias(c)
-        for i, c in enumerate(columns)
+        (pl.col(c).fill_null(False) & pl.lit(now.get(c) is True)).alias(c)
+        for c in columns
+        if c in frame.columns
     ]
 
 
 def current_row(snap: Snapshot, id_type: str, value: str) -> int | None:
     """The snapshot row of the person holding a (valid) identifier now."""
     if id_type == "person_id":
-        return snap.row_of.get(value)
-    return snap.row_of_id.get(f"{id_type}:{value}")
+        return snap.row_of(value)
+    return snap.row_of_key(id_type, value)
 
 
-def projected(state: State, who: Caller, rendered: RenderedProfiles, row: int, kind: str) -> bytes:
+def projected(state: State, who: Caller, served: Served, row: int, kind: str) -> bytes:
     """The row as the caller's channel may see it (a ProfilePublic JSON document, rendered from
     pre-encoded fragments: validating our own output through the response model would cost
     more than the lookup itself); the lookup is audited (names, not values)."""
-    body, disclosure = rendered.body(row, state.rules[who.channel])
+    body, disclosure = served.body(row, state.rules[who.channel])
     state.audit.record(
         AuditRecord(
             kind=kind,
             key_id=who.key_id,
             channel=who.channel,
-            person_id=rendered.person_ids[row],
+            person_id=served.person_id(row),
             disclosure=disclosure,
-            profile_version=rendered.version_of(row),
-            snapshot_version=rendered.version,
+            profile_version=served.version_of(row),
+            snapshot_version=served.version,
             at=datetime.now(UTC),
         )
     )

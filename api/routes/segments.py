@@ -210,8 +210,7 @@ async def export(
     def bodies() -> Iterator[bytes]:
         for i in range(0, len(ids), EXPORT_CHUNK):
             yield b"".join(
-                projected(state, as_channel, snap.rendered, snap.row_of[p], "segment_export")
-                + b"\n"
+                projected(state, as_channel, snap, snap.row(p), "segment_export") + b"\n"
                 for p in ids[i : i + EXPORT_CHUNK]
             )
 
@@ -297,8 +296,7 @@ async def push(
         parts = []
         for n, chunk in enumerate(chunks, start=1):
             entered = b",".join(
-                projected(state, as_channel, snap.rendered, snap.row_of[p], "segment_push")
-                for p in chunk
+                projected(state, as_channel, snap, snap.row(p), "segment_push") for p in chunk
             )
             exited = plan.exited if n == len(chunks) else []
             doc = json.dumps({**head, "part": n, "exited": exited})

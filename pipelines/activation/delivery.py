@@ -84,23 +84,32 @@ def load_view(
 ) -> DeliveryView | None:
     """The current gold version's columns delivery reads: person, the `attributes` rules may
     use, consent (None before gold exists)."""
-    dt = lake.table(PROFILES)
-    if dt is None:
+    version = lake.version(PROFILES)
+    if version is None:
         return None
-    version = dt.version()
-    names = set(pa.schema(dt.schema().to_arrow()).names)
     consent = [f"consent_{p}_{s}" for p in policy.purposes for s in CONSENT_PARTS]
-    columns = [c for c in ["person_id", *attributes, *consent] if c in names]
-    selected = ", ".join(f'"{c}"' for c in dict.fromkeys(columns))  # names from the schema
+    return DeliveryView(version, profiles_db(lake, version, ["person_id", *attributes, *consent]))
+
+
+def profiles_db(
+    lake: LakeReader, version: int, columns: list[str] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with a `profiles` view over one gold.profiles version's Parquet files
+    (`columns` of them that exist, or all). A view, not a copy: at 1M persons a copy holds
+    ~700 MB, and set queries run a few times per version."""
+    dt = lake.table(PROFILES, version)
+    if dt is None:
+        raise FileNotFoundError("gold.profiles does not exist yet: run `cdp run` first")
+    names = pa.schema(dt.schema().to_arrow()).names
+    chosen = [c for c in dict.fromkeys(columns) if c in names] if columns else names
+    selected = ", ".join(f'"{c}"' for c in chosen)  # names from the table's schema
     files = ", ".join("'" + f.replace("'", "''") + "'" for f in dt.file_uris())
     db = duckdb.connect()
-    # A view over the version's Parquet files, not a copy: the deliverer queries it a few times
-    # per gold version, and at 1M persons a copy would hold ~700 MB.
-    db.execute(
+    db.execute(  # a view takes no parameters
         f"CREATE VIEW profiles AS SELECT {selected} "
-        f"FROM read_parquet([{files}], union_by_name=true)"  # a view takes no parameters
+        f"FROM read_parquet([{files}], union_by_name=true)"
     )
-    return DeliveryView(version, db)
+    return db
 
 
 class Visibility:
