@@ -238,15 +238,18 @@ def _bases(root: Path, policy: PolicyCfg) -> list[tuple[tuple[int, int, int], Pa
 def newest_base(lake: LakeReader, policy: PolicyCfg, within: Versions) -> Base | None:
     """The newest base of this policy made from versions no later than `within` (a snapshot
     catches up from it), memory-mapped; None when there is none."""
+    found = newest_base_versions(lake, policy, within)
+    return None if found is None else load_base(serving_dir(lake) / found.name(policy))
+
+
+def newest_base_versions(lake: LakeReader, policy: PolicyCfg, within: Versions) -> Versions | None:
+    """The versions of the newest base `newest_base` would map (nothing is read)."""
     usable = [
-        (v, p)
-        for v, p in _bases(serving_dir(lake), policy)
+        v
+        for v, _ in _bases(serving_dir(lake), policy)
         if v[0] <= within.profiles and v[1] <= within.identity_map and v[2] <= within.merges
     ]
-    if not usable:
-        return None
-    _, path = max(usable, key=lambda vp: vp[0])
-    return load_base(path)
+    return Versions(*max(usable)) if usable else None
 
 
 def load_base(path: Path) -> Base:

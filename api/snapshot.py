@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from api.base import Base, Versions, builder, newest_base
+from api.base import Base, Versions, builder, newest_base, newest_base_versions
 from api.render import RowStore, newest_event, tail
 from pipelines.activation.delivery import profiles_db
 from pipelines.config import PolicyCfg
@@ -241,11 +241,10 @@ class SnapshotHolder:
     def _newer_base(self, current: Snapshot | None, target: Versions) -> Base | None:
         if current is None:
             return None
-        base = newest_base(self.lake, self.policy, target)
-        if base is None or base.versions == current.base.versions:
+        found = newest_base_versions(self.lake, self.policy, target)
+        if found is None or found.profiles <= current.base.versions.profiles:
             return None
-        newer = base.versions.profiles > current.base.versions.profiles
-        return base if newer else None
+        return newest_base(self.lake, self.policy, target)
 
     def _from_base(self, base: Base | None, target: Versions) -> Snapshot:
         """A snapshot from a base (the newest usable, else one built now) caught up to `target`."""

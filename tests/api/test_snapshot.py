@@ -103,3 +103,24 @@ def test_a_rewrite_starts_again_from_a_base_and_a_new_process_starts_from_it(
     assert sorted(p.name for p in serving_dir(lake).glob("base-*")) == bases  # built nothing
     assert second.current is not None and second.current.versions == current.versions
     _assert_serves(second.current, lake, policy)
+
+
+def test_grown_changes_are_folded_into_a_new_base_in_the_background(
+    operator: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.snapshot
+
+    monkeypatch.setattr(api.snapshot, "REBUILD_MIN_ROWS", 0)  # any change starts a new base
+    shutil.copytree(operator["settings"].paths.lake_root, tmp_path / "lake")
+    lake, policy = LakeReader(tmp_path / "lake"), operator["settings"].policy
+    first = Versions.current(lake)
+    assert first is not None
+    build_base(lake, policy, Versions(first.profiles - 2, first.identity_map, first.merges))
+    holder = SnapshotHolder(lake, policy)
+    assert holder.refresh() and holder.full_loads == 1  # from the older base, two versions applied
+    assert holder.current is not None and holder.current.changed_rows > 0
+    assert holder._builder is not None and holder._builder.wait(timeout=120) == 0
+    assert holder.refresh() and holder.full_loads == 2  # the new base, adopted
+    assert holder.current is not None and holder.current.changed_rows == 0
+    assert holder.current.base.versions == first
+    _assert_serves(holder.current, lake, policy)
