@@ -290,23 +290,34 @@ def tail(version: int, newest: datetime | None) -> bytes:
     return f',"snapshot_version":{version},{encoded[1:-1]}}}'.encode()
 
 
-class RenderedProfiles:
+class RowsServed:
+    """Bodies of a row store's rows closed by one tail: what one snapshot version serves. The
+    class using it has `store` (a RowStore) and `tail` (bytes)."""
+
+    store: RowStore
+    tail: bytes
+
+    def body(self, row: int, rules: ChannelRules) -> tuple[bytes, Disclosure]:
+        return self.store.body(row, rules, self.tail)
+
+    def person_id(self, row: int) -> str:
+        return self.store.person_id(row)
+
+    def version_of(self, row: int) -> int:
+        return self.store.version_of(row)
+
+    def consent(self, row: int) -> dict[str, Any]:
+        return self.store.consent(row)
+
+
+class RenderedProfiles(RowsServed):
     """The profiles of one frame (one row as it was, for the as-of path) as JSON fragments."""
 
     def __init__(self, frame: pl.DataFrame, policy: PolicyCfg, version: int) -> None:
         self.version = version
-        self._store = RowStore(policy)
-        self._store.render(frame)
-        self._tail = tail(version, newest_event(frame))
+        self.store = RowStore(policy)
+        self.store.render(frame)
+        self.tail = tail(version, newest_event(frame))
 
     def __len__(self) -> int:
-        return len(self._store)
-
-    def body(self, row: int, rules: ChannelRules) -> tuple[bytes, Disclosure]:
-        return self._store.body(row, rules, self._tail)
-
-    def person_id(self, row: int) -> str:
-        return self._store.person_id(row)
-
-    def version_of(self, row: int) -> int:
-        return self._store.version_of(row)
+        return len(self.store)

@@ -20,18 +20,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import duckdb
 import polars as pl
 
 from api.base import Base, Versions, builder, newest_base, newest_base_versions
-from api.render import RowStore, newest_event, tail
+from api.render import RowsServed, RowStore, newest_event, tail
 from pipelines.activation.delivery import profiles_db
 from pipelines.config import PolicyCfg
 from pipelines.lakehouse.catalog import MAP, MERGES, PROFILES
 from pipelines.lakehouse.reader import LakeReader
-from pipelines.profile.consent import ChannelRules, Disclosure
 
 GONE = -1  # a person whose profile was removed since the base
 REBUILD_FRACTION = 0.2  # changed rows, as a share of the base, that start a new base
@@ -40,7 +38,7 @@ CHANGE = "_change_type"
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class Snapshot(RowsServed):
     """One gold version as served: the base and the changes since, with its lookups."""
 
     versions: Versions
@@ -97,18 +95,6 @@ class Snapshot:
             seen.add(current)
             current = self.merged_into[current]
         return current if current != person_id and self.row_of(current) is not None else None
-
-    def body(self, row: int, rules: ChannelRules) -> tuple[bytes, Disclosure]:
-        return self.store.body(row, rules, self.tail)
-
-    def person_id(self, row: int) -> str:
-        return self.store.person_id(row)
-
-    def version_of(self, row: int) -> int:
-        return self.store.version_of(row)
-
-    def consent(self, row: int) -> dict[str, Any]:
-        return self.store.consent(row)
 
 
 def on_base(lake: LakeReader, base: Base, policy: PolicyCfg) -> Snapshot:

@@ -20,6 +20,7 @@ Prints one JSON line. Run: .venv/bin/python bench/gold.py  (no arguments; ~6 min
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -314,16 +316,27 @@ def batch_events(
     }
 
 
+def _overwrite(lake: Lake, table: str, rows: pa.Table) -> None:
+    """Write a generated table through Parquet files Spark reads in splits: handed over from
+    driver memory in one piece, 30M rows of daily usage do not fit a task's heap."""
+    staged = Path(tempfile.mkdtemp(prefix="cdp-bench-stage-"))
+    try:
+        pq.write_table(rows, staged / "rows.parquet", row_group_size=500_000)
+        lake.overwrite(table, lake.spark.read.parquet(str(staged)), stage="bench")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def build(lake: Lake, settings: Settings, today: date) -> pl.DataFrame:
     rng = np.random.default_rng(7)
     t = time.perf_counter()
     nodes = identity_map(rng, today)
-    lake.overwrite(
+    _overwrite(
+        lake,
         MAP,
         nodes.to_arrow()
         .select(NODES_SCHEMA.names + [CHANGED_AT])
         .cast(NODES_SCHEMA.append(pa.field(CHANGED_AT, pa.int64()))),
-        stage="bench",
     )
     lake.append_once(LINKS, LINKS_SCHEMA.empty_table(), {RESOLVED: 0}, stage="bench")
     step(
@@ -331,13 +344,11 @@ def build(lake: Lake, settings: Settings, today: date) -> pl.DataFrame:
         f"({time.perf_counter() - t:.0f} s)"
     )
     daily = daily_usage(rng, nodes, today)
-    lake.overwrite(
-        DAILY, daily.to_arrow().select(DAILY_SCHEMA.names).cast(DAILY_SCHEMA), stage="bench"
-    )
+    _overwrite(lake, DAILY, daily.to_arrow().select(DAILY_SCHEMA.names).cast(DAILY_SCHEMA))
     step(f"daily usage: {daily.height:,} rows over {DAYS} days ({time.perf_counter() - t:.0f} s)")
     del daily
     f = facts(rng, nodes, today)
-    lake.overwrite(FACTS, f.to_arrow().select(FACTS_SCHEMA.names).cast(FACTS_SCHEMA), stage="bench")
+    _overwrite(lake, FACTS, f.to_arrow().select(FACTS_SCHEMA.names).cast(FACTS_SCHEMA))
     step(f"facts: {f.height:,} rows ({time.perf_counter() - t:.0f} s)")
     ref = lake.root.parent / "landing" / "reference"
     write_reference(ref)

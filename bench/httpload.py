@@ -67,12 +67,7 @@ async def _connection(
             request = requests[i % len(requests)]
             i += 1
             started = clock()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = _content_length(head)
-            if length:
-                await reader.readexactly(length)
+            status = await _exchange(reader, writer, request)
             if time.perf_counter() >= warmup_until:
                 result.latencies_ns.append(clock() - started)
                 result.statuses[status] += 1
@@ -146,12 +141,7 @@ async def _open_connection_worker(
         while (job := await jobs.get()) is not None:
             scheduled, request, counted = job
             sent = clock()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = _content_length(head)
-            if length:
-                await reader.readexactly(length)
+            status = await _exchange(reader, writer, request)
             if counted:
                 result.latencies_ns.append(clock() - scheduled)
                 result.send_lag_ns.append(sent - scheduled)
@@ -160,6 +150,18 @@ async def _open_connection_worker(
         result.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
         writer.close()
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """Send one request on a keep-alive connection and read its whole answer; its status."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = _content_length(head)
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
 
 
 def _content_length(head: bytes) -> int:
