@@ -15,10 +15,10 @@ start).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -226,12 +226,12 @@ def _prune(root: Path, policy: PolicyCfg) -> None:
 
 
 def _bases(root: Path, policy: PolicyCfg) -> list[tuple[tuple[int, int, int], Path]]:
-    suffix = f"-{fingerprint(policy)}"
+    name = re.compile(rf"base-(-?\d+)-(-?\d+)-(-?\d+)-{fingerprint(policy)}")
     found = []
-    for path in root.glob(f"base-*{suffix}") if root.exists() else []:
-        parts = path.name.removesuffix(suffix).split("-")[1:]
-        with contextlib.suppress(ValueError):
-            found.append(((int(parts[0]), int(parts[1]), int(parts[2])), path))
+    for path in root.glob("base-*") if root.exists() else []:
+        if matched := name.fullmatch(path.name):
+            p, m, g = (int(v) for v in matched.groups())
+            found.append(((p, m, g), path))
     return found
 
 
