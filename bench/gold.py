@@ -68,7 +68,7 @@ def identity_map(rng: np.random.Generator, today: date) -> pl.DataFrame:
     """Nodes of PERSONS persons: one or two lines, an individual account, some emails and apps."""
     n = PERSONS
     idx = np.arange(n)
-    person = "P" + pl.Series(idx).cast(pl.String).str.zfill(19)
+    person = "P" + pl.Series(idx).cast(pl.String).str.zfill(20)
     start = datetime.combine(today, datetime.min.time(), UTC) - timedelta(days=400)
     tenure = pl.Series(
         [start - timedelta(days=int(d)) for d in rng.integers(0, 2000, 1000)]
@@ -267,7 +267,9 @@ def batch_events(
     """A data session end and a payment on the first line of `touched` random persons, and an
     app open by the ones with an app user: event times in the last hour."""
     now = datetime.now(UTC).replace(microsecond=0)
-    persons = pl.Series(rng.choice(PERSONS, touched, replace=False)).cast(pl.String).str.zfill(19)
+    width = int(nodes.get_column("person_id").str.len_chars().max() or 21) - 1  # digits after P
+    persons = pl.Series(rng.choice(PERSONS, touched, replace=False)).cast(pl.String)
+    persons = persons.str.zfill(width)
     chosen = nodes.filter(("P" + pl.col("person_id").str.slice(1)).is_in(("P" + persons).implode()))
     lines = chosen.filter(pl.col("id_type") == "msisdn").unique("person_id")
     apps = chosen.filter(pl.col("id_type") == "app_user_id")
