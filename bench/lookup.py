@@ -234,6 +234,7 @@ def main() -> None:
             time.sleep(0.5)
         busy = _open(server, paths["msisdn"], key, LANDING_SECONDS)
         stop.set()
+        writer.terminate()  # the batch in hand is not waited for (its JVM ends with it)
         writer.join()
         figures.update(_checked("landing_msisdn", busy))
         figures["versions_landed"] = landed.value
