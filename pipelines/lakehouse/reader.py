@@ -175,20 +175,20 @@ class LakeReader:
         schema change) or its change files are gone (log retention, VACUUM)."""
         if upto <= after:
             return pl.DataFrame()
-        dt = self._existing(table, upto)
         latest = self._existing(table)  # its history starts at the newest commit
+        dt = latest if latest.version() == upto else self._existing(table, upto)
         commits = latest.history(latest.version() - after)
         history = [h for h in commits if after < h.get("version", -1) <= upto]
         if len(history) != upto - after or any(not _incremental(h) for h in history):
             return None
+        if after >= 0 and dt.schema() != self._existing(table, after).schema():
+            return None  # decided before the changes are read
         try:
             reader = dt.load_cdf(starting_version=after + 1, ending_version=upto)
             frame = pl.from_arrow(pa.table(reader))
         except Exception:  # delta-rs raises several kinds for a range it cannot read  # noqa: BLE001
             return None
         if not isinstance(frame, pl.DataFrame):
-            return None
-        if dt.schema() != self._existing(table, after).schema():
             return None
         return frame.drop("_commit_timestamp", strict=False)
 
