@@ -19,13 +19,13 @@ from api.snapshot import SnapshotHolder
 from pipelines.activation.events import EventStore
 from pipelines.activation.push import PushStore
 from pipelines.activation.segment_store import SegmentStore
-from pipelines.activation.segments import RuleCompiler
 from pipelines.config import Settings
 from pipelines.lakehouse.reader import LakeReader
 from pipelines.ops.audit import AuditLog
 from pipelines.ops.keys import KeyStore
 from pipelines.profile.build import check_policy, profile_schema
 from pipelines.profile.consent import compile_rules
+from pipelines.profile.rules import RuleCompiler
 
 LOG = logging.getLogger("cdp.api")
 

@@ -13,9 +13,9 @@ from fastapi.openapi.utils import get_openapi
 
 from api.routes.profiles import PREFIX
 from pipelines.activation.events import EVENT_TYPES, FILTER_FIELDS
-from pipelines.activation.segments import RuleCompiler
 from pipelines.config import Settings
 from pipelines.identity.resolve import PERSON_ID_PATTERN
+from pipelines.profile.rules import RuleCompiler
 
 SCALAR = {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "number"}, {"type": "boolean"}]}
 

@@ -552,6 +552,32 @@ class SlaCfg(Model):
 # ---------------------------------------------------------------- the whole thing
 
 
+class TriggerCfg(Model):
+    """A real-time trigger (conf/triggers.yaml): fires for a person when their gold profile
+    starts to match `when` (a segment rule, docs/segments.md), at most once per `once_per`
+    (`day`, `week` or `month` of the profile clock, or an attribute: once per value of it)."""
+
+    description: str = ""
+    purpose: str
+    when: dict[str, Any]
+    once_per: str = "day"
+    fields: list[str] = Field(default_factory=list)  # attributes the event carries
+
+
+class TriggersCfg(Model):
+    triggers: dict[str, TriggerCfg] = Field(default_factory=dict)
+
+    @field_validator("triggers")
+    @classmethod
+    def _names(cls, v: dict[str, TriggerCfg]) -> dict[str, TriggerCfg]:
+        bad = [n for n in v if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", n)]
+        if bad:
+            raise ValueError(
+                f"trigger names must be lower_snake_case, at most 40 characters: {bad}"
+            )
+        return v
+
+
 class Settings(Model):
     conf_dir: Path
     engine: EngineCfg
@@ -565,6 +591,7 @@ class Settings(Model):
     policy: PolicyCfg
     api: ApiCfg = ApiCfg()
     sla: SlaCfg = SlaCfg()
+    triggers: dict[str, TriggerCfg] = Field(default_factory=dict)
 
     def contract(self, source: str) -> SourceContract:
         try:
@@ -689,6 +716,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         policy=policy,
         api=_api(conf_dir / "api.yaml", env, policy),
         sla=_sla(conf_dir / "sla.yaml", contracts),
+        triggers=_triggers(conf_dir / "triggers.yaml", policy),
     )
 
 
@@ -762,6 +790,33 @@ def _sla(sla_path: Path, contracts: dict[str, SourceContract]) -> SlaCfg:
             f"contracts exist for {sorted(contracts)}"
         )
     return sla
+
+
+def _triggers(path: Path, policy: PolicyCfg) -> dict[str, TriggerCfg]:
+    """triggers.yaml (optional). Each trigger's purpose must be the policy's, and what its event
+    carries (its fields, an attribute window's value) must be usable for that purpose; the rule
+    itself is checked against the gold schema by `check_policy`."""
+    if not path.exists():
+        return {}
+    triggers = _parse(TriggersCfg, _read_yaml(path), path).triggers
+    for name, trigger in triggers.items():
+        where = f"{path}: triggers.{name}"
+        if trigger.purpose not in policy.purposes:
+            raise ConfigError(
+                f"{where}.purpose: unknown purpose {trigger.purpose!r}; "
+                f"one of {sorted(policy.purposes)}"
+            )
+        carried = [("fields", f) for f in trigger.fields]
+        if trigger.once_per not in ("day", "week", "month"):
+            carried.append(("once_per", trigger.once_per))
+        for key, attr in carried:
+            if trigger.purpose not in policy.attributes.get(attr, []):
+                raise ConfigError(
+                    f"{where}.{key}: {attr!r} is not an attribute the policy allows for "
+                    f"{trigger.purpose} (conf/policy.yaml attributes; once_per is day, week, "
+                    "month or such an attribute)"
+                )
+    return triggers
 
 
 def _check_profile(profile: ProfileCfg, contracts: dict[str, SourceContract], path: Path) -> None:

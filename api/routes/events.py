@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
@@ -116,6 +117,29 @@ async def subscribe(request: Request, body: SubscriptionIn, who: CallerDep) -> d
         body.secret,
     )
     return sub.as_json()
+
+
+@router.get("/v1/triggers", summary="The real-time triggers and how often they fired")
+async def triggers(request: Request, _who: CallerDep) -> list[dict[str, Any]]:
+    """Every trigger of conf/triggers.yaml (rule, purpose, window, fields) with the events it
+    logged in the last 24 hours and 7 days. Subscribe to `trigger.fired` (filter `trigger`)."""
+    settings = request.app.state.settings
+    store = _store(request)
+    now = datetime.now(UTC)
+    out = []
+    for name, t in settings.triggers.items():
+        day = await run_in_threadpool(store.fired, name, now - timedelta(days=1))
+        week = await run_in_threadpool(store.fired, name, now - timedelta(days=7))
+        out.append(
+            {
+                "name": name,
+                **t.model_dump(),
+                "fired_24h": day["count"],
+                "fired_7d": week["count"],
+                "last_fired": week["last"],
+            }
+        )
+    return out
 
 
 @router.get("/v1/subscriptions", summary="This key's subscriptions", responses=ERRORS)

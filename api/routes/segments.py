@@ -21,7 +21,8 @@ from api.errors import KEYED, StrictRoute, error, invalid
 from api.routes.profiles import projected
 from pipelines.activation.push import PushStore, current_members
 from pipelines.activation.segment_store import Segment, SegmentStore
-from pipelines.activation.segments import RuleCompiler, RuleError, preview
+from pipelines.activation.segments import preview
+from pipelines.profile.rules import RuleCompiler, RuleError
 
 router = APIRouter(
     prefix="/v1/segments", tags=["segments"], responses=KEYED, route_class=StrictRoute

@@ -301,6 +301,33 @@ async function listSaved() {
   }));
 }
 
+// A rule as one line of text: `balance_total < 5000`, `a in [x, y]`, `and`/`or`/`not` nested.
+function ruleText(r) {
+  if (r.and || r.or) {
+    const op = r.and ? " and " : " or ";
+    return `(${(r.and || r.or).map(ruleText).join(op)})`;
+  }
+  if (r.not) return `not ${ruleText(r.not)}`;
+  const operand = r.values ? `[${r.values.join(", ")}]`
+    : r.days !== undefined ? `${r.days} days`
+    : r.low !== undefined ? `${r.low} and ${r.high}`
+    : r.value !== undefined ? String(r.value) : "";
+  return `${r.attr} ${r.op.replaceAll("_", " ")} ${operand}`.trim();
+}
+
+async function listTriggers() {
+  const triggers = await api("GET", "/v1/triggers");
+  $("triggers").querySelector("tbody").replaceChildren(...triggers.map((t) => {
+    const tr = element("tr");
+    const name = element("td", {}, t.name);
+    name.title = t.description;
+    tr.append(name, element("td", {}, ruleText(t.when)), element("td", {}, t.purpose),
+      element("td", {}, t.once_per), element("td", {}, String(t.fired_24h)),
+      element("td", {}, String(t.fired_7d)), element("td", {}, t.last_fired || "never"));
+    return tr;
+  }));
+}
+
 // ------------------------------------------------------------------ start
 
 async function start() {
@@ -320,6 +347,7 @@ async function start() {
   $("conditions").replaceChildren();
   showSegment(null);
   listSaved();
+  listTriggers();
 }
 
 $("key-form").addEventListener("submit", (e) => {

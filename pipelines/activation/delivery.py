@@ -45,7 +45,6 @@ from pipelines.activation.events import (
 )
 from pipelines.activation.push import CONSENT_PARTS, PushStore, current_members
 from pipelines.activation.segment_store import SegmentStore
-from pipelines.activation.segments import RuleCompiler, RuleError
 from pipelines.activation.webhooks import DeliveryError, Sender, Target
 from pipelines.config import PolicyCfg, Settings
 from pipelines.lakehouse.catalog import OUTBOX, PROFILES
@@ -53,6 +52,7 @@ from pipelines.lakehouse.locks import StageBusyError, stage_lock
 from pipelines.lakehouse.reader import LakeReader
 from pipelines.ops.status import alerts_table, ops_event
 from pipelines.profile.build import profile_schema
+from pipelines.profile.rules import RuleCompiler, RuleError
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Visibility:
 
     def purpose(self, event: Event) -> str | None:
         kind = EVENT_TYPES[event.event_type][0]
-        return str(event.payload.get("purpose")) if kind == "segment" else kind
+        return str(event.payload.get("purpose")) if kind in ("segment", "trigger") else kind
 
     def prepare(self, events: list[Event]) -> None:
         """Look up, once per purpose, the consent of every person these events are about."""

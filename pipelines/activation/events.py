@@ -46,8 +46,9 @@ from sqlalchemy.engine import Connection
 from pipelines.ops.store import metadata, ops_engine, utc
 
 # Event types a subscription may name: the purpose an event discloses (None: identity and
-# consent facts every channel needs to keep its own copy right; "segment": the segment's own
-# purpose; "ops": steward and admin keys only), and the fields a filter may test.
+# consent facts every channel needs to keep its own copy right; "segment", "trigger": the
+# segment's or trigger's own purpose; "ops": steward and admin keys only), and the fields a
+# filter may test.
 EVENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "segment.entered": ("segment", ("segment_id", "segment_version", "purpose")),
     "segment.exited": ("segment", ("segment_id", "segment_version", "purpose")),
@@ -57,6 +58,8 @@ EVENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "consent.changed": (None, ("purpose", "granted", "source")),
     # A link the SIM-swap guard held back (possible takeover): for channels serving the line.
     "identity.suspicious_link": ("service", ("link_rule",)),
+    # A conf/triggers.yaml trigger fired: the trigger's own purpose (`purpose` in the payload).
+    "trigger.fired": ("trigger", ("trigger", "window", "purpose")),
     "ops.schema_drift": ("ops", ("source", "steward")),
     "ops.quarantine_rate": ("ops", ("source", "steward")),
     "ops.gate_held": ("ops", ("source", "steward")),
@@ -509,6 +512,19 @@ class EventStore:
         if not lags:
             return {}
         return {q: lags[min(len(lags) - 1, int(q * len(lags)))] for q in quantiles}
+
+    def fired(self, trigger: str, since: datetime) -> dict[str, Any]:
+        """How often a trigger fired since `since` (events logged), and when it last did."""
+        e = event_log.c
+        with self.engine.connect() as conn:
+            n, last = conn.execute(
+                select(func.count(), func.max(e.occurred_at)).where(
+                    (e.event_type == "trigger.fired")
+                    & e.event_id.startswith(f"trigger:{trigger}:", autoescape=True)
+                    & (e.occurred_at >= since)
+                )
+            ).one()
+        return {"count": int(n), "last": utc(last).isoformat() if last else None}
 
     def message_status(self, queue: str, key_prefix: str) -> dict[str, int]:
         """Messages of `queue` whose key starts with `key_prefix`, by status (a push's parts)."""

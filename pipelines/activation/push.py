@@ -32,9 +32,9 @@ from sqlalchemy import (
 
 from pipelines.activation.events import EventStore, insert_ignoring_duplicates, set_cursor
 from pipelines.activation.segment_store import Segment
-from pipelines.activation.segments import Compiled
 from pipelines.config import PolicyCfg
 from pipelines.ops.store import metadata, utc
+from pipelines.profile.rules import Compiled
 
 channel_members = Table(  # who each channel was last told is in each segment
     "channel_members",

@@ -75,18 +75,19 @@ def parse_reference(path: Path, spec: RefTableSpec) -> pa.Table:
     raw = pacsv.read_csv(
         path, convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
     )
-    missing = [n for n in names if n not in raw.column_names]
+    missing = [n for n in names if n not in raw.column_names and spec.columns[n].required]
     if missing:
         raise ReferenceFileError(
             f"{path}: missing column(s) {missing}; the contract expects {names} "
             "(fix the header or conf/contracts/reference.yaml)"
         )
     columns: dict[str, list[object]] = {n: [] for n in names}
-    rows = raw.select(names).to_pylist()
+    rows = raw.select([n for n in names if n in raw.column_names]).to_pylist()
     seen: set[object] = set()
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         for n in names:
-            columns[n].append(_convert(row[n], spec.columns[n], f"{path}:{i}: column {n}"))
+            where = f"{path}:{i}: column {n}"
+            columns[n].append(_convert(row.get(n), spec.columns[n], where))
         key = columns[spec.key][-1]
         if key in seen:
             raise ReferenceFileError(f"{path}:{i}: duplicate {spec.key} {key!r}")

@@ -219,6 +219,7 @@ class Lake(LakeReader):
                         .whenMatchedDelete("s._op = 'delete'")
                         .whenMatchedUpdate("s._op = 'upsert'", set=values)
                         .whenNotMatchedInsert("s._op = 'upsert'", values=values)
+                        .withSchemaEvolution()  # a release that adds columns (as appends do)
                         .execute()
                     )
                 progress.settle(txn)

@@ -17,6 +17,7 @@ from pipelines.config import ConfigError, PolicyCfg, ProfileCfg, ScoresCfg, Sett
 from pipelines.lakehouse.catalog import PROFILES
 from pipelines.profile.facts import COUNTERS, MONEY, TS
 from pipelines.profile.scores import add_scores
+from pipelines.profile.triggers import check_triggers
 
 BOOKKEEPING = ("profile_version", "updated_at")
 
@@ -29,14 +30,16 @@ DRIVER = pa.struct(
 def check_policy(settings: Settings) -> None:
     """Policy attributes must be profile columns (a typo would silently serve nothing). Every
     entry point runs it after loading conf (the CLI, the API, Dagster): conf cannot, as the
-    profile's columns are declared here, above it."""
-    columns = set(profile_schema(settings.policy).names)
+    profile's columns are declared here, above it. Triggers' rules are checked the same way."""
+    schema = profile_schema(settings.policy)
+    columns = set(schema.names)
     unknown = sorted(set(settings.policy.attributes) - columns)
     if unknown:
         raise ConfigError(
             f"{settings.conf_dir / 'policy.yaml'}: attributes: {unknown} are not gold.profiles "
             "columns (see docs/profiles.md)"
         )
+    check_triggers(settings, schema)
 
 
 def profile_schema(policy: PolicyCfg) -> pa.Schema:
@@ -64,16 +67,20 @@ def profile_schema(policy: PolicyCfg) -> pa.Schema:
             ("tariff_id", pa.string()),
             ("tariff_name", pa.string()),
             ("tariff_monthly_fee", MONEY),
+            ("contract_end_ts", TS),
             ("last_interaction_ts", TS),
             ("last_interaction_channel", pa.string()),
             ("last_region", pa.string()),
             ("last_region_ts", TS),
             ("open_cases", pa.int64()),
             ("next_promise_due_ts", TS),
+            ("last_sim_swap_ts", TS),
+            ("last_sim_swap_msisdn", pa.string()),
             ("monthly_spend", MONEY),
             ("value_segment", pa.string()),
             ("data_bytes_7d", pa.int64()),
             ("data_bytes_30d", pa.int64()),
+            ("data_bundle_used", pa.float64()),
             ("data_sessions_7d", pa.int64()),
             ("data_sessions_30d", pa.int64()),
             ("payments_30d", pa.int64()),
@@ -165,20 +172,29 @@ def build_profiles(
     short_from = day - timedelta(days=profile.windows.short_days - 1)
     long_from = day - timedelta(days=profile.windows.long_days - 1)
     daily = attribute_daily(
-        inputs.daily.filter(pl.col("day").is_between(long_from, day)), nodes
-    ).with_columns((pl.col("day") >= short_from).alias("_short"))
+        inputs.daily.filter(pl.col("day").is_between(usage_from(day, profile), day)), nodes
+    ).with_columns(
+        (pl.col("day") >= short_from).alias("_short"),
+        (pl.col("day") >= long_from).alias("_long"),
+        (pl.col("day") >= day.replace(day=1)).alias("_month"),
+    )
     zero = pl.lit(0, pl.Int64())
+
+    def long(column: str) -> pl.Expr:
+        return pl.when("_long").then(pl.col(column))
+
     windows = daily.group_by("person_id").agg(
         pl.when("_short").then(pl.col("data_bytes")).otherwise(zero).sum().alias("data_bytes_7d"),
-        pl.col("data_bytes").sum().alias("data_bytes_30d"),
+        long("data_bytes").sum().alias("data_bytes_30d"),
+        pl.when("_month").then(pl.col("data_bytes")).sum().alias("_data_bytes_month"),
         pl.when("_short")
         .then(pl.col("data_sessions"))
         .otherwise(zero)
         .sum()
         .alias("data_sessions_7d"),
-        pl.col("data_sessions").sum().alias("data_sessions_30d"),
-        pl.col("payments").sum().alias("payments_30d"),
-        pl.col("payment_amount").sum().cast(pl.Decimal(18, 2)).alias("payments_sum_30d"),
+        long("data_sessions").sum().alias("data_sessions_30d"),
+        long("payments").sum().alias("payments_30d"),
+        long("payment_amount").sum().cast(pl.Decimal(18, 2)).alias("payments_sum_30d"),
         pl.when("_short").then(pl.col("app_opens")).otherwise(zero).sum().alias("app_opens_7d"),
     )
 
@@ -212,18 +228,30 @@ def build_profiles(
         pl.col("tariff_id"),
         pl.col("name").alias("tariff_name"),
         pl.col("monthly_fee").cast(pl.Decimal(18, 2)).alias("tariff_monthly_fee"),
+        pl.col("data_gb").cast(pl.Float64()).alias("_bundle_gb"),
+        (
+            pl.col("term_months").cast(pl.Int64())
+            if "term_months" in inputs.tariffs.columns
+            else pl.lit(None, pl.Int64())
+        ).alias("_term_months"),
     )
+    # The primary line's tariff; its minimum term runs from the event that set it.
     tariff = (
         fact("tariff")
         .join(
             lines.select("person_id", pl.col("_primary_node").alias("node_key")),
-            on=[
-                "person_id",
-                "node_key",
-            ],
+            on=["person_id", "node_key"],
         )
-        .select("person_id", pl.col("value").alias("tariff_id"))
+        .select("person_id", pl.col("value").alias("tariff_id"), pl.col("ts").alias("_tariff_ts"))
         .join(tariffs, on="tariff_id", how="left")
+        .with_columns(
+            pl.col("_tariff_ts")
+            .dt.offset_by(pl.format("{}mo", pl.col("_term_months")))
+            .alias("contract_end_ts")
+        )
+    )
+    swap = _latest_by(fact("sim_swap"), "person_id", "ts", "value").rename(
+        {"ts": "last_sim_swap_ts", "value": "last_sim_swap_msisdn"}
     )
     interaction = _latest_by(fact("interaction"), "person_id", "ts", "value").rename(
         {"ts": "last_interaction_ts", "value": "last_interaction_channel"}
@@ -258,6 +286,7 @@ def build_profiles(
         region,
         cases,
         promises,
+        swap,
         windows,
         seen,
     ):
@@ -271,8 +300,13 @@ def build_profiles(
         *(pl.col(f"{c}").fill_null(0) for c in _int_windows()),
         pl.col("payments_sum_30d").fill_null(pl.lit(0, pl.Decimal(18, 2))),
     )
+    bundle = pl.col("_bundle_gb") * 1e9
     out = out.with_columns(
         pl.col("payments_sum_30d").alias("monthly_spend"),
+        # Share of the tariff's monthly data bundle used this calendar month (none: no bundle).
+        pl.when(bundle > 0)
+        .then(pl.col("_data_bytes_month").fill_null(0) / bundle)
+        .alias("data_bundle_used"),
         pl.col("balances").fill_null(pl.lit([], dtype=out.schema["balances"])),
     )
     out = _segment(out, inputs.segments)
@@ -283,6 +317,12 @@ def build_profiles(
         (pl.lit(day) - pl.col("_customer_since").dt.date()).dt.total_days().alias("_tenure_days"),
     )
     return add_scores(out, scores, profile.windows.short_days, profile.windows.long_days)
+
+
+def usage_from(day: date, profile: ProfileCfg) -> date:
+    """The first day of daily counters a profile on `day` reads: the long window's, or the
+    calendar month's (the data bundle's period) when that starts earlier."""
+    return min(day - timedelta(days=profile.windows.long_days - 1), day.replace(day=1))
 
 
 def _owners(nodes: pl.DataFrame) -> pl.DataFrame:

@@ -6,8 +6,8 @@ tables hold what the profile needs, both append-only and written exactly once pe
 - `silver.daily_usage`: counters per (identifier, day), one row per identifier, day and
   micro-batch (rows of one identifier and day add up; compaction folds them);
 - `silver.profile_facts`: candidate "latest" values per (fact, subject, day) (balance, tariff,
-  last interaction, region, consent per purpose, case status, promise due date); the newest by
-  event time wins when read, so a late event never overwrites a newer value.
+  last interaction, region, SIM swap, consent per purpose, case status, promise due date); the
+  newest by event time wins when read, so a late event never overwrites a newer value.
 
 Which person a row belongs to is decided when the profile is built, from the identity map as it
 is then: a recyclable identifier's (msisdn) rows go to the tenure whose validity holds the event
@@ -263,6 +263,7 @@ def fact_candidates(events: pl.DataFrame, cfg: ProfileCfg) -> pl.DataFrame:
             pl.col("_channel"),
         ),
         _facts(ev.filter(_is("network", "location")), pl.lit("region"), pl.col("region")),
+        _facts(ev.filter(_is("billing", "sim_swap")), pl.lit("sim_swap"), pl.col("msisdn")),
         _facts(ev, pl.lit("seen"), pl.col("source")),
         _facts(
             ev.filter(_is("crm", "consent")),

@@ -58,6 +58,7 @@ from pipelines.profile.build import (
     build_profiles,
     profile_schema,
     to_arrow,
+    usage_from,
 )
 from pipelines.profile.facts import (
     COUNTERS,
@@ -82,6 +83,7 @@ from pipelines.profile.state import (
     ranges_of,
     silver_tables,
 )
+from pipelines.profile.triggers import compile_triggers, fired
 
 COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they have this many
 # Rows one Python worker call takes at once (bounds its memory; more groups than cores only
@@ -155,7 +157,7 @@ def refresh_gold(
     moved = {s: r for s, r in ranges.items() if r[0] is None or r[1] > r[0]}
     ev_target = lake.committed(LINKS, RESOLVED)
     ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
-    clock_done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
+    clock_done = _clock(lake)
     wall = settings.profile.clock == "wall_clock"
     today = today or datetime.now(UTC).date()
     if not moved and ev_done == ev_target and not (wall and clock_done != today.toordinal()):
@@ -233,7 +235,8 @@ def _refresh(
     _with_state(txns, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal()})
     result = GoldResult(mode="full" if full else "incremental", events=stats.n, clock_day=day)
     persons = None if full else _touched(lake, settings, events, ev_done, ev_target)
-    _write_profiles(lake, settings, persons, day, (ev_done, ev_target), txns, result)
+    stored_day = date.fromordinal(clock_done) if clock_done else None
+    _write_profiles(lake, settings, persons, (day, stored_day), (ev_done, ev_target), txns, result)
     if full:
         _compact(lake, settings, day)
     return result
@@ -532,11 +535,19 @@ def _ref(lake: Lake, settings: Settings, name: str) -> pl.DataFrame:
 
 
 def _profiled(
-    lake: Lake, settings: Settings, inputs: DataFrame, day: date, now: datetime
+    lake: Lake,
+    settings: Settings,
+    inputs: DataFrame,
+    days: tuple[date, date | None],
+    now: datetime,
 ) -> DataFrame:
     """Per group of persons, in Python workers: their new profiles, diffed with the stored
-    ones into the rows to write, the change events and the persons gone (tagged `profiled`)."""
+    ones into the rows to write, the change events, the triggers fired and the persons gone
+    (tagged `profiled`). `days`: the clock day and the one the stored profiles were built on."""
+    day, stored_day = days
     schema = profile_schema(settings.policy)
+    # A first build is a backfill, not news: triggers fire from the second refresh on.
+    triggers = compile_triggers(settings, schema, day, stored_day) if lake.exists(PROFILES) else []
     nodes_schema = pa.schema([lake.arrow_schema(MAP).field(c) for c in NODE_COLUMNS])
     out = profiled_schema(schema)
     tariffs, segments = (_ref(lake, settings, t) for t in ("tariffs", "segments"))
@@ -556,6 +567,7 @@ def _profiled(
         new = built.filter(_in("person_id", pl.Series(mine.to_pylist(), dtype=pl.String)))
         stored = _pl(untag(group, "stored", schema))
         rows, gone, events = diff_profiles(stored, new, schema, now, threshold, policy)
+        events += fired(triggers, stored, new, now)
         numbered = [{**e, "_seq": i} for i, e in enumerate(events)]
         return tag_tables(
             {
@@ -578,24 +590,26 @@ def _write_profiles(
     lake: Lake,
     settings: Settings,
     persons: DataFrame | None,
-    day: date,
+    days: tuple[date, date | None],
     identity: tuple[int | None, int | None],
     txns: dict[str, dict[str, int]],
     result: GoldResult,
 ) -> None:
     """Build the profiles of `persons` (None: all), diff them with the stored rows, write the
     outbox events and then the changed rows (profiles last: their commit is the watermark).
-    `identity` is the (done, target) evidence range whose merges and splits are reported."""
+    `days`: the clock day and the stored profiles' one; `identity` is the (done, target) evidence
+    range whose merges and splits are reported."""
     spark = lake.spark
+    day = days[0]
     schema = profile_schema(settings.policy)
-    long_from = day - timedelta(days=settings.profile.windows.long_days - 1)
+    long_from = usage_from(day, settings.profile)
     persons = (_everyone(lake) if persons is None else persons).persist()
     try:
         result.persons = persons.count()
         buckets = _buckets(spark, result.persons, PERSONS_PER_GROUP)
         inputs = _profile_frame(lake, settings, persons, buckets, long_from)
         now = datetime.now(UTC)
-        out = _profiled(lake, settings, inputs, day, now).persist()
+        out = _profiled(lake, settings, inputs, days, now).persist()
     finally:
         persons.unpersist()
     try:
@@ -1053,7 +1067,7 @@ def rebuild_gold(
         attributed.unpersist()
     say(f"daily usage and facts rewritten ({_secs(started)})")
     today = today or datetime.now(UTC).date()
-    clock_done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
+    clock_done = _clock(lake)
     wall = settings.profile.clock == "wall_clock"
     newest = stats.newest.date() if stats.newest is not None else None
     day = today if wall else _event_clock(newest, clock_done, today)
@@ -1074,7 +1088,7 @@ def recompute_profiles(
     with their change events; when there are none no profile row is rewritten."""
     started = time.perf_counter()
     if day is None:
-        done = lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
+        done = _clock(lake)
         day = date.fromordinal(done) if done else datetime.now(UTC).date()
     ev_target = lake.committed(LINKS, RESOLVED)
     runs = (lake.committed(PROFILES, REBUILD_APP) or 0) + 1 if lake.exists(PROFILES) else 1
@@ -1085,9 +1099,15 @@ def recompute_profiles(
     _with_state(out, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal(), REBUILD_APP: runs})
     result = GoldResult(mode="full", clock_day=day)
     ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
-    _write_profiles(lake, settings, None, day, (ev_done, ev_target), out, result)
+    stored_day = date.fromordinal(done) if (done := _clock(lake)) else None
+    _write_profiles(lake, settings, None, (day, stored_day), (ev_done, ev_target), out, result)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _clock(lake: Lake) -> int | None:
+    """The clock day (ordinal) the stored profiles were built on."""
+    return lake.committed(PROFILES, CLOCK_APP) if lake.exists(PROFILES) else None
 
 
 def _secs(started: float) -> str:

@@ -73,14 +73,18 @@ REGIONS = [
     "Syrdarya",
     "Karakalpakstan",
 ]
+# What mediation reports for a line attached to a partner network abroad (a trip, or a phone near
+# the border picking a foreign cell for a while).
+ROAMING_REGIONS = ["Roaming Kazakhstan", "Roaming Russia", "Roaming Turkey"]
 MAIL_DOMAINS = ["mail.uz", "gmail.com", "yandex.ru", "inbox.uz"]
+# id, name, monthly fee, data bundle (GB per calendar month), kind, minimum term (months; "" none)
 TARIFFS = [
-    ("T-MINI", "Mini", "29000.00", 3.0, "prepaid"),
-    ("T-START", "Start", "49000.00", 10.0, "prepaid"),
-    ("T-PLUS", "Plus", "79000.00", 25.0, "postpaid"),
-    ("T-MAX", "Max", "129000.00", 60.0, "postpaid"),
-    ("T-FAMILY", "Family", "99000.00", 40.0, "postpaid"),
-    ("T-CORP", "Business", "89000.00", 30.0, "postpaid"),
+    ("T-MINI", "Mini", "29000.00", 3.0, "prepaid", ""),
+    ("T-START", "Start", "49000.00", 10.0, "prepaid", ""),
+    ("T-PLUS", "Plus", "79000.00", 25.0, "postpaid", "12"),
+    ("T-MAX", "Max", "129000.00", 60.0, "postpaid", "12"),
+    ("T-FAMILY", "Family", "99000.00", 40.0, "postpaid", "24"),
+    ("T-CORP", "Business", "89000.00", 30.0, "postpaid", "12"),
 ]
 # What people type when an app insists on an email (the identity conf lists them as junk).
 JUNK_LOGIN_EMAILS = ["a@a.a", "x@x.x", "test@test.com", "no@email.com", "1@1.ru"]
@@ -722,7 +726,8 @@ class Operator:
 
     def _location(self, line: Line, ts: datetime, home: str) -> None:
         rng = self.rng
-        region = home if rng.random() < 0.85 else rng.choice(REGIONS)
+        r = rng.random()
+        region = home if r < 0.85 else rng.choice(ROAMING_REGIONS if r > 0.995 else REGIONS)
         self.emit(
             "network",
             "location",
@@ -1153,8 +1158,8 @@ def _write_landing(
 
 def write_reference(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tariffs = ["tariff_id,name,monthly_fee,data_gb,kind"]
-    tariffs += [f"{t},{n},{fee},{gb},{k}" for t, n, fee, gb, k in TARIFFS]
+    tariffs = ["tariff_id,name,monthly_fee,data_gb,kind,term_months"]
+    tariffs += [",".join(map(str, row)) for row in TARIFFS]
     (folder / "tariffs.csv").write_text("\n".join(tariffs) + "\n")
     products = [
         "product_id,name,category,price",

@@ -4,6 +4,7 @@ truth, and every value from the raw JSON the sources sent."""
 
 from __future__ import annotations
 
+import calendar
 import csv
 import json
 from collections import defaultdict
@@ -139,6 +140,7 @@ def _expected(
     p |= _last_seen(spec, evs)
     p |= _cases(evs)
     p |= _windows(spec, evs)
+    p |= _bundle_contract_and_swap(spec, current, evs)
     p |= _consents(spec, current, evs)
     return p
 
@@ -182,6 +184,50 @@ def _balances_and_tariff(
         "tariff_id": tariff["tariff_id"] if tariff else None,
         "tariff_name": tariff["name"] if tariff else None,
         "tariff_monthly_fee": Decimal(tariff["monthly_fee"]) if tariff else None,
+    }
+
+
+def _add_months(ts: datetime, months: int) -> datetime:
+    """The same day `months` later (the month's last day when it has fewer days)."""
+    year, month = divmod(ts.month - 1 + months, 12)
+    year += ts.year
+    return ts.replace(
+        year=year, month=month + 1, day=min(ts.day, calendar.monthrange(year, month + 1)[1])
+    )
+
+
+def _bundle_contract_and_swap(
+    spec: _Spec, current: list[dict[str, Any]], evs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The share of the primary line's tariff bundle used this calendar month, the end of its
+    minimum term (counted from the event that set the tariff) and the person's last SIM swap."""
+    tariff = spec.tariffs[current[0]["tariff_id"]] if current else None
+    month = spec.day.replace(day=1)
+    used = sum(
+        int(e["bytes_up"]) + int(e["bytes_down"])
+        for e in evs
+        if e["event_type"] == "data_session_end" and spec.in_window(e, month)
+    )
+    bundle = float(tariff["data_gb"]) * 1e9 if tariff and tariff["data_gb"] else 0.0
+    end = None
+    if tariff and tariff.get("term_months"):
+        primary = current[0]
+        setting = _latest(
+            [
+                e
+                for e in evs
+                if e["event_type"] in ("activation", "ownership_change", "tariff_change")
+                and e["msisdn"] == primary["msisdn"]
+                and e["_ts"] >= primary["valid_from"]
+            ]
+        )
+        end = _add_months(setting["_ts"], int(tariff["term_months"])) if setting else None
+    swap = _latest([e for e in evs if e["event_type"] == "sim_swap"])
+    return {
+        "data_bundle_used": used / bundle if bundle else None,
+        "contract_end_ts": end,
+        "last_sim_swap_ts": swap["_ts"] if swap else None,
+        "last_sim_swap_msisdn": swap["msisdn"] if swap else None,
     }
 
 

@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.activation.push import current_members
-from pipelines.activation.segments import OPS_BY_KIND, RuleCompiler, preview
+from pipelines.activation.segments import preview
 from pipelines.config import PolicyCfg, PurposeCfg
 from pipelines.profile.build import profile_schema
+from pipelines.profile.rules import OPS_BY_KIND, RuleCompiler
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)

@@ -12,9 +12,10 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipelines.activation.segments import RuleCompiler, RuleError, preview
+from pipelines.activation.segments import preview
 from pipelines.config import PROJECT_ROOT, load_settings
 from pipelines.profile.build import profile_schema
+from pipelines.profile.rules import RuleCompiler, RuleError
 
 pytestmark = pytest.mark.unit
 POLICY = load_settings(PROJECT_ROOT / "conf", env={}).policy
