@@ -63,8 +63,15 @@ class SubscriptionIn(BaseModel):
     secret: str = Field(min_length=16, max_length=200, description="Signs each delivery (HMAC)")
 
 
+# A delivery id: a positive database key, below 2**53 so every JSON parser (and the JSON Schema
+# bound itself) holds it exactly; a larger one names no message and is refused, not a 500.
+DeliveryId = Annotated[StrictInt, Field(ge=1, le=2**53)]
+
+
 class RedeliverIn(BaseModel):
-    ids: list[StrictInt] | None = Field(None, description="Dead messages to resend (default: all)")
+    ids: list[DeliveryId] | None = Field(
+        None, max_length=10_000, description="Dead messages to resend (default: all)"
+    )
 
 
 def _store(request: Request) -> EventStore:
