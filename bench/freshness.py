@@ -1,51 +1,69 @@
-"""End-to-end freshness: from an event posted to the collector to a lookup that shows it, while
-`cdp stream` and `cdp serve` run.
+"""Freshness at operator scale: from an event's 202 at the collector to the lookup that shows it,
+on a 1M-subscriber lake, while `cdp stream` runs under a sustained load from all four sources.
 
-1. Generates a small operator (300 lines, 5 days) and runs `cdp run` once, so the stream starts
-   on a built lake (checkpoints, identity, gold).
-2. Starts `cdp serve` and `cdp stream` as separate processes, with a source key for the app feed
-   and a channel key for the self-care app.
-3. Posts app `open` events, one at a time, each for a different person (app user and line from
-   the identity map, event time just after the newest event in the lake), and polls that
-   person's profile every 20 ms until its profile_version moves: the event went collector ->
-   landing file -> bronze -> silver -> identity -> gold -> snapshot -> lookup. The first event
-   is a warm-up and not counted.
-4. Baseline in the same run, with the stream stopped: a profile changed directly in gold, timed
-   until the lookup shows it (the serving part alone: snapshot poll and reload).
+1. Builds the lake once into bench/.cache/fresh-1000000 (delete it to rebuild): a small real
+   operator through `cdp generate` and `cdp run` (every table, checkpoint and contract as the
+   pipeline makes them), then grown to 1M subscribers: identity evidence for 1M persons (one
+   line each, families, passports, emails, app users; bench/identity.Population) resolved by
+   the real `rebuild_identity`, 30 days of daily usage and settled facts for their identifiers
+   (bench/gold), every profile built by `recompute_profiles`. Each run works on a copy.
+2. Starts `cdp serve` (its deliverer off: the figures are the profile's) and `cdp stream`, then
+   a load process posting LOAD_RATE events/s to the collector on a constant schedule, split over
+   network (data sessions), billing (payments), app (opens) and crm (cases), for random persons.
+3. Every PROBE_EVERY seconds, an app `open` for a person kept out of the load; its latency runs
+   from the POST to the first lookup whose profile_version moved (polled every 50 ms, by
+   person id). Every CONSENT_EVERY seconds, a marketing consent withdrawal for a person who
+   had granted it; its latency runs to the first lookup by a marketing-only channel
+   (sms_campaigns) that no longer serves the person's marketing attributes.
+4. Stage times per probe, from the tables' commit times (delta-rs history): landing (the
+   collector's durable write, to the 202), bronze and silver (the commits that hold the event
+   id), identity (the next identity-map commit), gold (the next gold.profiles commit) and
+   serving (the lookup). Whether the stream keeps up: the probes' median in the first and the
+   last minute.
 
-Prints one JSON line. Run: .venv/bin/python bench/freshness.py  (no arguments; ~5 min)
+Prints one JSON line. Run: .venv/bin/python bench/freshness.py  (no arguments; ~8 min after the
+lake's first build)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.server import ServeProcess  # noqa: E402
+from bench.server import ServeProcess, rss_mb  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
-from pipelines.lakehouse.catalog import MAP, PROFILES  # noqa: E402
-from pipelines.lakehouse.lake import Lake  # noqa: E402
+from pipelines.lakehouse.catalog import MAP, PROFILES, bronze_table  # noqa: E402
+from pipelines.lakehouse.reader import LakeReader  # noqa: E402
 from pipelines.ops.keys import KeyStore  # noqa: E402
 
-EVENTS = 30
-BASELINE = 10
+CACHE = ROOT / "bench" / ".cache" / "fresh"  # + -<subscribers>
+SUBSCRIBERS = 1_000_000  # lines, one person each (families share an account)
+LOAD_RATE = 2000.0  # events/s over the four sources
+TICK_S = 0.25  # one batch per source per tick
+RUN_S = 300.0
+WARMUP_S = 60.0  # the stream's first micro-batches (JVM, first reads) are not measured
+PROBE_EVERY = 1.4  # > 200 probes in RUN_S
+CONSENT_EVERY = 10.0
+PROBE_POOL = 5_000  # persons kept out of the load
 CDP = str(ROOT / ".venv" / "bin" / "cdp")
 
 
@@ -53,114 +71,510 @@ def step(msg: str) -> None:
     print(f"[bench/freshness] {msg}", file=sys.stderr, flush=True)
 
 
-def wait_for(what: str, check: Any, timeout: float, every: float = 0.02) -> float:
-    """Seconds until `check()` is true (raises after `timeout`)."""
-    started = time.perf_counter()
-    while not check():
-        if time.perf_counter() - started > timeout:
-            raise SystemExit(f"{what}: not seen within {timeout:.0f} s")
-        time.sleep(every)
-    return time.perf_counter() - started
+# ---------------------------------------------------------------------------- the lake
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="cdp-bench-fresh-"))
-    env = {**os.environ, "CDP_DATA_ROOT": str(root)}
-    settings = load_settings(PROJECT_ROOT / "conf", env=env)
-    step("generating a small operator and running the pipeline once")
+def _grow(root: str, subscribers: int) -> None:
+    """In a child process: 1M persons' evidence, identity, usage, facts and profiles."""
+    from bench.gold import daily_usage, facts
+    from bench.identity import Population
+    from pipelines.identity.stage import rebuild_identity
+    from pipelines.lakehouse.catalog import DAILY, EVIDENCE, FACTS
+    from pipelines.lakehouse.lake import Lake
+    from pipelines.lakehouse.spark import spark_session
+    from pipelines.profile.facts import DAILY_SCHEMA, FACTS_SCHEMA
+    from pipelines.profile.stage import recompute_profiles
+
+    settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": root})
+    engine = settings.engine.model_copy(update={"driver_memory": "12g"})
+    spark = spark_session(engine, app_name="bench-freshness-build")
+    lake = Lake(settings.paths.lake_root, spark)
+    t = time.perf_counter()
+    population, rows = Population(seed=11), 0
+    while population.built < subscribers:
+        chunk = population.build(min(population.built + 100_000, subscribers), population.built)
+        lake.append_once(EVIDENCE, chunk, {"bench-freshness": population.built}, stage="bench")
+        rows += chunk.num_rows
+    step(f"evidence: {rows:,} rows ({time.perf_counter() - t:.0f} s)")
+    full = rebuild_identity(spark, lake, settings)
+    step(f"identity: {full.persons:,} persons ({time.perf_counter() - t:.0f} s)")
+    today = datetime.now(UTC).date()
+    nodes = lake.read_polars(MAP, where=pl.col("valid_to").is_null())
+    rng = np.random.default_rng(11)
+    daily = daily_usage(rng, nodes, today)
+    lake.append_once(
+        DAILY, daily.to_arrow().select(DAILY_SCHEMA.names).cast(DAILY_SCHEMA), {}, stage="bench"
+    )
+    del daily
+    fact_rows = facts(rng, nodes, today)
+    lake.append_once(
+        FACTS,
+        fact_rows.to_arrow().select(FACTS_SCHEMA.names).cast(FACTS_SCHEMA),
+        {},
+        stage="bench",
+    )
+    del fact_rows, nodes
+    step(f"usage and facts written ({time.perf_counter() - t:.0f} s)")
+    result = recompute_profiles(lake, settings, today)
+    step(f"profiles: {result.created:,} created ({time.perf_counter() - t:.0f} s)")
+    spark.stop()
+
+
+def ensure_lake(subscribers: int) -> Path:
+    cache = CACHE.parent / f"fresh-{subscribers}"
+    settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(cache)})
+    if (cache / "built").exists():
+        step(f"using the {subscribers:,}-subscriber lake in {cache}")
+        return cache
+    shutil.rmtree(cache, ignore_errors=True)
+    step(f"building a {subscribers:,}-subscriber lake in {cache} (once; ~30 min at 1M)")
+    env = {**os.environ, "CDP_DATA_ROOT": str(cache)}
+    start = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
     subprocess.run(
-        [CDP, "generate", "--subscribers", "300", "--days", "5", "--files-per-source", "2"],
+        [CDP, "generate", "--subscribers", "300", "--days", "2", "--start-date", start],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
     )
     subprocess.run([CDP, "run"], env=env, check=True, stdout=subprocess.DEVNULL)
-    lake = Lake(settings.paths.lake_root)
-    keys = KeyStore(settings.database_url)
-    source_key = keys.create("bench app feed", "source", "app")
-    channel_key = keys.create("bench app", "channel", "mobile_app")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_grow, args=(str(cache), subscribers)
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"growing the lake failed (exit {child.exitcode}); see above")
+    if LakeReader(settings.paths.lake_root).rows(PROFILES) < subscribers * 0.9:
+        raise SystemExit("the grown lake has fewer profiles than subscribers")
+    (cache / "built").write_text(datetime.now(UTC).isoformat())
+    return cache
 
-    ids = lake.read_polars(MAP, ["id_type", "id_value", "person_id"], pl.col("valid_to").is_null())
-    apps = ids.filter(pl.col("id_type") == "app_user_id").unique("person_id", keep="first")
-    lines = ids.filter(pl.col("id_type") == "msisdn").unique("person_id", keep="first")
-    people = (
-        apps.join(lines, on="person_id", suffix="_line")
+
+def working_copy(cache: Path) -> Path:
+    root = cache.parent / f"{cache.name}-run"
+    shutil.rmtree(root, ignore_errors=True)
+    # The lake only: the stream starts with empty landing folders and checkpoints of its own
+    # (the build's name the build's paths), so it ingests exactly what the run posts.
+    shutil.copytree(cache / "lake", root / "lake", ignore=shutil.ignore_patterns("_serving"))
+    return root
+
+
+# ---------------------------------------------------------------------------- load and probes
+
+
+def _load(url: str, keys: dict[str, str], people: dict[str, list[Any]], stop: Any) -> None:
+    """Post LOAD_RATE events/s in batches, a constant schedule (late ticks are sent at once)."""
+    rng = np.random.default_rng(int(time.time()))
+    per_tick = max(1, int(LOAD_RATE * TICK_S / 4))
+    lines, apps = people["lines"], people["apps"]
+    n = 0
+    client = httpx.Client(base_url=url, timeout=30)
+    start = time.perf_counter()
+    tick = 0
+    while not stop.is_set():
+        due = start + tick * TICK_S
+        if (wait := due - time.perf_counter()) > 0:
+            time.sleep(wait)
+        tick += 1
+        now = datetime.now(UTC).isoformat()
+        batches: dict[str, list[dict[str, Any]]] = {
+            s: [] for s in ("network", "billing", "app", "crm")
+        }
+        for i in rng.integers(0, len(lines), per_tick * 3):
+            msisdn, account = lines[i]
+            n += 1
+            kind = n % 3
+            if kind == 0:
+                batches["network"].append(
+                    _event(
+                        "network",
+                        "data_session_end",
+                        n,
+                        now,
+                        msisdn=msisdn,
+                        session_id=f"l{n}",
+                        bytes_up=1000,
+                        bytes_down=250_000,
+                        duration_s=30,
+                    )
+                )
+            elif kind == 1:
+                batches["billing"].append(
+                    _event(
+                        "billing",
+                        "payment",
+                        n,
+                        now,
+                        msisdn=msisdn,
+                        account_id=account,
+                        amount=5000,
+                        currency="UZS",
+                        balance_after=20_000,
+                    )
+                )
+            else:
+                batches["crm"].append(
+                    _event(
+                        "crm",
+                        "case",
+                        n,
+                        now,
+                        case_id=f"c{n}",
+                        account_id=account,
+                        msisdn=msisdn,
+                        category="network",
+                        status="open",
+                    )
+                )
+        for i in rng.integers(0, len(apps), per_tick):
+            app_user, msisdn = apps[i]
+            n += 1
+            batches["app"].append(
+                _event(
+                    "app", "open", n, now, app_user_id=app_user, msisdn=msisdn, platform="android"
+                )
+            )
+        for source, events in batches.items():
+            body = "".join(json.dumps(e) + "\n" for e in events)
+            client.post(
+                f"/v1/collect/{source}",
+                content=body,
+                headers={"X-API-Key": keys[source], "Content-Type": "application/x-ndjson"},
+            )
+
+
+def _event(source: str, event_type: str, n: int, ts: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"{source}-load-{os.getpid()}-{n}",
+        "source": source,
+        "event_type": event_type,
+        "event_ts": ts,
+        "schema_version": 1,
+        **fields,
+    }
+
+
+class Probes:
+    """Probe events posted on a schedule, each watched until its lookup shows it."""
+
+    def __init__(self, url: str, keys: dict[str, str]) -> None:
+        self.url, self.keys = url, keys
+        self.results: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.started = 0.0  # when the probes' schedule began (perf_counter)
+
+    def _lookup(self, client: httpx.Client, person: str, key: str) -> httpx.Response:
+        return client.get(f"/v1/profiles/person_id/{person}", headers={"X-API-Key": key})
+
+    def app_open(self, n: int, person: str, app_user: str, msisdn: str, *, measured: bool) -> None:
+        def run() -> None:
+            client = httpx.Client(base_url=self.url, timeout=30)
+            key = self.keys["mobile_app"]
+            before = int(self._lookup(client, person, key).json()["profile_version"])
+            event_id = f"probe-{n}"
+            event = _event(
+                "app",
+                "open",
+                n,
+                datetime.now(UTC).isoformat(),
+                app_user_id=app_user,
+                msisdn=msisdn,
+                platform="ios",
+            )
+            event["event_id"] = event_id
+            sent = time.perf_counter()
+            posted = client.post(
+                "/v1/collect/app", json=event, headers={"X-API-Key": self.keys["app"]}
+            )
+            accepted = time.perf_counter()
+            assert posted.status_code == 202, posted.text
+            while time.perf_counter() - accepted < 300:
+                got = self._lookup(client, person, key)
+                if got.status_code == 200 and int(got.json()["profile_version"]) > before:
+                    self._record("open", event_id, person, sent, accepted, measured)
+                    return
+                time.sleep(0.05)
+            self._record("open", event_id, person, sent, None, measured)
+
+        self._start(run)
+
+    def withdrawal(self, n: int, person: str, msisdn: str, *, measured: bool) -> None:
+        def run() -> None:
+            client = httpx.Client(base_url=self.url, timeout=30)
+            key = self.keys["sms_campaigns"]
+            event = _event(
+                "crm",
+                "consent",
+                n,
+                datetime.now(UTC).isoformat(),
+                msisdn=msisdn,
+                purpose="marketing",
+                granted=False,
+                legal_basis="consent",
+                channel="sms",
+            )
+            event["event_id"] = f"consent-{n}"
+            sent = time.perf_counter()
+            posted = client.post(
+                "/v1/collect/crm", json=event, headers={"X-API-Key": self.keys["crm"]}
+            )
+            accepted = time.perf_counter()
+            assert posted.status_code == 202, posted.text
+            while time.perf_counter() - accepted < 300:
+                got = self._lookup(client, person, key)
+                if got.status_code == 404 or "primary_msisdn" not in got.json()["attributes"]:
+                    self._record("consent", event["event_id"], person, sent, accepted, measured)
+                    return
+                time.sleep(0.05)
+            self._record("consent", event["event_id"], person, sent, None, measured)
+
+        self._start(run)
+
+    def _start(self, run: Any) -> None:
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _record(
+        self,
+        kind: str,
+        event_id: str,
+        person: str,
+        sent: float,
+        accepted: float | None,
+        measured: bool,
+    ) -> None:
+        seen = time.perf_counter()
+        with self.lock:
+            self.results.append(
+                {
+                    "kind": kind,
+                    "event_id": event_id,
+                    "person": person,
+                    "sent": sent,
+                    "accepted": accepted,
+                    "latency_s": None if accepted is None else seen - accepted,
+                    "seen_wall": time.time(),
+                    "landing_s": None if accepted is None else accepted - sent,
+                    "measured": measured,
+                }
+            )
+
+
+# ---------------------------------------------------------------------------- stage times
+
+
+def _commits(lake: LakeReader, table: str, since_ms: float) -> list[tuple[int, float]]:
+    """(version, commit time in epoch seconds) of `table`'s commits after `since_ms`."""
+    dt = lake.table(table)
+    if dt is None:
+        return []
+    out = [
+        (int(h["version"]), h["timestamp"] / 1000)
+        for h in dt.history()
+        if h.get("timestamp", 0) >= since_ms
+    ]
+    return sorted(out)
+
+
+def _holding(
+    lake: LakeReader, table: str, commits: list[tuple[int, float]], ids: set[str]
+) -> dict[str, float]:
+    """event id -> commit time of the `table` version that appended it."""
+    found: dict[str, float] = {}
+    for version, at in commits:
+        if version == 0:
+            continue
+        rows = lake.appended(table, version - 1, version, ["event_id"])
+        for event_id in set(rows.column("event_id").to_pylist()) & ids:
+            found.setdefault(event_id, at)
+    return found
+
+
+def _next(commits: list[tuple[int, float]], after: float) -> float | None:
+    return next((at for _, at in commits if at >= after), None)
+
+
+def stage_times(root: Path, probes: list[dict[str, Any]], since: float) -> dict[str, float]:
+    """Median seconds per stage over the app probes, from commit times."""
+    settings = load_settings(PROJECT_ROOT / "conf", env={"CDP_DATA_ROOT": str(root)})
+    lake = LakeReader(settings.paths.lake_root)
+    since_ms = since * 1000
+    opens = [p for p in probes if p["kind"] == "open" and p["latency_s"] is not None]
+    ids = {p["event_id"] for p in opens}
+    silver = f"silver.{settings.contract('app').domain}"
+    bronze_at = _holding(
+        lake, bronze_table("app"), _commits(lake, bronze_table("app"), since_ms), ids
+    )
+    silver_at = _holding(lake, silver, _commits(lake, silver, since_ms), ids)
+    identity = _commits(lake, MAP, since_ms)
+    gold = _commits(lake, PROFILES, since_ms)
+    stages: dict[str, list[float]] = {
+        k: [] for k in ("landing", "bronze", "silver", "identity", "gold", "serving")
+    }
+    for p in opens:
+        accepted_wall = p["seen_wall"] - p["latency_s"]
+        b, s = bronze_at.get(p["event_id"]), silver_at.get(p["event_id"])
+        if b is None or s is None:
+            continue
+        i = _next(identity, s) or s
+        g = _next(gold, i)
+        if g is None:
+            continue
+        stages["landing"].append(p["landing_s"])
+        stages["bronze"].append(b - accepted_wall)
+        stages["silver"].append(s - b)
+        stages["identity"].append(i - s)
+        stages["gold"].append(g - i)
+        stages["serving"].append(p["seen_wall"] - g)
+    return {f"stage_{k}_p50_s": round(statistics.median(v), 2) for k, v in stages.items() if v}
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _quantiles(values: list[float], prefix: str) -> dict[str, float]:
+    if not values:
+        return {f"{prefix}_count": 0}
+    return {
+        f"{prefix}_count": len(values),
+        f"{prefix}_p50_s": round(float(np.percentile(values, 50)), 2),
+        f"{prefix}_p95_s": round(float(np.percentile(values, 95)), 2),
+        f"{prefix}_p99_s": round(float(np.percentile(values, 99)), 2),
+        f"{prefix}_max_s": round(max(values), 2),
+    }
+
+
+def _people(lake: LakeReader) -> tuple[dict[str, list[Any]], list[Any], list[Any]]:
+    """The load's persons (lines with their account, app users with their line) and two pools
+    kept out of it: app users for the open probes, marketing consenters for the withdrawals."""
+    current = lake.read_polars(
+        MAP, ["id_type", "id_value", "person_id", "account_id"], pl.col("valid_to").is_null()
+    )
+    lines = current.filter(pl.col("id_type") == "msisdn").unique("person_id", keep="first")
+    apps = current.filter(pl.col("id_type") == "app_user_id").unique("person_id", keep="first")
+    both = apps.join(lines, on="person_id", suffix="_line").sort("person_id")
+    opens = both.head(PROBE_POOL)
+    held = set(opens["person_id"].to_list())
+    consents = (
+        lake.read_polars(
+            PROFILES, ["person_id", "primary_msisdn"], pl.col("consent_marketing_granted")
+        )
+        .filter(~pl.col("person_id").is_in(list(held)))
         .sort("person_id")
-        .head(EVENTS + 1)
-        .select("person_id", "id_value", "id_value_line")
-        .rows()
+        .head(PROBE_POOL)
     )
-    newest = cast(
-        datetime, lake.read_polars(PROFILES, ["last_event_ts"]).get_column("last_event_ts").max()
-    )
+    held |= set(consents["person_id"].to_list())
+    free = ~pl.col("person_id").is_in(list(held))
+    people = {
+        "lines": lines.filter(free).select("id_value", "account_id").rows(),
+        "apps": both.filter(free).select("id_value", "id_value_line").rows(),
+    }
+    return people, opens.select("person_id", "id_value", "id_value_line").rows(), consents.rows()
 
-    # the figures are the server's, not a channel's rate limit
-    server = ServeProcess(root, {"CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"})
+
+def _drive(
+    probes: Probes, opens: list[Any], consents: list[Any], pids: dict[str, int]
+) -> dict[str, float]:
+    """Probes on their schedules through the warm-up and the run; the peak RSS of each
+    process in `pids` (with its children)."""
+    peak = dict.fromkeys(pids, 0.0)
+    started = time.perf_counter()
+    n, next_probe, next_consent = 0, started, started + CONSENT_EVERY / 2
+    while (elapsed := time.perf_counter() - started) < WARMUP_S + RUN_S:
+        measured = elapsed >= WARMUP_S
+        now = time.perf_counter()
+        if now >= next_probe:
+            probes.app_open(n, *opens[n % len(opens)], measured=measured)
+            n, next_probe = n + 1, next_probe + PROBE_EVERY
+        if now >= next_consent:
+            probes.withdrawal(n, *consents[n % len(consents)], measured=measured)
+            n, next_consent = n + 1, next_consent + CONSENT_EVERY
+        for name, pid in pids.items():
+            peak[name] = max(peak[name], rss_mb(pid))
+        time.sleep(0.05)
+    probes.started = started
+    return peak
+
+
+def _figures(probes: Probes) -> dict[str, Any]:
+    measured = [r for r in probes.results if r["measured"]]
+
+    def latencies(kind: str, window: tuple[float, float] | None = None) -> list[float]:
+        return [
+            r["latency_s"]
+            for r in measured
+            if r["kind"] == kind
+            and r["latency_s"] is not None
+            and (window is None or window[0] <= r["sent"] - probes.started < window[1])
+        ]
+
+    first = latencies("open", (WARMUP_S, WARMUP_S + 60))
+    last = latencies("open", (WARMUP_S + RUN_S - 60, WARMUP_S + RUN_S))
+    return {
+        **_quantiles(latencies("open"), "lookup"),
+        **_quantiles(latencies("consent"), "consent_withdrawal"),
+        "not_seen_within_300_s": sum(1 for r in measured if r["latency_s"] is None),
+        "first_minute_p50_s": round(statistics.median(first), 2) if first else None,
+        "last_minute_p50_s": round(statistics.median(last), 2) if last else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="a smaller lake")
+    subscribers = parser.parse_args().subscribers
+    root = working_copy(ensure_lake(subscribers))
+    env = {**os.environ, "CDP_DATA_ROOT": str(root)}
+    settings = load_settings(PROJECT_ROOT / "conf", env=env)
+    store = KeyStore(settings.database_url)
+    keys = {
+        s: store.create(f"bench {s}", "source", s) for s in ("network", "billing", "app", "crm")
+    }
+    keys["mobile_app"] = store.create("bench app", "channel", "mobile_app")
+    keys["sms_campaigns"] = store.create("bench sms", "channel", "sms_campaigns")
+    step("reading the persons the load and the probes use")
+    people, opens, consents = _people(LakeReader(settings.paths.lake_root))
+    server = ServeProcess(
+        root, {"CDP_EVENTS_DELIVER": "false", "CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"}
+    )
     stream = subprocess.Popen(
         [CDP, "stream"], env=env, start_new_session=True, stdout=subprocess.DEVNULL
     )
-    client = httpx.Client(base_url=server.url, timeout=10)
-
-    def version(person: str) -> int:
-        got = client.get(f"/v1/profiles/person_id/{person}", headers={"X-API-Key": channel_key})
-        return int(got.json()["profile_version"]) if got.status_code == 200 else -1
-
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    loader = ctx.Process(target=_load, args=(server.url, keys, people, stop))
+    probes = Probes(server.url, keys)
+    since = time.time()
     try:
-        step(f"stream and API up; posting {EVENTS + 1} events one at a time")
-        seen = []
-        for i, (person, app_user, msisdn) in enumerate(people):
-            before = version(person)
-            event = {
-                "event_id": f"fresh-{i}",
-                "source": "app",
-                "event_type": "open",
-                "event_ts": (newest + timedelta(seconds=i + 1)).isoformat(),
-                "schema_version": 1,
-                "app_user_id": app_user,
-                "msisdn": msisdn,
-                "platform": "android",
-            }
-            posted = client.post("/v1/collect/app", json=event, headers={"X-API-Key": source_key})
-            if posted.status_code != 202:
-                raise SystemExit(f"collector said {posted.status_code}: {posted.text}")
-            took = wait_for(f"event {i}", lambda p=person, b=before: version(p) > b, timeout=120)
-            step(f"event {i}: visible after {took:.2f} s" + (" (warm-up)" if i == 0 else ""))
-            if i:
-                seen.append(took)
-
-        os.killpg(stream.pid, signal.SIGINT)
-        stream.wait(timeout=120)
-        step(f"stream stopped; baseline: {BASELINE} profiles changed directly in gold")
-        rows = lake.read_arrow(PROFILES).to_pylist()[:BASELINE]
-        floor = []
-        for row in rows:
-            before = version(row["person_id"])
-            row["profile_version"] = before + 1
-            lake.upsert(
-                PROFILES,
-                pa.Table.from_pylist([row], lake.arrow_schema(PROFILES)),
-                "person_id",
-                delete_keys=[],
-                stage="bench",
-            )
-            floor.append(
-                wait_for("a gold change", lambda r=row, b=before: version(r["person_id"]) > b, 60)
-            )
+        loader.start()
+        step(f"load at {LOAD_RATE:.0f} events/s; {WARMUP_S:.0f} s of warm-up, then {RUN_S:.0f} s")
+        peak = _drive(probes, opens, consents, {"server": server.process.pid, "stream": stream.pid})
+        step("load stopped; waiting for the probes in flight")
+        stop.set()
+        loader.join(timeout=30)
+        for thread in probes.threads:
+            thread.join(timeout=300)
     finally:
-        if stream.poll() is None:
-            os.killpg(stream.pid, signal.SIGINT)
+        stop.set()
+        if loader.is_alive():
+            loader.terminate()
+        os.killpg(stream.pid, signal.SIGINT)
+        try:
             stream.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(stream.pid, signal.SIGKILL)
         server.stop()
-
-    figures = {
-        "events": len(seen),
-        "p50_s": round(statistics.median(seen), 2),
-        "p95_s": round(float(np.percentile(seen, 95)), 2),
-        "max_s": round(max(seen), 2),
-        "baseline_serving_only_p50_s": round(statistics.median(floor), 2),
-        "baseline_serving_only_max_s": round(max(floor), 2),
-        "trigger_interval_s": settings.engine.trigger_interval_s,
-        "snapshot_poll_s": settings.api.snapshot_poll_s,
+    measured = [r for r in probes.results if r["measured"]]
+    figures: dict[str, Any] = {
+        "subscribers": subscribers,
+        "load_events_per_s": LOAD_RATE,
+        "run_s": RUN_S,
+        **_figures(probes),
+        **stage_times(root, measured, since),
+        "server_peak_rss_mb": round(peak["server"]),
+        "stream_peak_rss_mb": round(peak["stream"]),
         "cores": os.cpu_count(),
     }
     print(json.dumps(figures))

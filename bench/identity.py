@@ -66,6 +66,7 @@ class Population:
         self.rows: dict[str, list[object]] = {n: [] for n in EVIDENCE_SCHEMA.names}
         self.n = 0
         self.lines: list[tuple[str, str]] = []  # (msisdn, app user or "")
+        self.built = 0  # persons built so far
 
     def add(
         self,
@@ -145,8 +146,11 @@ class Population:
             for t, v in (("msisdn", msisdn), ("iccid", f"8999801{p:010d}0")):
                 self.add("closes", None, (t, v), None, end)
 
-    def build(self, persons: int) -> pa.Table:
-        p = 0
+    def build(self, persons: int, start: int = 0) -> pa.Table:
+        """Evidence of persons `start` up to about `persons` (a family may run past it); in
+        chunks, to keep a million persons' rows out of memory at once."""
+        self.rows = {n: [] for n in EVIDENCE_SCHEMA.names}
+        p = start
         while p < persons:
             if self.rng.random() < 0.12:
                 size = self.rng.randint(2, 5)
@@ -157,6 +161,7 @@ class Population:
             else:
                 self.person(p, f"AC{p:08d}", "individual", "holder")
                 p += 1
+        self.built = p
         return pa.table(self.rows).cast(EVIDENCE_SCHEMA)
 
 

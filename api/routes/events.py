@@ -65,7 +65,13 @@ class SubscriptionIn(BaseModel):
 
 # A delivery id: a positive database key, below 2**53 so every JSON parser (and the JSON Schema
 # bound itself) holds it exactly; a larger one names no message and is refused, not a 500.
-DeliveryId = Annotated[StrictInt, Field(ge=1, le=2**53)]
+def _whole(value: Any) -> Any:
+    """JSON Schema's integers include 3.0: take a whole float as the integer it is (a string
+    or a boolean stays refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+DeliveryId = Annotated[StrictInt, Field(ge=1, le=2**53), BeforeValidator(_whole)]
 
 
 class RedeliverIn(BaseModel):
