@@ -36,6 +36,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ from typing import Any
 import httpx
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,8 +76,24 @@ def step(msg: str) -> None:
 # ---------------------------------------------------------------------------- the lake
 
 
+def _append_staged(lake: Any, table: str, rows: pl.DataFrame, schema: Any, txn: str) -> None:
+    """Append generated rows through Parquet files Spark reads in splits (tens of millions of
+    rows do not fit a task's heap in one piece), once (`txn` names the write)."""
+    staged = Path(tempfile.mkdtemp(prefix="cdp-bench-stage-"))
+    try:
+        pq.write_table(
+            rows.to_arrow().select(schema.names).cast(schema),
+            staged / "rows.parquet",
+            row_group_size=500_000,
+        )
+        lake.append_once(table, lake.spark.read.parquet(str(staged)), {txn: 1}, stage="bench")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def _grow(root: str, subscribers: int) -> None:
-    """In a child process: 1M persons' evidence, identity, usage, facts and profiles."""
+    """In a child process: 1M persons' evidence, identity, usage, facts and profiles. Each step
+    leaves a mark in the cache folder, so a build stopped half-way resumes after the last one."""
     from bench.gold import daily_usage, facts
     from bench.identity import Population
     from pipelines.identity.stage import rebuild_identity
@@ -89,32 +107,28 @@ def _grow(root: str, subscribers: int) -> None:
     engine = settings.engine.model_copy(update={"driver_memory": "12g"})
     spark = spark_session(engine, app_name="bench-freshness-build")
     lake = Lake(settings.paths.lake_root, spark)
-    t = time.perf_counter()
-    population, rows = Population(seed=11), 0
-    while population.built < subscribers:
-        chunk = population.build(min(population.built + 100_000, subscribers), population.built)
-        lake.append_once(EVIDENCE, chunk, {"bench-freshness": population.built}, stage="bench")
-        rows += chunk.num_rows
-    step(f"evidence: {rows:,} rows ({time.perf_counter() - t:.0f} s)")
-    full = rebuild_identity(spark, lake, settings)
-    step(f"identity: {full.persons:,} persons ({time.perf_counter() - t:.0f} s)")
+    marks, t = Path(root), time.perf_counter()
+    if not (marks / "identity-done").exists():
+        population, rows = Population(seed=11), 0
+        while population.built < subscribers:
+            end = min(population.built + 100_000, subscribers)
+            chunk = population.build(end, population.built)
+            txn = {"bench-freshness": population.built}
+            lake.append_once(EVIDENCE, chunk, txn, stage="bench")
+            rows += chunk.num_rows
+        step(f"evidence: {rows:,} rows ({time.perf_counter() - t:.0f} s)")
+        full = rebuild_identity(spark, lake, settings)
+        step(f"identity: {full.persons:,} persons ({time.perf_counter() - t:.0f} s)")
+        (marks / "identity-done").touch()
     today = datetime.now(UTC).date()
-    nodes = lake.read_polars(MAP, where=pl.col("valid_to").is_null())
-    rng = np.random.default_rng(11)
-    daily = daily_usage(rng, nodes, today)
-    lake.append_once(
-        DAILY, daily.to_arrow().select(DAILY_SCHEMA.names).cast(DAILY_SCHEMA), {}, stage="bench"
-    )
-    del daily
-    fact_rows = facts(rng, nodes, today)
-    lake.append_once(
-        FACTS,
-        fact_rows.to_arrow().select(FACTS_SCHEMA.names).cast(FACTS_SCHEMA),
-        {},
-        stage="bench",
-    )
-    del fact_rows, nodes
-    step(f"usage and facts written ({time.perf_counter() - t:.0f} s)")
+    if not (marks / "inputs-done").exists():
+        nodes = lake.read_polars(MAP, where=pl.col("valid_to").is_null())
+        rng = np.random.default_rng(11)
+        _append_staged(lake, DAILY, daily_usage(rng, nodes, today), DAILY_SCHEMA, "bench-daily")
+        _append_staged(lake, FACTS, facts(rng, nodes, today), FACTS_SCHEMA, "bench-facts")
+        del nodes
+        step(f"usage and facts written ({time.perf_counter() - t:.0f} s)")
+        (marks / "inputs-done").touch()
     result = recompute_profiles(lake, settings, today)
     step(f"profiles: {result.created:,} created ({time.perf_counter() - t:.0f} s)")
     spark.stop()
@@ -126,17 +140,21 @@ def ensure_lake(subscribers: int) -> Path:
     if (cache / "built").exists():
         step(f"using the {subscribers:,}-subscriber lake in {cache}")
         return cache
-    shutil.rmtree(cache, ignore_errors=True)
-    step(f"building a {subscribers:,}-subscriber lake in {cache} (once; ~30 min at 1M)")
     env = {**os.environ, "CDP_DATA_ROOT": str(cache)}
-    start = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
-    subprocess.run(
-        [CDP, "generate", "--subscribers", "300", "--days", "2", "--start-date", start],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run([CDP, "run"], env=env, check=True, stdout=subprocess.DEVNULL)
+    if not (cache / "operator-done").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        step(f"building a {subscribers:,}-subscriber lake in {cache} (once; ~40 min at 1M)")
+        start = (datetime.now(UTC).date() - timedelta(days=2)).isoformat()
+        subprocess.run(
+            [CDP, "generate", "--subscribers", "300", "--days", "2", "--start-date", start],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run([CDP, "run"], env=env, check=True, stdout=subprocess.DEVNULL)
+        (cache / "operator-done").touch()
+    else:
+        step(f"resuming the build of {cache}")
     child = multiprocessing.get_context("spawn").Process(
         target=_grow, args=(str(cache), subscribers)
     )
