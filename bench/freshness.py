@@ -286,66 +286,73 @@ class Probes:
         return client.get(f"/v1/profiles/person_id/{person}", headers={"X-API-Key": key})
 
     def app_open(self, n: int, person: str, app_user: str, msisdn: str, *, measured: bool) -> None:
-        def run() -> None:
-            client = httpx.Client(base_url=self.url, timeout=30)
-            key = self.keys["mobile_app"]
-            before = int(self._lookup(client, person, key).json()["profile_version"])
-            event_id = f"probe-{n}"
-            event = _event(
-                "app",
-                "open",
-                n,
-                datetime.now(UTC).isoformat(),
-                app_user_id=app_user,
-                msisdn=msisdn,
-                platform="ios",
-            )
-            event["event_id"] = event_id
-            sent = time.perf_counter()
-            posted = client.post(
-                "/v1/collect/app", json=event, headers={"X-API-Key": self.keys["app"]}
-            )
-            accepted = time.perf_counter()
-            assert posted.status_code == 202, posted.text
-            while time.perf_counter() - accepted < 300:
-                got = self._lookup(client, person, key)
-                if got.status_code == 200 and int(got.json()["profile_version"]) > before:
-                    self._record("open", event_id, person, sent, accepted, measured)
-                    return
-                time.sleep(0.05)
-            self._record("open", event_id, person, sent, None, measured)
+        """An app open for `person`, seen when their profile_version moves."""
+        event = _event(
+            "app",
+            "open",
+            n,
+            datetime.now(UTC).isoformat(),
+            app_user_id=app_user,
+            msisdn=msisdn,
+            platform="ios",
+        )
+        event["event_id"] = f"probe-{n}"
 
-        self._start(run)
+        def moved(got: httpx.Response, first: httpx.Response) -> bool:
+            version = int(first.json()["profile_version"])
+            return got.status_code == 200 and int(got.json()["profile_version"]) > version
+
+        self._probe("open", event, person, "mobile_app", moved, measured)
 
     def withdrawal(self, n: int, person: str, msisdn: str, *, measured: bool) -> None:
+        """A marketing consent withdrawn, seen when a marketing-only channel no longer gets the
+        person's marketing attributes."""
+        event = _event(
+            "crm",
+            "consent",
+            n,
+            datetime.now(UTC).isoformat(),
+            msisdn=msisdn,
+            purpose="marketing",
+            granted=False,
+            legal_basis="consent",
+            channel="sms",
+        )
+        event["event_id"] = f"consent-{n}"
+
+        def withheld(got: httpx.Response, _first: httpx.Response) -> bool:
+            return got.status_code == 404 or "primary_msisdn" not in got.json()["attributes"]
+
+        self._probe("consent", event, person, "sms_campaigns", withheld, measured)
+
+    def _probe(
+        self,
+        kind: str,
+        event: dict[str, Any],
+        person: str,
+        channel: str,
+        shown: Any,
+        measured: bool,
+    ) -> None:
+        """In a thread: look the person up, post `event` to the collector, then look them up
+        every 50 ms until `shown(lookup, first lookup)` (or 300 s)."""
+
         def run() -> None:
             client = httpx.Client(base_url=self.url, timeout=30)
-            key = self.keys["sms_campaigns"]
-            event = _event(
-                "crm",
-                "consent",
-                n,
-                datetime.now(UTC).isoformat(),
-                msisdn=msisdn,
-                purpose="marketing",
-                granted=False,
-                legal_basis="consent",
-                channel="sms",
-            )
-            event["event_id"] = f"consent-{n}"
+            key, source = self.keys[channel], str(event["source"])
+            first = self._lookup(client, person, key)
             sent = time.perf_counter()
             posted = client.post(
-                "/v1/collect/crm", json=event, headers={"X-API-Key": self.keys["crm"]}
+                f"/v1/collect/{source}", json=event, headers={"X-API-Key": self.keys[source]}
             )
             accepted = time.perf_counter()
             assert posted.status_code == 202, posted.text
             while time.perf_counter() - accepted < 300:
-                got = self._lookup(client, person, key)
-                if got.status_code == 404 or "primary_msisdn" not in got.json()["attributes"]:
-                    self._record("consent", event["event_id"], person, sent, accepted, measured)
+                if shown(self._lookup(client, person, key), first):
+                    self._record(kind, event["event_id"], person, sent, accepted, measured)
                     return
                 time.sleep(0.05)
-            self._record("consent", event["event_id"], person, sent, None, measured)
+            self._record(kind, event["event_id"], person, sent, None, measured)
 
         self._start(run)
 

@@ -454,6 +454,14 @@ class ChannelCfg(Model):
     description: str = ""
 
 
+def snake_case_keys(names: dict[str, M], what: str, longest: int = 100) -> dict[str, M]:
+    """`names` unchanged when every key is lower_snake_case of at most `longest` characters."""
+    bad = [n for n in names if not re.fullmatch(rf"[a-z][a-z0-9_]{{0,{longest - 1}}}", n)]
+    if bad:
+        raise ValueError(f"{what} must be lower_snake_case, at most {longest} characters: {bad}")
+    return names
+
+
 class PolicyCfg(Model):
     """Purposes and their legal basis, the purposes each served attribute may be used for, and
     the purposes each channel holds (conf/policy.yaml). Anything not listed is never served."""
@@ -465,10 +473,7 @@ class PolicyCfg(Model):
     @field_validator("purposes")
     @classmethod
     def _names(cls, v: dict[str, PurposeCfg]) -> dict[str, PurposeCfg]:
-        bad = [p for p in v if not re.fullmatch(r"[a-z][a-z0-9_]*", p)]
-        if bad:
-            raise ValueError(f"purpose names must be lower_snake_case (they name columns): {bad}")
-        return v
+        return snake_case_keys(v, "purpose names (they name columns)")
 
     @model_validator(mode="after")
     def _known_purposes(self) -> PolicyCfg:
@@ -570,12 +575,7 @@ class TriggersCfg(Model):
     @field_validator("triggers")
     @classmethod
     def _names(cls, v: dict[str, TriggerCfg]) -> dict[str, TriggerCfg]:
-        bad = [n for n in v if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", n)]
-        if bad:
-            raise ValueError(
-                f"trigger names must be lower_snake_case, at most 40 characters: {bad}"
-            )
-        return v
+        return snake_case_keys(v, "trigger names (they are in event ids)", longest=40)
 
 
 class Settings(Model):

@@ -4,8 +4,9 @@ streamed operator's lake, with a key per channel and role."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import polars as pl
@@ -32,6 +33,17 @@ def new_version(lake: Lake, row: dict[str, Any]) -> None:
 
 
 SECRET = "test-endpoint-secret-0123456789"
+T = TypeVar("T")
+
+
+def wait_for(what: str, found: Callable[[], T], timeout: float = 30) -> T:
+    """`found()`'s first truthy value, polled every 50 ms; fails naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := found():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="package")

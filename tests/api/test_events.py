@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import polars as pl
@@ -21,19 +21,9 @@ from bench.receiver import Receiver
 from pipelines.lakehouse.catalog import OUTBOX, PROFILES
 from pipelines.ops.status import Alerts
 from pipelines.profile.state import OUTBOX_SCHEMA
-from tests.api.conftest import SECRET, call, create_segment, may_use, new_version
+from tests.api.conftest import SECRET, call, create_segment, may_use, new_version, wait_for
 
 pytestmark = pytest.mark.api
-T = TypeVar("T")
-
-
-def _wait(what: str, found: Callable[[], T], timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := found():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _outbox(
@@ -97,7 +87,7 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     assert first.status_code == 202, first.text
     push = first.json()
     assert push["entered"] == reachable.height and push["exited"] == 0
-    parts = _wait(
+    parts = wait_for(
         "the first push",
         lambda: [r for r in receiver.at("/push", 200) if r.json()["push_id"] == push["push_id"]],
     )
@@ -124,7 +114,7 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     row["profile_version"] += 1
     new_version(served["lake"], row)
     version = served["lake"].version(PROFILES)
-    _wait(
+    wait_for(
         "the snapshot with the withdrawal",
         lambda: (
             call(served, "GET", f"/v1/segments/{sid}/preview", "marketing").json()[
@@ -137,7 +127,7 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
         served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "sms_campaigns"}
     ).json()
     assert (second["entered"], second["exited"]) == (0, 1)
-    got = _wait(
+    got = wait_for(
         "the second push",
         lambda: [r for r in receiver.at("/push", 200) if r.json()["push_id"] == second["push_id"]],
     )
@@ -175,7 +165,7 @@ def test_a_marketing_push_on_churn_risk_reaches_only_persons_who_may_be_profiled
     r = call(served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "sms_campaigns"})
     assert r.status_code == 202, r.text
     assert r.json()["entered"] == allowed.height
-    parts = _wait(
+    parts = wait_for(
         "the push",
         lambda: [
             x for x in receiver.at("/push", 200) if x.json()["push_id"] == r.json()["push_id"]
@@ -207,7 +197,7 @@ def test_events_arrive_at_least_once_in_order_per_person_despite_failures(
     ids = _outbox(served, changes + churn)
     expected = ids[: len(changes) + len(persons)]  # not the unconsented person's churn event
 
-    arrived = _wait(
+    arrived = wait_for(
         "every event",
         lambda: (
             (e := _events_at(receiver, path)) and {x["event_id"] for x in e} >= set(expected) and e
@@ -236,7 +226,7 @@ def test_dead_letters_are_parked_and_redelivered(
     sid = _subscribe(served, "contact_centre", ["profile.merged"], receiver.url + path)
     person = _persons(served, "service", True, 1)[0]
     (event_id,) = _outbox(served, [("profile.merged", person, {"into": "p-other"})])
-    dead = _wait(
+    dead = wait_for(
         "the dead letter",
         lambda: call(
             served, "GET", f"/v1/subscriptions/{sid}/deliveries?status=dead", "contact_centre"
@@ -249,7 +239,7 @@ def test_dead_letters_are_parked_and_redelivered(
     receiver.down[path] = False
     r = call(served, "POST", f"/v1/subscriptions/{sid}/redeliver", "contact_centre", {})
     assert r.json() == {"redelivered": 1}
-    got = _wait("the redelivery", lambda: receiver.at(path, 200))
+    got = wait_for("the redelivery", lambda: receiver.at(path, 200))
     assert got[0].json()["events"][0]["event_id"] == event_id
     other = call(served, "POST", f"/v1/subscriptions/{sid}/redeliver", "mobile_app", {})
     assert other.status_code == 404  # another channel's subscription
@@ -344,7 +334,7 @@ def test_segment_members_entering_and_exiting_are_events(
             if e["event_type"] == kind and e["payload"]["segment_id"] == sid
         ]
 
-    entered = _wait(
+    entered = wait_for(
         "the entered events",
         lambda: (e := of_segment("segment.entered")) and len(e) >= reachable.height and e,
     )
@@ -356,7 +346,7 @@ def test_segment_members_entering_and_exiting_are_events(
     row.update(consent_marketing_granted=False)
     row["profile_version"] += 1
     new_version(served["lake"], row)
-    exited = _wait("the exit", lambda: of_segment("segment.exited"))
+    exited = wait_for("the exit", lambda: of_segment("segment.exited"))
     assert [e["person_id"] for e in exited] == [leaver]  # told, although consent ended
 
 
@@ -367,7 +357,7 @@ def test_a_channel_without_an_http_endpoint_gets_its_push_as_files(
     push = call(served, "POST", f"/v1/segments/{sid}/push", "marketing", {"channel": "mobile_app"})
     assert push.status_code == 202, push.text
     folder = served["root"] / "pushes" / "mobile_app"
-    files = _wait(
+    files = wait_for(
         "the dropped parts", lambda: sorted(folder.glob(f"{push.json()['push_id']}_*.json"))
     )
     assert len(files) == push.json()["parts"]
@@ -394,7 +384,7 @@ def test_ops_alerts_reach_stewards_and_delivery_shows_in_metrics(
         ],
         datetime.now(UTC),
     )
-    got = _wait("the alert", lambda: _events_at(receiver, path))
+    got = wait_for("the alert", lambda: _events_at(receiver, path))
     assert [e["event_id"] for e in got] == [f"alert-{alert['alert_id']}"]
     assert got[0]["payload"]["source"] == "crm"
     metrics = served["client"].get("/metrics").text
@@ -425,7 +415,7 @@ def test_sse_and_webhooks_carry_no_event_of_a_person_without_consent_for_its_pur
         got = _events_at(receiver, path)
         return got if ids[2] in {e["event_id"] for e in got} else []
 
-    hooked = _wait("the webhook", past_the_marker)
+    hooked = wait_for("the webhook", past_the_marker)
     assert {e["person_id"] for e in hooked} == {allowed}
     seen: list[dict[str, Any]] = []
     url = f"{served['server'].url}/v1/events/stream"

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import polars as pl
@@ -23,22 +22,12 @@ from bench.server import ServeProcess
 from pipelines.lakehouse.catalog import MAP, OUTBOX, PROFILES
 from pipelines.lakehouse.lake import Lake
 from pipelines.ops.keys import KeyStore
-from tests.api.conftest import SECRET
+from tests.api.conftest import SECRET, wait_for
 from tests.conftest import settings_for
 from tests.spark.helpers import land
 
 pytestmark = [pytest.mark.api, pytest.mark.slow]
-T = TypeVar("T")
 ROAMING = "Roaming Turkey"
-
-
-def _wait(what: str, found: Callable[[], T], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := found():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _iso(ts: datetime) -> str:
@@ -296,7 +285,7 @@ def test_what_fired_reaches_webhooks_once_and_only_channels_holding_the_purpose(
         got = [e for r in receiver.at(path) for e in r.json()["events"] if e["person_id"] in mine]
         return got if len({e["event_id"] for e in got}) >= n else []
 
-    app = _wait("the app's webhook", lambda: received("/app", 5))
+    app = wait_for("the app's webhook", lambda: received("/app", 5), timeout=60)
     assert all(r.signed for r in receiver.at("/app"))
     # mobile_app holds service and marketing: not location (the roaming trigger).
     assert {(t, r) for t, r, _ in _fired(triggered, app)} == {
@@ -306,7 +295,7 @@ def test_what_fired_reaches_webhooks_once_and_only_channels_holding_the_purpose(
         ("contract_ending", "renewal"),
     }
     assert len({e["event_id"] for e in app}) == len(_fired(triggered, app)) == 5
-    fraud = _wait("the fraud desk's webhook", lambda: received("/fraud", 2))
+    fraud = wait_for("the fraud desk's webhook", lambda: received("/fraud", 2), timeout=60)
     assert {(t, r) for t, r, _ in _fired(triggered, fraud)} == {("sim_swapped", "swap")}
 
 
@@ -356,7 +345,7 @@ def test_the_audience_page_lists_every_trigger_with_how_often_it_fired(
         listed = triggered["client"].get("/v1/triggers", headers=headers).json()
         return {t["name"]: str(t["fired_7d"]) for t in listed} == counts
 
-    _wait("the deliverer to log every trigger event of the outbox", all_logged)
+    wait_for("the deliverer to log every trigger event of the outbox", all_logged, timeout=60)
     page = browser.new_page(viewport={"width": 1600, "height": 900})
     page.goto(f"{triggered['server'].url}/ui")
     page.get_by_label("Marketing API key").fill(triggered["keys"]["marketing"])
