@@ -33,7 +33,7 @@ def test_reload_of_same_file_is_a_noop_and_change_is_new_version(
     assert lake.version("ref.tariffs") == 0
 
     path = folder / "tariffs.csv"
-    path.write_text(path.read_text() + "T-NEW,New,10000.00,1.0,prepaid\n")
+    path.write_text(path.read_text() + "T-NEW,New,10000.00,1.0,prepaid,\n")
     load_reference(lake, settings.reference, folder)
     assert lake.version("ref.tariffs") == 1 and lake.version("ref.products") == 0
     tariffs = {r["tariff_id"]: r for r in lake.read_arrow("ref.tariffs").to_pylist()}
@@ -62,3 +62,21 @@ def test_missing_column_is_named(settings: Settings, folder: Path) -> None:
     )
     with pytest.raises(ReferenceFileError, match=r"missing column\(s\) \['product_id'\]"):
         load_reference(Lake(settings.paths.lake_root), settings.reference, folder)
+
+
+def test_an_optional_column_may_be_left_out_of_the_file_a_required_one_not(
+    settings: Settings, folder: Path
+) -> None:
+    """A file written before `term_months` existed still loads (no term for anyone); a file
+    without a required column is refused naming it."""
+    path = folder / "tariffs.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(",".join(ln.split(",")[:5]) for ln in lines) + "\n")
+    lake = Lake(settings.paths.lake_root)
+    load_reference(lake, settings.reference, folder)
+    tariffs = lake.read_arrow("ref.tariffs").to_pylist()
+    assert len(tariffs) == len(lines) - 1
+    assert all(t["term_months"] is None for t in tariffs)
+    path.write_text("\n".join(",".join(ln.split(",")[:4]) for ln in lines) + "\n")
+    with pytest.raises(ReferenceFileError, match=r"missing column\(s\) \['kind'\]"):
+        load_reference(lake, settings.reference, folder)

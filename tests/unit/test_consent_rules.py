@@ -77,7 +77,7 @@ def conditions(compiler: RuleCompiler) -> st.SearchStrategy[dict[str, Any]]:
                 return st.tuples(value, value).map(
                     lambda lh: {"attr": attr, "op": op, "low": min(lh), "high": max(lh)}
                 )
-            if op in ("older_than", "within"):
+            if op in ("older_than", "within", "within_next"):
                 return st.sampled_from([1, 7, 90]).map(
                     lambda d: {"attr": attr, "op": op, "days": d}
                 )
