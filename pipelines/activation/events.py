@@ -35,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     delete,
     func,
     select,
@@ -513,18 +514,24 @@ class EventStore:
             return {}
         return {q: lags[min(len(lags) - 1, int(q * len(lags)))] for q in quantiles}
 
-    def fired(self, trigger: str, since: datetime) -> dict[str, Any]:
-        """How often a trigger fired since `since` (events logged), and when it last did."""
+    def fired(self, trigger: str, now: datetime) -> dict[str, Any]:
+        """How often a trigger fired (events logged) in the 24 hours and 7 days before `now`,
+        and when it last did, in one query."""
         e = event_log.c
+        day = func.sum(case((e.occurred_at >= now - timedelta(days=1), 1), else_=0))
         with self.engine.connect() as conn:
-            n, last = conn.execute(
-                select(func.count(), func.max(e.occurred_at)).where(
+            n_day, n_week, last = conn.execute(
+                select(day, func.count(), func.max(e.occurred_at)).where(
                     (e.event_type == "trigger.fired")
                     & e.event_id.startswith(f"trigger:{trigger}:", autoescape=True)
-                    & (e.occurred_at >= since)
+                    & (e.occurred_at >= now - timedelta(days=7))
                 )
             ).one()
-        return {"count": int(n), "last": utc(last).isoformat() if last else None}
+        return {
+            "fired_24h": int(n_day or 0),
+            "fired_7d": int(n_week),
+            "last_fired": utc(last).isoformat() if last else None,
+        }
 
     def message_status(self, queue: str, key_prefix: str) -> dict[str, int]:
         """Messages of `queue` whose key starts with `key_prefix`, by status (a push's parts)."""

@@ -1087,8 +1087,8 @@ def recompute_profiles(
     given): the check that incremental refreshes left nothing behind. Differences are written
     with their change events; when there are none no profile row is rewritten."""
     started = time.perf_counter()
+    done = _clock(lake)
     if day is None:
-        done = _clock(lake)
         day = date.fromordinal(done) if done else datetime.now(UTC).date()
     ev_target = lake.committed(LINKS, RESOLVED)
     runs = (lake.committed(PROFILES, REBUILD_APP) or 0) + 1 if lake.exists(PROFILES) else 1
@@ -1099,7 +1099,7 @@ def recompute_profiles(
     _with_state(out, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal(), REBUILD_APP: runs})
     result = GoldResult(mode="full", clock_day=day)
     ev_done = lake.committed(PROFILES, IDENTITY_APP) if lake.exists(PROFILES) else None
-    stored_day = date.fromordinal(done) if (done := _clock(lake)) else None
+    stored_day = date.fromordinal(done) if done else None
     _write_profiles(lake, settings, None, (day, stored_day), (ev_done, ev_target), out, result)
     result.seconds = time.perf_counter() - started
     return result
