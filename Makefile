@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 SMALL := --subscribers 400 --days 7 --files-per-source 3
 
-.PHONY: run test serve lint java jvm chromium postgres install clean help
+.PHONY: run test serve lint java jvm kafka chromium postgres install clean help
 
 help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
@@ -31,9 +31,13 @@ install: $(STAMP) java jvm
 java:
 	@scripts/ensure-java.sh
 
-# The pinned JVM artifacts (jvm/pom.xml: Delta) into .jvm/jars, with Maven.
+# The pinned JVM artifacts (jvm/pom.xml: Delta, Spark's Kafka connector) into .jvm/jars, with Maven.
 jvm: $(STAMP) java
 	@scripts/fetch-jvm.sh
+
+# A Kafka broker for the tests (jvm/kafka/pom.xml) into .jvm/kafka; tests start it on loopback.
+kafka: java
+	@scripts/fetch-jvm.sh kafka
 
 chromium:
 	@scripts/ensure-chromium.sh
@@ -56,7 +60,7 @@ serve: install
 	trap 'trap "" INT TERM; kill -INT -$$s -$$a 2>/dev/null' INT TERM; wait $$s $$a; wait $$s $$a
 
 # The checks first (import layers, ruff with complexity limits, mypy): a minute, not an hour.
-test: install chromium postgres lint
+test: install chromium postgres kafka lint
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

@@ -40,10 +40,18 @@ def rss_mb(pid: int) -> float:
 
 
 class ServeProcess:
-    """`cdp serve` on `root` (CDP_DATA_ROOT) with extra CDP_* settings in `env`."""
+    """`cdp serve` on `root` (CDP_DATA_ROOT) with extra CDP_* settings in `env`; ready when
+    `ready_path` answers 200 (/readyz: a snapshot is loaded; /healthz: the process answers)."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None, timeout: float = 300) -> None:
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        ready_path: str = "/readyz",
+    ) -> None:
         self.port = free_port()
+        self.ready_path = ready_path
         self.url = f"http://{HOST}:{self.port}"
         full = {**os.environ, **(env or {}), "CDP_DATA_ROOT": str(root)}
         full["CDP_API_PORT"] = str(self.port)
@@ -63,7 +71,7 @@ class ServeProcess:
 
     def _ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -51,6 +51,59 @@ class EngineCfg(Model):
     source_passes_at_once: int = Field(1, ge=1)
     # Events stamped further than this beyond their ingest time are quarantined as "future".
     max_future_skew_minutes: int = Field(60, ge=0)
+    # A line (a Kafka message) longer than this is quarantined as "oversized", not parsed.
+    max_line_bytes: int = Field(1_048_576, ge=1024)
+
+
+class KafkaCfg(Model):
+    """The Kafka (or Kafka-compatible) cluster the sources publish to: one topic per source.
+    Secrets never sit in conf: the SASL password and the key's passphrase are read from the
+    environment variables named here."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field("cdp.", pattern=r"^[A-Za-z0-9._-]*$")
+    # `cdp kafka init`: partitions and replication of a new topic, and its message size limit
+    partitions: int = Field(12, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(1, ge=1)
+    retention_hours: int = Field(168, ge=1)
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+    # the stream: where a new checkpoint starts, and at most how many messages per micro-batch
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    max_offsets_per_trigger: int | None = Field(None, ge=1)
+    # the collector: how long a batch may wait for the brokers' acknowledgement before a 503
+    delivery_timeout_s: float = Field(30.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str = "CDP_KAFKA_SASL_PASSWORD"
+    ssl_ca_location: Path | None = None  # PEM: the brokers' CA
+    ssl_certificate_location: Path | None = None  # PEM: this client's certificate (mutual TLS)
+    ssl_key_location: Path | None = None  # PEM: its private key
+    ssl_key_password_env: str = "CDP_KAFKA_SSL_KEY_PASSWORD"
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaCfg:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism and "
+                "sasl_username (the password comes from the variable named by sasl_password_env)"
+            )
+        return self
+
+    def topic(self, source: str) -> str:
+        """The topic a source publishes to."""
+        return f"{self.topic_prefix}{source}"
+
+
+class SourceCfg(Model):
+    """Where events come in: landing files only (the embedded default), or Kafka topics as
+    well (the landing folder is still read beside them, for backfills)."""
+
+    kind: Literal["files", "kafka"] = "files"
+    kafka: KafkaCfg = KafkaCfg()
 
 
 class PathsCfg(Model):
@@ -582,6 +635,7 @@ class Settings(Model):
     conf_dir: Path
     engine: EngineCfg
     paths: PathsCfg
+    source: SourceCfg = SourceCfg()
     contracts: dict[str, SourceContract]
     reference: ReferenceContract
     identity: IdentityCfg
@@ -674,13 +728,15 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
 
 
-def _parse(model: type[M], data: Any, path: Path) -> M:
+def _parse(model: type[M], data: Any, path: Path, section: str | None = None) -> M:
+    """`data` validated as `model`; errors name the file and the key (under `section`)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = [section, *err["loc"]] if section else err["loc"]
+            key = ".".join(str(p) for p in loc) or "(top level)"
             lines.append(f"  {key}: {err['msg']}")
         raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines)) from None
 
@@ -690,7 +746,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     # An explicit folder (--conf) wins over $CDP_CONF_DIR, which wins over ./conf.
     conf_dir = Path(conf_dir or env.get("CDP_CONF_DIR") or DEFAULT_CONF_DIR).resolve()
-    engine, paths = _engine_and_paths(conf_dir / "engine.yaml", env)
+    engine, paths, source = _engine_and_paths(conf_dir / "engine.yaml", env)
     contracts = _contracts(conf_dir / "contracts")
     ref_path = conf_dir / "contracts" / "reference.yaml"
     identity_path = conf_dir / "identity.yaml"
@@ -707,6 +763,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         conf_dir=conf_dir,
         engine=engine,
         paths=paths,
+        source=source,
         contracts=contracts,
         reference=_parse(ReferenceContract, _read_yaml(ref_path), ref_path),
         identity=identity,
@@ -720,12 +777,15 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
     )
 
 
-def _engine_and_paths(engine_path: Path, env: Mapping[str, str]) -> tuple[EngineCfg, PathsCfg]:
-    """engine.yaml with CDP_SPARK_MASTER, CDP_DATA_ROOT and the CDP_*_ROOT overrides."""
+def _engine_and_paths(
+    engine_path: Path, env: Mapping[str, str]
+) -> tuple[EngineCfg, PathsCfg, SourceCfg]:
+    """engine.yaml with CDP_SPARK_MASTER, CDP_DATA_ROOT, the CDP_*_ROOT overrides and
+    CDP_SOURCE_KIND, CDP_KAFKA_BOOTSTRAP_SERVERS, CDP_KAFKA_TOPIC_PREFIX."""
     raw = _read_yaml(engine_path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{engine_path}: expected a mapping at the top level")
-    unknown = set(raw) - {"engine", "paths"}
+    unknown = set(raw) - {"engine", "paths", "source"}
     if unknown:
         raise ConfigError(f"{engine_path}: unknown top-level key(s) {sorted(unknown)}")
     engine_raw = dict(raw.get("engine") or {})
@@ -736,12 +796,22 @@ def _engine_and_paths(engine_path: Path, env: Mapping[str, str]) -> tuple[Engine
         for key, sub in _DATA_SUBDIRS.items():
             paths_raw[key] = str(Path(data_root) / sub)
     paths_raw |= {key: env[var] for var, key in _ENV_PATHS.items() if env.get(var)}
-    engine = _parse(EngineCfg, engine_raw, engine_path)
-    paths = _parse(PathsCfg, paths_raw, engine_path)
+    source_raw = dict(raw.get("source") or {})
+    if env.get("CDP_SOURCE_KIND"):
+        source_raw["kind"] = env["CDP_SOURCE_KIND"]
+    kafka_raw = dict(source_raw.get("kafka") or {})
+    for key in ("bootstrap_servers", "topic_prefix"):
+        if env.get(var := f"CDP_KAFKA_{key.upper()}"):
+            kafka_raw[key] = env[var]
+    source_raw["kafka"] = kafka_raw
+    engine = _parse(EngineCfg, engine_raw, engine_path, "engine")
+    paths = _parse(PathsCfg, paths_raw, engine_path, "paths")
+    source = _parse(SourceCfg, source_raw, engine_path, "source")
     # Relative paths are relative to the project, not to wherever the command was started.
-    return engine, PathsCfg(
+    paths = PathsCfg(
         **{k: (v if v.is_absolute() else PROJECT_ROOT / v) for k, v in paths.model_dump().items()}
     )
+    return engine, paths, source
 
 
 def _contracts(folder: Path) -> dict[str, SourceContract]:

@@ -1,4 +1,5 @@
-"""The HTTP collector: events from a source, written durably to its landing folder before 202.
+"""The HTTP collector: events from a source, stored durably before 202: written to its landing
+folder, or (`source.kind: kafka`) acknowledged by the brokers of its topic (api/publisher.py).
 
 The body is one JSON event (application/json) or a batch, one event per line
 (application/x-ndjson), decoded strictly and bounded (api/bodies.py). The file is written under
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from api.bodies import BodyError, Limits, parse_events
 from api.deps import CallerDep
 from api.errors import KEYED, StrictRoute
+from api.publisher import KafkaPublisher, PublishError, TooLargeError
 
 router = APIRouter(
     prefix="/v1/collect", tags=["collector"], responses=KEYED, route_class=StrictRoute
@@ -30,7 +32,8 @@ router = APIRouter(
 
 class Accepted(BaseModel):
     accepted: int
-    file: str
+    file: str | None = None  # the landing file written (files)
+    topic: str | None = None  # the topic the brokers acknowledged the batch on (kafka)
 
 
 @router.post(
@@ -46,9 +49,10 @@ class Accepted(BaseModel):
         404: {"description": "No contract for this source"},
         429: {"description": "Over the key's collect rate (api.rate_limits), see Retry-After"},
         413: {
-            "description": "Body over api.max_body_bytes, more events than api.max_events, or a "
-            "string over api.max_string_chars"
+            "description": "Body over api.max_body_bytes, more events than api.max_events, a "
+            "string over api.max_string_chars, or an event over the topic's message size"
         },
+        503: {"description": "The brokers did not acknowledge the batch in time: send it again"},
     },
 )
 async def collect(source: str, request: Request, who: CallerDep) -> Accepted:
@@ -74,8 +78,21 @@ async def collect(source: str, request: Request, who: CallerDep) -> Accepted:
         events = parse_events(bytes(body), ndjson, source, limits)
     except BodyError as err:
         raise HTTPException(err.status, err.detail) from None
-    name = _land(settings.paths.landing_root / source, events)
-    return Accepted(accepted=len(events), file=name)
+    publisher: KafkaPublisher | None = request.app.state.publisher
+    if publisher is None:
+        name = _land(settings.paths.landing_root / source, events)
+        return Accepted(accepted=len(events), file=name)
+    try:
+        published = await publisher.publish(source, events)
+    except TooLargeError as err:
+        raise HTTPException(413, str(err)) from None
+    except (PublishError, TimeoutError) as err:
+        raise HTTPException(
+            503,
+            f"not stored: {err or 'no acknowledgement in time'}; send the batch again",
+            headers={"Retry-After": "1"},
+        ) from None
+    return Accepted(accepted=published.events, topic=published.topic)
 
 
 def _land(folder: Path, events: list[dict[str, Any]]) -> str:

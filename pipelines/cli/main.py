@@ -63,6 +63,10 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
+kafka_app = typer.Typer(
+    help="The Kafka source (source.kind: kafka): create the sources' topics.", no_args_is_help=True
+)
+app.add_typer(kafka_app, name="kafka")
 console = Console()
 
 ConfOpt = Annotated[
@@ -466,6 +470,27 @@ def db_upgrade(
     after = upgrade(engine, revision)
     where = engine.url.render_as_string(hide_password=True)
     console.print(f"ops database {where}: {before or 'empty'} -> {after}", soft_wrap=True)
+
+
+@kafka_app.command("init")
+def kafka_init(conf: ConfOpt = None) -> None:
+    """Create each source's topic (`<topic_prefix><source>`) that does not exist yet, with the
+    partitions, replication and limits of source.kafka; existing topics are left as they are."""
+    from pipelines.lakehouse.kafka import KafkaConfigError, init_topics
+
+    settings = _settings(conf)
+    cfg = settings.source.kafka
+    try:
+        topics = init_topics(cfg, settings.sources)
+    except (KafkaConfigError, TimeoutError) as exc:
+        console.print(f"[red]kafka:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # the client's own error: a broker not reachable, no rights
+        console.print(f"[red]kafka {cfg.bootstrap_servers}:[/red] {exc}")
+        raise typer.Exit(1) from None
+    for t in topics:
+        state = "created" if t.created else "exists"
+        console.print(f"{t.topic}: {state}, {t.partitions} partitions (source {t.source})")
 
 
 @db_app.command("current")

@@ -39,14 +39,17 @@ LINE_COLUMNS = ("_ingest_ts", "_batch_id", "_line_id")
 
 @dataclass(frozen=True)
 class ValidationRules:
-    """What silver needs besides the contract: identifier rules and the future-time tolerance."""
+    """What silver needs besides the contract: identifier rules, the future-time tolerance and
+    the longest line parsed."""
 
     identity: IdentityCfg
     max_future_skew_minutes: int
+    max_line_bytes: int = 1_048_576
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationRules:
-        return cls(settings.identity, settings.engine.max_future_skew_minutes)
+        engine = settings.engine
+        return cls(settings.identity, engine.max_future_skew_minutes, engine.max_line_bytes)
 
 
 def _shown(v: Column) -> Column:
@@ -332,11 +335,14 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
     known_versions = sorted(v.version for v in contract.active_versions())
 
     m = F.col("_m")
+    oversized = F.octet_length("raw_line") > rules.max_line_bytes
     parsed: Stage = [
         *LINE_KEY,
         "raw_line",
         "file_path",
-        F.from_json("raw_line", "map<string,string>").alias("_m"),
+        oversized.alias("_oversized"),
+        # an oversized line is not parsed at all (a producer's runaway message costs nothing)
+        F.when(~oversized, F.from_json("raw_line", "map<string,string>")).alias("_m"),
     ]
     version = F.trim(m["schema_version"]).try_cast("int")
     pair = index.pair_of(version, m["event_type"])
@@ -349,6 +355,7 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
         *LINE_KEY,
         "raw_line",
         "file_path",
+        "_oversized",
         m.isNull().alias("_bad_json"),
         *[m[f].alias(_raw(f)) for f in (*ENVELOPE_FIELDS, *fields)],
         version.alias("_version"),
@@ -363,9 +370,9 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
     ]
     envelope: Stage = [
         "*",
-        event_id_of(F.col(_raw("event_id")), F.col("_bad_json"), F.col("raw_line")).alias(
-            "_event_id"
-        ),
+        event_id_of(
+            F.col(_raw("event_id")), F.col("_bad_json"), F.col("raw_line"), F.col("_oversized")
+        ).alias("_event_id"),
         typed_value(F.col(_raw("event_ts")), FieldSpec(type="timestamp"), rules).alias("_event_ts"),
     ]
     typed: Stage = [
@@ -377,6 +384,15 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
     event_ts, ver = F.col("_event_ts"), F.col("_version")
     known_types = ", ".join(sorted({t for _, t in index.pairs}))
     checks = [
+        _check(
+            "oversized",
+            F.col("_oversized"),
+            F.concat(
+                F.lit("line of "),
+                F.octet_length("raw_line").cast("string"),
+                F.lit(f" bytes; at most {rules.max_line_bytes} are read (engine.max_line_bytes)"),
+            ),
+        ),
         _check(
             "bad_json",
             F.col("_bad_json"),
@@ -446,9 +462,12 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
     message = F.when(idx == 0, checks[0].message)
     for i, c in enumerate(checks[1:], start=1):
         message = message.when(idx == i, c.message)
-    # After bad JSON no other rule applies; otherwise list every rule the line breaks.
-    details = F.when(idx == 0, checks[0].message).otherwise(
-        F.concat_ws("; ", *[F.when(c.fails, c.message) for c in checks[1:]])
+    # After an oversized line or bad JSON no other rule applies; otherwise list every rule the
+    # line breaks.
+    details = (
+        F.when(idx == 0, checks[0].message)
+        .when(idx == 1, checks[1].message)
+        .otherwise(F.concat_ws("; ", *[F.when(c.fails, c.message) for c in checks[2:]]))
     )
     if not explain:
         message = details = F.lit(None).cast("string")
@@ -470,10 +489,18 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
     ]
 
 
-def event_id_of(parsed_id: Column, bad_json: Column, raw_line: Column) -> Column:
+def event_id_of(
+    parsed_id: Column, bad_json: Column, raw_line: Column, oversized: Column | None = None
+) -> Column:
     """The line's event id; for a line that is not a JSON object, whatever id can be read
-    before it breaks, so the steward can still tell which event it was."""
-    return F.trim(F.when(bad_json, F.get_json_object(raw_line, "$.event_id")).otherwise(parsed_id))
+    before it breaks, so the steward can still tell which event it was; for an oversized line
+    (never parsed) an `"event_id": "..."` near its start."""
+    unparsed = F.get_json_object(raw_line, "$.event_id")
+    if oversized is not None:
+        head = F.substring(raw_line, 1, 4096)
+        near_start = F.regexp_extract(head, r'"event_id"\s*:\s*"([^"]{1,200})"', 1)
+        unparsed = F.when(oversized, F.nullif(near_start, F.lit(""))).otherwise(unparsed)
+    return F.trim(F.when(bad_json, unparsed).otherwise(parsed_id))
 
 
 def _shape(contract: SourceContract, rules: ValidationRules) -> Stage:

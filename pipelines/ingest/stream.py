@@ -1,11 +1,14 @@
-"""Landing -> bronze -> silver, as one Spark structured-streaming query per source.
+"""Landing -> bronze -> silver, as one Spark structured-streaming query per source (and, with
+`source.kind: kafka`, a second one per source reading its topic).
 
-Each query reads new landing files as text (a broken line is still a line), appends them to
-`bronze.<source>` with ingest metadata, then refreshes silver from the bronze rows it has not seen.
-The bronze append carries an app transaction (query id + batch id) and the streaming checkpoint
-records the files of each batch, so a crash and restart neither loses nor duplicates a row. The same
-queries run bounded (`availableNow`, `cdp run` and Dagster) or continuously (`cdp stream`), sharing
-one checkpoint per source; a lock file stops two processes running the same source at once.
+Each query reads new landing files as text (a broken line is still a line), or its topic's
+messages (each message a line; its origin `kafka://<topic>/<partition>/<offset>` where a file's
+path would be), appends them to `bronze.<source>` with ingest metadata, then refreshes silver
+from the bronze rows it has not seen. The bronze append carries an app transaction (query id +
+batch id) and the streaming checkpoint records the files or offsets of each batch, so a crash
+and restart neither loses nor duplicates a row. The same queries run bounded (`availableNow`,
+`cdp run` and Dagster) or continuously (`cdp stream`), sharing one checkpoint per source and
+input; a lock file stops two processes running the same source at once.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipelines.ingest.silver import (
     silver_watermark,
 )
 from pipelines.lakehouse.catalog import bronze_table
+from pipelines.lakehouse.kafka import spark_options
 from pipelines.lakehouse.lake import Lake
 from pipelines.lakehouse.locks import stage_lock
 from pipelines.lakehouse.spark import release_plans
@@ -210,20 +214,32 @@ class Ingestion:
         # source's wording pass and Delta writes still overlap the next source's pass
         # (docs/lake.md).
         self._spark_passes = threading.BoundedSemaphore(settings.engine.source_passes_at_once)
+        # A source's file and topic queries append to the same tables: one batch at a time.
+        self._per_source = {s: threading.Lock() for s in settings.sources}
 
-    def checkpoint(self, source: str) -> Path:
-        return self.settings.paths.checkpoint_root / "ingest" / source
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the queries read: the landing folder, and the topics with the Kafka source."""
+        return ("files", "kafka") if self.settings.source.kind == "kafka" else ("files",)
 
-    def _query_id(self, source: str) -> str:
+    def checkpoint(self, source: str, kind: str = "files") -> Path:
+        folder = "ingest" if kind == "files" else f"ingest-{kind}"
+        return self.settings.paths.checkpoint_root / folder / source
+
+    def _query_id(self, source: str, kind: str) -> str:
         # Spark keeps the query id in the checkpoint across restarts; a new checkpoint gets a new
         # id, so its batch ids (restarting at 0) never collide with the old ones' transactions.
-        meta = self.checkpoint(source) / "metadata"
+        meta = self.checkpoint(source, kind) / "metadata"
         return str(json.loads(meta.read_text().splitlines()[0])["id"])
 
-    def _on_batch(self, contract: SourceContract) -> Callable[[DataFrame, int], None]:
+    def _on_batch(self, contract: SourceContract, kind: str) -> Callable[[DataFrame, int], None]:
         source = contract.source
 
         def handle(lines: DataFrame, batch_id: int) -> None:
+            with self._per_source[source]:
+                handle_batch(lines, batch_id)
+
+        def handle_batch(lines: DataFrame, batch_id: int) -> None:
             # One Spark pass parses and checks the lines into executor memory; bronze, silver,
             # quarantine and drift are all written from it, none through the driver.
             checked = check_lines(
@@ -236,7 +252,7 @@ class Ingestion:
                     wrote = self.lake.append(
                         bronze,
                         bronze_frame(checked, source),
-                        app_id=f"ingest.{source}:{self._query_id(source)}",
+                        app_id=f"ingest.{source}:{self._query_id(source, kind)}",
                         txn_version=batch_id,
                         stage=bronze,
                         metadata={"batch_id": str(batch_id)},
@@ -262,7 +278,8 @@ class Ingestion:
             bad = sum(result.quarantined.values())
             self._ask_downstream()
             self.say(
-                f"{source}: batch {batch_id}: bronze +{added}"
+                f"{source}{'' if kind == 'files' else f' ({kind})'}: batch {batch_id}: "
+                f"bronze +{added}"
                 f"{'' if wrote else ' (already committed)'}, silver +{result.valid}, "
                 f"quarantine +{bad}"
             )
@@ -274,34 +291,61 @@ class Ingestion:
             self._coalesced.raise_failure()  # stops the query: the run reports the failure
             self._coalesced.request(wait=self.lockstep)
 
-    def _check_checkpoint(self, source: str) -> None:
-        commits = self.checkpoint(source) / "commits"
+    def _check_checkpoint(self, source: str, kind: str) -> None:
+        checkpoint = self.checkpoint(source, kind)
+        commits = checkpoint / "commits"
         done = list(commits.glob("[0-9]*")) if commits.exists() else []
         if done and not self.lake.exists(bronze_table(source)):
+            what = "landing files" if kind == "files" else "topic from its starting offsets"
             raise CheckpointMismatchError(
-                f"checkpoint {self.checkpoint(source)} records {len(done)} ingested batches but "
+                f"checkpoint {checkpoint} records {len(done)} ingested batches but "
                 f"bronze.{source} does not exist under {self.lake.root}: the lake was removed "
-                "without its checkpoints. Delete that checkpoint folder to ingest the landing "
-                "files again, or point CDP_LAKE_ROOT at the lake it belongs to."
+                f"without its checkpoints. Delete that checkpoint folder to ingest the {what} "
+                "again, or point CDP_LAKE_ROOT at the lake it belongs to."
             )
 
     def _landing_bytes(self, source: str) -> int:
         folder = self.settings.paths.landing_root / source
         return sum(f.stat().st_size for f in folder.glob("*.jsonl")) if folder.exists() else 0
 
-    def start(self, source: str, *, available_now: bool) -> StreamingQuery:
-        self._check_checkpoint(source)
-        contract = self.settings.contract(source)
+    def _landing_lines(self, source: str) -> DataFrame:
+        """New landing files of a source, a row per line: `value`, `file_path`."""
         landing = self.settings.paths.landing_root / source
         landing.mkdir(parents=True, exist_ok=True)
         reader = self.spark.readStream.format("text").option("pathGlobFilter", "*.jsonl")
         if self.settings.engine.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", self.settings.engine.max_files_per_trigger)
-        lines = reader.load(str(landing)).select("value", F.col("_metadata.file_path"))
+        return reader.load(str(landing)).select("value", F.col("_metadata.file_path"))
+
+    def _topic_lines(self, source: str) -> DataFrame:
+        """New messages of a source's topic, a row per message: `value` (the message as UTF-8
+        text) and its origin as `file_path`. Offsets no longer in the topic (retention passed
+        before they were read) fail the query rather than skip silently (failOnDataLoss)."""
+        cfg = self.settings.source.kafka
+        reader = (
+            self.spark.readStream.format("kafka")
+            .options(**spark_options(cfg))
+            .option("subscribe", cfg.topic(source))
+            .option("startingOffsets", cfg.starting_offsets)
+            .option("failOnDataLoss", "true")
+        )
+        if cfg.max_offsets_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", cfg.max_offsets_per_trigger)
+        return reader.load().select(
+            F.col("value").cast("string").alias("value"),
+            F.format_string("kafka://%s/%d/%d", "topic", "partition", "offset").alias("file_path"),
+        )
+
+    def start(self, source: str, *, available_now: bool, kind: str = "files") -> StreamingQuery:
+        self._check_checkpoint(source, kind)
+        contract = self.settings.contract(source)
+        lines = self._landing_lines(source) if kind == "files" else self._topic_lines(source)
         writer = (
-            lines.writeStream.queryName(f"ingest_{source}")
-            .foreachBatch(self._on_batch(contract))
-            .option("checkpointLocation", str(self.checkpoint(source)))
+            lines.writeStream.queryName(
+                f"ingest_{source}" + ("" if kind == "files" else f"_{kind}")
+            )
+            .foreachBatch(self._on_batch(contract, kind))
+            .option("checkpointLocation", str(self.checkpoint(source, kind)))
         )
         if available_now:
             writer = writer.trigger(availableNow=True)
@@ -354,7 +398,11 @@ class Ingestion:
         # Largest backlog first: its pass takes the turn first, so its Delta writes overlap
         # the smaller sources' passes instead of trailing after them.
         by_backlog = sorted(sources, key=self._landing_bytes, reverse=True)
-        queries = [self.start(s, available_now=available_now) for s in by_backlog]
+        queries = [
+            self.start(s, available_now=available_now, kind=kind)
+            for kind in self.inputs
+            for s in by_backlog
+        ]
         try:
             if available_now:
                 for q in queries:

@@ -3,6 +3,7 @@ while the valid lines of the same file still land typed in silver."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -55,6 +56,8 @@ def billing_file(settings: Settings) -> Settings:
         event("billing", "payment", "e-enum", **{**PAYMENT, "currency": "EUR"}),
         "[1, 2, 3]",
         "",
+        # a valid event padded past engine.max_line_bytes (1 MiB): refused unread
+        {**event("billing", "payment", "e-huge", **PAYMENT), "note": "x" * 1_100_000},
     ]
     land(settings, "billing", "billing-00001.jsonl", lines)
     return settings
@@ -81,6 +84,10 @@ def test_each_breach_is_quarantined_with_its_reason(spark, billing_file: Setting
     assert by_reason[("e-ok-1", "duplicate")].startswith('duplicate event_id "e-ok-1"')
     assert ("e-wrong-source", "wrong_source") in by_reason
     assert by_reason[("e-enum", "wrong_type")].startswith("currency: expected one of UZS, USD")
+    assert re.fullmatch(
+        r"line of 11\d{5} bytes; at most 1048576 are read \(engine\.max_line_bytes\)",
+        by_reason[("e-huge", "oversized")],
+    )
     broken = [r for r in quarantined.values() if r["reason_code"] == "bad_json"]
     all_rows = rows(billing_file, "silver.quarantine")
     assert sum(r["reason_code"] == "bad_json" for r in all_rows) == 3  # broken, array, empty
@@ -99,7 +106,7 @@ def test_valid_lines_of_the_same_file_land_typed(spark, billing_file: Settings) 
     assert ok["iccid"] is None  # not a payment field
     assert silver["e-drift"]["_unknown_fields"] == ["loyalty_tier"]
     bronze = rows(billing_file, "bronze.billing")
-    assert len(bronze) == 17  # every line kept raw, broken ones included
+    assert len(bronze) == 18  # every line kept raw, broken ones included
 
 
 def test_unknown_fields_are_counted_as_drift_per_field(spark, billing_file: Settings) -> None:
