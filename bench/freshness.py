@@ -20,8 +20,12 @@ on a 1M-subscriber lake, while `cdp stream` runs under a sustained load from all
    id), identity (the next identity-map commit), gold (the next gold.profiles commit) and
    serving (the lookup). Whether the stream keeps up: the probes' median in the first and the
    last minute.
+5. Steps 2-4 again on a fresh copy with the Kafka source (docs/kafka.md): a single-node broker
+   on loopback (tests/kafka.py; its JVM shares the cores), the collector publishing to the
+   topics (its 202 is the brokers' acknowledgement), the stream reading them. Its figures are
+   the same keys prefixed `kafka_`.
 
-Prints one JSON line. Run: .venv/bin/python bench/freshness.py  (no arguments; ~8 min after the
+Prints one JSON line. Run: .venv/bin/python bench/freshness.py  (no arguments; ~16 min after the
 lake's first build)
 """
 
@@ -54,8 +58,10 @@ sys.path.insert(0, str(ROOT))
 from bench.server import ServeProcess, rss_mb  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
 from pipelines.lakehouse.catalog import MAP, PROFILES, bronze_table  # noqa: E402
+from pipelines.lakehouse.kafka import init_topics  # noqa: E402
 from pipelines.lakehouse.reader import LakeReader  # noqa: E402
 from pipelines.ops.keys import KeyStore  # noqa: E402
+from tests.kafka import Broker, kafka_broker  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache" / "fresh"  # + -<subscribers>
 SUBSCRIBERS = 1_000_000  # lines, one person each (families share an account)
@@ -546,13 +552,22 @@ def _figures(probes: Probes) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="a smaller lake")
-    subscribers = parser.parse_args().subscribers
-    root = working_copy(ensure_lake(subscribers))
+def _measure(cache: Path, subscribers: int, broker: Broker | None) -> dict[str, Any]:
+    """One measured run on a fresh copy of the lake: the collector writes landing files, or
+    (with `broker`) publishes to Kafka topics the stream reads."""
+    root = working_copy(cache)
     env = {**os.environ, "CDP_DATA_ROOT": str(root)}
+    if broker is not None:
+        env |= {
+            "CDP_SOURCE_KIND": "kafka",
+            "CDP_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "CDP_KAFKA_TOPIC_PREFIX": f"fresh{int(time.time())}.",
+        }
     settings = load_settings(PROJECT_ROOT / "conf", env=env)
+    if broker is not None:
+        # a partition per core: on 2 cores, more partitions only add tasks per micro-batch
+        cfg = settings.source.kafka.model_copy(update={"partitions": 2})
+        init_topics(cfg, settings.sources)
     store = KeyStore(settings.database_url)
     keys = {
         s: store.create(f"bench {s}", "source", s) for s in ("network", "billing", "app", "crm")
@@ -561,8 +576,10 @@ def main() -> None:
     keys["sms_campaigns"] = store.create("bench sms", "channel", "sms_campaigns")
     step("reading the persons the load and the probes use")
     people, opens, consents = _people(LakeReader(settings.paths.lake_root))
+    extra = {k: v for k, v in env.items() if k.startswith("CDP_")}
     server = ServeProcess(
-        root, {"CDP_EVENTS_DELIVER": "false", "CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"}
+        root,
+        {**extra, "CDP_EVENTS_DELIVER": "false", "CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"},
     )
     stream = subprocess.Popen(
         [CDP, "stream"], env=env, start_new_session=True, stdout=subprocess.DEVNULL
@@ -572,10 +589,17 @@ def main() -> None:
     loader = ctx.Process(target=_load, args=(server.url, keys, people, stop))
     probes = Probes(server.url, keys)
     since = time.time()
+    pids = {"server": server.process.pid, "stream": stream.pid}
+    if broker is not None and broker.proc is not None:
+        pids["broker"] = broker.proc.pid
     try:
         loader.start()
-        step(f"load at {LOAD_RATE:.0f} events/s; {WARMUP_S:.0f} s of warm-up, then {RUN_S:.0f} s")
-        peak = _drive(probes, opens, consents, {"server": server.process.pid, "stream": stream.pid})
+        source = "Kafka topics" if broker else "landing files"
+        step(
+            f"{source}: load at {LOAD_RATE:.0f} events/s; {WARMUP_S:.0f} s of warm-up, "
+            f"then {RUN_S:.0f} s"
+        )
+        peak = _drive(probes, opens, consents, pids)
         step("load stopped; waiting for the probes in flight")
         stop.set()
         loader.join(timeout=30)
@@ -592,14 +616,28 @@ def main() -> None:
             os.killpg(stream.pid, signal.SIGKILL)
         server.stop()
     measured = [r for r in probes.results if r["measured"]]
+    return {
+        **_figures(probes),
+        **stage_times(root, measured, since),
+        **{f"{name}_peak_rss_mb": round(mb) for name, mb in peak.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="a smaller lake")
+    subscribers = parser.parse_args().subscribers
+    cache = ensure_lake(subscribers)
+    files = _measure(cache, subscribers, None)
+    step("the same with the Kafka source (a single-node broker on loopback)")
+    with kafka_broker(heap_mb=1024) as broker:
+        kafka = _measure(cache, subscribers, broker)
     figures: dict[str, Any] = {
         "subscribers": subscribers,
         "load_events_per_s": LOAD_RATE,
         "run_s": RUN_S,
-        **_figures(probes),
-        **stage_times(root, measured, since),
-        "server_peak_rss_mb": round(peak["server"]),
-        "stream_peak_rss_mb": round(peak["stream"]),
+        **files,
+        **{f"kafka_{k}": v for k, v in kafka.items()},
         "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
