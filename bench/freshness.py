@@ -174,8 +174,9 @@ def ensure_lake(subscribers: int) -> Path:
     return cache
 
 
-def working_copy(cache: Path) -> Path:
-    root = cache.parent / f"{cache.name}-run"
+def working_copy(cache: Path, kind: str) -> Path:
+    """A data root of its own per measured run (`kind`), its lake copied from the cache."""
+    root = cache.parent / f"{cache.name}-run-{kind}"
     shutil.rmtree(root, ignore_errors=True)
     # The lake only: the stream starts with empty landing folders and checkpoints of its own
     # (the build's name the build's paths), so it ingests exactly what the run posts.
@@ -555,7 +556,7 @@ def _figures(probes: Probes) -> dict[str, Any]:
 def _measure(cache: Path, subscribers: int, broker: Broker | None) -> dict[str, Any]:
     """One measured run on a fresh copy of the lake: the collector writes landing files, or
     (with `broker`) publishes to Kafka topics the stream reads."""
-    root = working_copy(cache)
+    root = working_copy(cache, "kafka" if broker else "files")
     env = {**os.environ, "CDP_DATA_ROOT": str(root)}
     if broker is not None:
         env |= {
@@ -582,7 +583,11 @@ def _measure(cache: Path, subscribers: int, broker: Broker | None) -> dict[str, 
         {**extra, "CDP_EVENTS_DELIVER": "false", "CDP_API_RATE_LIMIT_LOOKUP": "1000000/second"},
     )
     stream = subprocess.Popen(
-        [CDP, "stream"], env=env, start_new_session=True, stdout=subprocess.DEVNULL
+        [CDP, "stream"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "stream.log").open("wb"),  # kept beside the run's lake
     )
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
@@ -616,11 +621,13 @@ def _measure(cache: Path, subscribers: int, broker: Broker | None) -> dict[str, 
             os.killpg(stream.pid, signal.SIGKILL)
         server.stop()
     measured = [r for r in probes.results if r["measured"]]
-    return {
+    figures = {
         **_figures(probes),
         **stage_times(root, measured, since),
         **{f"{name}_peak_rss_mb": round(mb) for name, mb in peak.items()},
     }
+    step(f"{'kafka' if broker else 'files'}: {json.dumps(figures)}")  # kept if a later run fails
+    return figures
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ on demand. For the Kafka tests and bench/freshness.py."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -142,10 +143,12 @@ class Broker:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 characters)."""
-    import base64
-
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 characters),
+    not starting with '-' (the storage tool would read it as an option, as Kafka's own
+    `random-uuid` avoids)."""
+    while (found := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))[0] == "-":
+        pass
+    return found
 
 
 @contextmanager

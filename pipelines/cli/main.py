@@ -652,6 +652,7 @@ def serve(
             port=settings.api.port,
             workers=settings.api.workers,
             log_level="warning",
+            access_log=False,  # no access log line per request (the metrics count them)
         )
     finally:
         if deliverer is not None:
