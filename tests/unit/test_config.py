@@ -3,7 +3,6 @@ environment overrides paths."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,6 @@ from pipelines.config import PROJECT_ROOT, ConfigError, load_settings
 from pipelines.profile.build import check_policy
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def conf(tmp_path: Path) -> Path:
-    target = tmp_path / "conf"
-    shutil.copytree(PROJECT_ROOT / "conf", target)
-    return target
 
 
 def test_shipped_config_loads_with_all_sources(conf: Path) -> None:

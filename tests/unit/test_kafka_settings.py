@@ -4,12 +4,11 @@ both clients (librdkafka, Spark's Java client) get the same cluster and credenti
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import PROJECT_ROOT, ConfigError, KafkaCfg, load_settings
+from pipelines.config import ConfigError, KafkaCfg, load_settings
 from pipelines.lakehouse.kafka import (
     KafkaConfigError,
     client_config,
@@ -19,13 +18,6 @@ from pipelines.lakehouse.kafka import (
 )
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def conf(tmp_path: Path) -> Path:
-    target = tmp_path / "conf"
-    shutil.copytree(PROJECT_ROOT / "conf", target)
-    return target
 
 
 def test_files_are_the_default_and_the_environment_switches_to_kafka(conf: Path) -> None:
