@@ -44,7 +44,7 @@ class ValidationRules:
 
     identity: IdentityCfg
     max_future_skew_minutes: int
-    max_line_bytes: int = 1_048_576
+    max_line_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationRules:
@@ -489,17 +489,16 @@ def _check_stages(contract: SourceContract, rules: ValidationRules, explain: boo
     ]
 
 
-def event_id_of(
-    parsed_id: Column, bad_json: Column, raw_line: Column, oversized: Column | None = None
-) -> Column:
+def event_id_of(parsed_id: Column, bad_json: Column, raw_line: Column, oversized: Column) -> Column:
     """The line's event id; for a line that is not a JSON object, whatever id can be read
     before it breaks, so the steward can still tell which event it was; for an oversized line
     (never parsed) an `"event_id": "..."` near its start."""
-    unparsed = F.get_json_object(raw_line, "$.event_id")
-    if oversized is not None:
-        head = F.substring(raw_line, 1, 4096)
-        near_start = F.regexp_extract(head, r'"event_id"\s*:\s*"([^"]{1,200})"', 1)
-        unparsed = F.when(oversized, F.nullif(near_start, F.lit(""))).otherwise(unparsed)
+    near_start = F.regexp_extract(
+        F.substring(raw_line, 1, 4096), r'"event_id"\s*:\s*"([^"]{1,200})"', 1
+    )
+    unparsed = F.when(oversized, F.nullif(near_start, F.lit(""))).otherwise(
+        F.get_json_object(raw_line, "$.event_id")
+    )
     return F.trim(F.when(bad_json, unparsed).otherwise(parsed_id))
 
 
