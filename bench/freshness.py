@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -188,20 +189,16 @@ def working_copy(cache: Path, kind: str) -> Path:
 # ---------------------------------------------------------------------------- load and probes
 
 
-def _load(url: str, keys: dict[str, str], people: dict[str, list[Any]], stop: Any) -> None:
-    """Post LOAD_RATE events/s in batches, a constant schedule (late ticks are sent at once)."""
-    rng = np.random.default_rng(int(time.time()))
+def load_ticks(
+    people: dict[str, list[Any]], seed: int
+) -> Iterator[dict[str, list[dict[str, Any]]]]:
+    """The load, a tick at a time: LOAD_RATE * TICK_S events split over the four sources (data
+    sessions, payments and CRM cases for random lines, app opens for random app users)."""
+    rng = np.random.default_rng(seed)
     per_tick = max(1, int(LOAD_RATE * TICK_S / 4))
     lines, apps = people["lines"], people["apps"]
     n = 0
-    client = httpx.Client(base_url=url, timeout=30)
-    start = time.perf_counter()
-    tick = 0
-    while not stop.is_set():
-        due = start + tick * TICK_S
-        if (wait := due - time.perf_counter()) > 0:
-            time.sleep(wait)
-        tick += 1
+    while True:
         now = datetime.now(UTC).isoformat()
         batches: dict[str, list[dict[str, Any]]] = {
             s: [] for s in ("network", "billing", "app", "crm")
@@ -260,6 +257,19 @@ def _load(url: str, keys: dict[str, str], people: dict[str, list[Any]], stop: An
                     "app", "open", n, now, app_user_id=app_user, msisdn=msisdn, platform="android"
                 )
             )
+        yield batches
+
+
+def _load(url: str, keys: dict[str, str], people: dict[str, list[Any]], stop: Any) -> None:
+    """Post LOAD_RATE events/s in batches, a constant schedule (late ticks are sent at once)."""
+    client = httpx.Client(base_url=url, timeout=30)
+    start = time.perf_counter()
+    for tick, batches in enumerate(load_ticks(people, int(time.time()))):
+        if stop.is_set():
+            return
+        due = start + tick * TICK_S
+        if (wait := due - time.perf_counter()) > 0:
+            time.sleep(wait)
         for source, events in batches.items():
             body = "".join(json.dumps(e) + "\n" for e in events)
             client.post(

@@ -8,6 +8,7 @@ the identity stage lock; a held source is reported and its steward alerted here.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ class Promotion:
     alerts: list[dict[str, Any]]
     identity: IdentityResult
     gold: GoldResult
+    seconds: dict[str, float]  # per part of the step: gate, alerts, identity, gold
 
     def report(self) -> list[tuple[str, str]]:
         """(level, line) pairs for a console or a run log: the gate, new alerts, then what
@@ -68,6 +70,11 @@ class Promotion:
                     f"{f' ({events})' if events else ''} in {g.seconds:.1f} s",
                 )
             )
+        if r.evidence_rows or g.mode != "none":
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+            lines.append(
+                ("info", f"promotion step in {sum(self.seconds.values()):.1f} s ({parts})")
+            )
         return lines
 
 
@@ -94,9 +101,20 @@ class Promoter:
 
     def __call__(self, spark: SparkSession) -> Promotion:
         settings, lake = self.settings, self.lake
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def timed(part: str) -> None:
+            nonlocal clock
+            seconds[part], clock = time.perf_counter() - clock, time.perf_counter()
+
         self._releases = releases(settings)
         gate = promotion_gate(self.quality)
+        timed("gate")
         alerts = self.alerts.raise_new(lake, settings)
+        timed("alerts")
         identity = refresh_identity(spark, lake, settings, gate.until)
+        timed("identity")
         gold = refresh_gold(lake, settings, until=gate.until)
-        return Promotion(gate, alerts, identity, gold)
+        timed("gold")
+        return Promotion(gate, alerts, identity, gold, seconds)

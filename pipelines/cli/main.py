@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,12 +193,14 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
     from pipelines.promotion import Promoter
 
     promoter = Promoter(settings, lake)
+    # A continuous run's log is read later, beside the tables' commit times: each line says when.
+    say = console.print if available_now else _timestamped
     ingestion = Ingestion(
         spark,
         settings,
         lake,
-        on_event=console.print,
-        downstream=lambda spark: _print_report(promoter(spark)),
+        on_event=say,
+        downstream=lambda spark: _print_report(promoter(spark), say),
         wake=promoter.released,
     )
     stop = threading.Event()
@@ -226,10 +228,14 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
         console.print("stopped; every committed micro-batch is kept, the next run resumes")
 
 
-def _print_report(promotion: Promotion) -> None:
+def _timestamped(line: str) -> None:
+    console.print(f"{datetime.now(UTC):%H:%M:%S.%f}"[:-3] + f" {line}")
+
+
+def _print_report(promotion: Promotion, say: Callable[[str], None] = console.print) -> None:
     """What one promotion step did, warnings in yellow."""
     for level, line in promotion.report():
-        console.print(f"[yellow]{line}[/yellow]" if level == "warning" else line)
+        say(f"[yellow]{line}[/yellow]" if level == "warning" else line)
 
 
 @identity_app.command("explain")

@@ -39,7 +39,7 @@ from pipelines.lakehouse.catalog import bronze_table
 from pipelines.lakehouse.kafka import spark_options
 from pipelines.lakehouse.lake import Lake
 from pipelines.lakehouse.locks import stage_lock
-from pipelines.lakehouse.spark import release_plans
+from pipelines.lakehouse.spark import release_plans, scheduler_pool
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -375,7 +375,8 @@ class Ingestion:
 
                 def run_step() -> None:
                     try:
-                        step(spark)
+                        with scheduler_pool(spark, "promotion"):
+                            step(spark)
                     finally:
                         release_plans()
 
@@ -398,11 +399,12 @@ class Ingestion:
         # Largest backlog first: its pass takes the turn first, so its Delta writes overlap
         # the smaller sources' passes instead of trailing after them.
         by_backlog = sorted(sources, key=self._landing_bytes, reverse=True)
-        queries = [
-            self.start(s, available_now=available_now, kind=kind)
-            for kind in self.inputs
-            for s in by_backlog
-        ]
+        with scheduler_pool(self.spark, "ingest"):  # the queries' threads inherit it
+            queries = [
+                self.start(s, available_now=available_now, kind=kind)
+                for kind in self.inputs
+                for s in by_backlog
+            ]
         try:
             if available_now:
                 for q in queries:

@@ -7,15 +7,19 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
 from pipelines.config import PROJECT_ROOT, EngineCfg
 
 LOG4J = PROJECT_ROOT / "conf" / "log4j2.properties"
+POOLS = PROJECT_ROOT / "conf" / "spark-pools.xml"  # the fair scheduler's pools: ingest, promotion
 # The pinned JVM artifacts (jvm/pom.xml), fetched by `make install`; never downloaded at run time.
 JVM_JARS = PROJECT_ROOT / ".jvm" / "jars"
 DELTA_DEFAULTS = "spark.databricks.delta.properties.defaults"
+POOL_PROPERTY = "spark.scheduler.pool"
 
 
 class JavaMissingError(RuntimeError):
@@ -105,11 +109,21 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
+        # Ingestion and promotion run side by side in `cdp stream`; each takes its pool's share
+        # of the cores (conf/spark-pools.xml) instead of waiting behind the other's jobs.
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.scheduler.allocation.file", str(POOLS))
         # Contract checks generate large methods; HotSpot does not JIT methods over 8 KB of
         # bytecode, so such stages ran 2x slower than Spark's interpreted path. Fall back there.
         .config("spark.sql.codegen.hugeMethodLimit", "8000")
         # Small splits so a single bronze file still spreads over every core.
         .config("spark.sql.files.maxPartitionBytes", str(4 * 1024 * 1024))
+        # Many small files share a split: Spark counts each file as this many bytes more when it
+        # packs splits (default 4 MB, as much as a split), so every file of a micro-batch was a
+        # task of its own and a Parquet file of its own in each table written. The collector
+        # lands a file per request: a stream at 16 requests/s made 600 tasks and files per
+        # batch, and fell behind. Opening a local or object-store file costs about this much.
+        .config("spark.sql.files.openCostInBytes", str(64 * 1024))
         # A task's collected rows (a 4 MB split: ~10 MB of Arrow) go back in its status message
         # rather than through the block manager and a fetch: ~0.5 CPU-s less per million lines.
         # Spark caps it at the RPC message size and falls back above that.
@@ -126,6 +140,20 @@ def spark_session(cfg: EngineCfg, app_name: str = "cdp") -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextmanager
+def scheduler_pool(spark: SparkSession, pool: str) -> Iterator[None]:
+    """Run this thread's Spark jobs (and the streaming queries it starts) in `pool` of
+    conf/spark-pools.xml. A local property of the thread: PySpark pins each Python thread to a
+    JVM thread of its own."""
+    context = spark.sparkContext
+    before = context.getLocalProperty(POOL_PROPERTY)
+    context.setLocalProperty(POOL_PROPERTY, pool)
+    try:
+        yield
+    finally:
+        context.setLocalProperty(POOL_PROPERTY, before)  # type: ignore[arg-type]
 
 
 def release_plans() -> None:

@@ -544,6 +544,17 @@ def _profiled(
     """Per group of persons, in Python workers: their new profiles, diffed with the stored
     ones into the rows to write, the change events, the triggers fired and the persons gone
     (tagged `profiled`). `days`: the clock day and the one the stored profiles were built on."""
+    profile_group = profile_builder(lake, settings, days, now)
+    return apply_grouped(
+        inputs, "_bucket", profile_group, profiled_schema(profile_schema(settings.policy))
+    )
+
+
+def profile_builder(
+    lake: Lake, settings: Settings, days: tuple[date, date | None], now: datetime
+) -> Callable[[pa.Table], pa.Table]:
+    """What `_profiled` runs on each group of persons (tagged inputs in, tagged outputs out);
+    separate so that a profile of one group's work can run it on the driver."""
     day, stored_day = days
     schema = profile_schema(settings.policy)
     # A first build is a backfill, not news: triggers fire from the second refresh on.
@@ -578,7 +589,7 @@ def _profiled(
             out,
         )
 
-    return apply_grouped(inputs, "_bucket", profile_group, out)
+    return profile_group
 
 
 def profiled_schema(schema: pa.Schema) -> pa.Schema:

@@ -106,3 +106,17 @@ def test_a_resent_file_is_all_duplicates_and_new_ids_in_it_still_land(
         ("a", 'duplicate event_id "a" (already in silver)'),
         ("b", 'duplicate event_id "b" (repeated earlier in this batch)'),
     ]
+
+
+def test_many_small_landing_files_make_few_table_files(spark, settings: Settings) -> None:
+    """The collector lands a file per request; one micro-batch over 200 of them must not write
+    a Parquet file (and run a task) per landing file in each table, or a stream at a few hundred
+    requests per batch spends its time opening and closing files."""
+    for f in range(200):
+        lines = [event("network", "location", f"f{f}-{i}", **LOC) for i in range(5)]
+        land(settings, "network", f"n-{f:03}.jsonl", lines)
+    ingest(spark, settings, ["network"])
+    assert len(rows(settings, "silver.network")) == 1000
+    lake = Lake(settings.paths.lake_root)
+    for table in ("bronze.network", "silver.network"):
+        assert lake.file_count(table) <= 8, table
