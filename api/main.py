@@ -20,7 +20,7 @@ from api.snapshot import SnapshotHolder
 from pipelines.activation.events import EventStore
 from pipelines.activation.push import PushStore
 from pipelines.activation.segment_store import SegmentStore
-from pipelines.config import Settings
+from pipelines.config import Settings, package_version
 from pipelines.lakehouse.reader import LakeReader
 from pipelines.ops.audit import AuditLog
 from pipelines.ops.keys import KeyStore
@@ -37,7 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
     check_policy(settings)
     app = FastAPI(
         title="Telecom CDP API",
-        version="1",
+        version=package_version(),
         description="Consent-aware profile lookups for channels. Every route but health needs "
         "an API key in X-API-Key.",
         lifespan=_lifespan(settings),

@@ -77,9 +77,33 @@ def _spec(table: str, group: str, kinds: set[str], deps: list[str], description:
     )
 
 
-def _expectation_specs(tables: list[str]) -> list[dg.AssetCheckSpec]:
-    """A non-blocking `expectations` check for each of `tables` (their suites warn)."""
-    return [dg.AssetCheckSpec("expectations", asset=key_of(t)) for t in tables]
+EXPECTATIONS_HELP = (
+    "The table's Great Expectations suite (expectations/suites) on the rows this run covers; "
+    "failures name the expectation, the count and example rows (docs/quality.md)."
+)
+SOURCE_HEALTH_HELP = (
+    "Quarantined / landed lines per source in the last day within conf/sla.yaml. A source "
+    "over its rate is held at the promotion gate alone (its steward alerted); the others go on."
+)
+FRESHNESS_HELP = (
+    "The table's newest event within its freshness SLA (conf/sla.yaml), measured against the "
+    "data clock; a warning: stale data still serves."
+)
+MAP_PERSONS_HELP = "Every person of the identity map has a profile."
+
+
+def _expectation_specs(tables: list[str], *, blocking: bool = False) -> list[dg.AssetCheckSpec]:
+    """An `expectations` check for each of `tables` (non-blocking: their suites warn)."""
+    return [
+        dg.AssetCheckSpec(
+            "expectations", asset=key_of(t), blocking=blocking, description=EXPECTATIONS_HELP
+        )
+        for t in tables
+    ]
+
+
+def _freshness_spec(table: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(table), description=FRESHNESS_HELP)
 
 
 def _busy(exc: StageBusyError) -> dg.Failure:
@@ -167,12 +191,12 @@ def _ingest_checks(settings: Settings) -> list[dg.AssetCheckSpec]:
         # gold, rather than stopping every source's promotion.
         *_expectation_specs(silver),
         *_expectation_specs([QUARANTINE, DRIFT]),
-        dg.AssetCheckSpec(SOURCE_HEALTH_CHECK, asset=key_of(QUARANTINE), blocking=True),
-        *(
-            dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(t))
-            for t in silver
-            if t in settings.sla.freshness_minutes
+        # Not blocking either: a breach fails the check, and the gate holds that source alone;
+        # blocking, it failed the whole run and no source reached gold.
+        dg.AssetCheckSpec(
+            SOURCE_HEALTH_CHECK, asset=key_of(QUARANTINE), description=SOURCE_HEALTH_HELP
         ),
+        *(_freshness_spec(t) for t in silver if t in settings.sla.freshness_minutes),
     ]
 
 
@@ -275,12 +299,12 @@ def promotion_assets(settings: Settings) -> dg.AssetsDefinition:
     ]
     fresh = PROFILES in settings.sla.freshness_minutes
     checks = [
-        dg.AssetCheckSpec("expectations", asset=key_of(MAP), blocking=True),
+        *_expectation_specs([MAP], blocking=True),
         *_expectation_specs([EVIDENCE, LINKS, MERGES, ACCOUNTS]),
-        dg.AssetCheckSpec("expectations", asset=key_of(PROFILES), blocking=True),
-        dg.AssetCheckSpec(MAP_PERSONS_CHECK, asset=key_of(PROFILES)),
+        *_expectation_specs([PROFILES], blocking=True),
+        dg.AssetCheckSpec(MAP_PERSONS_CHECK, asset=key_of(PROFILES), description=MAP_PERSONS_HELP),
         *_expectation_specs([DAILY, FACTS, OUTBOX]),
-        *([dg.AssetCheckSpec(FRESHNESS_CHECK, asset=key_of(PROFILES))] if fresh else []),
+        *([_freshness_spec(PROFILES)] if fresh else []),
     ]
 
     @dg.multi_asset(name="promote", specs=specs, check_specs=checks, can_subset=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from pydantic import Field
 from pipelines.config import DEFAULT_CONF_DIR, Settings, load_settings
 from pipelines.lakehouse.catalog import event_time
 from pipelines.lakehouse.lake import Lake
+from pipelines.ops.status import data_clock, freshness_lag_minutes
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -87,8 +87,8 @@ class Runtime:
             newest = self.lake.read_polars(table, [column]).select(pl.col(column).max()).item()
             if newest is not None:
                 meta["newest_event"] = dg.MetadataValue.timestamp(newest)
-                lag = (datetime.now(UTC) - newest).total_seconds() / 60
-                meta["freshness_lag_minutes"] = dg.MetadataValue.float(round(lag, 1))
+                lag = freshness_lag_minutes(newest, data_clock(self.lake, self.settings))
+                meta["freshness_lag_minutes"] = dg.MetadataValue.float(lag)
         return meta
 
 
@@ -139,7 +139,7 @@ def freshness_result(rt: Runtime, table: str) -> dg.AssetCheckResult:
         check_name=FRESHNESS_CHECK,
         passed=minutes is not None and minutes <= limit,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"newest event {minutes} minutes old (SLA {limit:g})"
+        description=f"newest event {minutes} minutes behind the data clock (SLA {limit:g})"
         if minutes is not None
         else "no events yet",
         metadata={"lag_minutes": minutes, "limit_minutes": limit},

@@ -45,11 +45,24 @@ class Failure:
     subjects: list[str] = field(default_factory=list)  # the suite's row keys that failed
 
     def __str__(self) -> str:
-        shown = ", ".join(repr(x) for x in self.examples)
+        shown = ", ".join(repr(_plain(x)) for x in self.examples)
+        more = len(self.subjects) - 5
+        whose = (
+            f", for {', '.join(self.subjects[:5])}{f' and {more:,} more' if more > 0 else ''}"
+            if self.subjects
+            else ""
+        )
         return (
             f"{self.table}: {self.expectation} failed on {self.unexpected:,} of {self.rows:,} "
-            f"rows ({self.why}){f'; e.g. {shown}' if shown else ''}"
+            f"rows{whose} ({self.why}){f'; e.g. {shown}' if shown else ''}"
         )
+
+
+def _plain(value: Any) -> Any:
+    """An example value as a reader expects it: 0.05, not np.float64(0.05)."""
+    if isinstance(value, tuple | list):
+        return type(value)(_plain(v) for v in value)
+    return value.item() if hasattr(value, "item") and callable(value.item) else value
 
 
 @dataclass

@@ -507,6 +507,16 @@ class ChannelCfg(Model):
     description: str = ""
 
 
+def package_version() -> str:
+    """The installed package's version (pyproject.toml): `cdp --version` and the API's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("telecom-cdp")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed: run `make install`)"
+
+
 def snake_case_keys(names: dict[str, M], what: str, longest: int = 100) -> dict[str, M]:
     """`names` unchanged when every key is lower_snake_case of at most `longest` characters."""
     bad = [n for n in names if not re.fullmatch(rf"[a-z][a-z0-9_]{{0,{longest - 1}}}", n)]
@@ -583,6 +593,9 @@ class ApiCfg(Model):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     snapshot_poll_s: float = Field(2.0, gt=0)
+    # On SIGTERM, how long open requests (event streams never end by themselves) may run on
+    # before they are closed; an event-stream client resumes with Last-Event-ID.
+    shutdown_grace_s: int = Field(5, ge=1)
     database_url: str | None = None
     max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
     max_events: int = Field(10_000, ge=1)  # collector: events in one body (more: 413)

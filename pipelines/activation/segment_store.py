@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Integer, String, Table, func, select
 
-from pipelines.ops.store import metadata, ops_engine, utc
+from pipelines.ops.store import jsonable, metadata, ops_engine, utc
 
 segments = Table(
     "segments",
@@ -146,7 +146,7 @@ class SegmentStore:
                 .where(v.segment_id == segment_id)
                 .order_by(v.version)
             ).mappings()
-            return [{**r, "created_at": r["created_at"].isoformat()} for r in rows]
+            return [jsonable(r) for r in rows]
 
     def fingerprint(self) -> tuple[int, int]:
         """(segments, versions) stored: changes whenever a segment is created or changed."""

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.config import ConfigError, Settings, load_settings
+from pipelines.config import ConfigError, Settings, load_settings, package_version
 from pipelines.profile.build import check_policy
 
 if TYPE_CHECKING:
@@ -68,6 +68,26 @@ kafka_app = typer.Typer(
 )
 app.add_typer(kafka_app, name="kafka")
 console = Console()
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(f"cdp {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Telecom CDP: synthetic operator, streaming ingestion into Delta bronze and silver,
+    identity resolution, profiles, serving."""
+
 
 ConfOpt = Annotated[
     Path | None, typer.Option("--conf", help="Config folder (default: ./conf or $CDP_CONF_DIR).")
@@ -659,6 +679,8 @@ def serve(
             workers=settings.api.workers,
             log_level="warning",
             access_log=False,  # no access log line per request (the metrics count them)
+            # An open event stream would otherwise hold the shutdown until its client leaves.
+            timeout_graceful_shutdown=settings.api.shutdown_grace_s,
         )
     finally:
         if deliverer is not None:

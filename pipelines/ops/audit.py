@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipelines.ops.store import metadata, ops_engine
+from pipelines.ops.store import jsonable, metadata, ops_engine
 from pipelines.profile.consent import Disclosure
 
 log = logging.getLogger(__name__)
@@ -259,4 +259,4 @@ class AuditLog:
             q = q.where(r.at <= until)
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(r.at, r.id)).mappings().all()
-        return [json.loads(json.dumps(dict(row), default=str)) for row in rows]
+        return [json.loads(json.dumps(jsonable(row), default=str)) for row in rows]

@@ -22,7 +22,7 @@ from sqlalchemy import JSON, Column, DateTime, String, Table, select
 from pipelines.config import Settings
 from pipelines.lakehouse.catalog import DRIFT, PROFILES, QUARANTINE, silver_table
 from pipelines.lakehouse.reader import LakeReader
-from pipelines.ops.store import metadata, ops_engine
+from pipelines.ops.store import jsonable, metadata, ops_engine
 from pipelines.profile.state import silver_ranges
 
 DAY = timedelta(days=1)
@@ -200,31 +200,62 @@ def _newest(lake: LakeReader, table: str) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
+def data_clock(lake: LakeReader, settings: Settings, now: datetime | None = None) -> datetime:
+    """What freshness is measured against: now, with `profile.clock: wall_clock`; with the
+    event-time clock (replays, backfills, a generated operator) the newest event any source has
+    sent (never past now), so a table is stale when it lags the data, not when the data is old."""
+    now = now or datetime.now(UTC)
+    if settings.profile.clock == "wall_clock":
+        return now
+    seen = [_newest(lake, silver_table(settings.contract(s))) for s in settings.sources]
+    newest = [t for t in seen if t is not None]
+    return min(max(newest), now) if newest else now
+
+
+def freshness_lag_minutes(newest: datetime, clock: datetime) -> float:
+    """How far a table's newest event is behind the clock, in minutes."""
+    return round((clock - newest).total_seconds() / 60, 1)
+
+
+def freshness_status(
+    lake: LakeReader, settings: Settings, now: datetime | None = None
+) -> list[SlaResult]:
+    """Each table's freshness SLA: its newest event against the data clock (`data_clock`)."""
+    now = now or datetime.now(UTC)
+    clock = data_clock(lake, settings, now)
+    against = "now" if clock == now else f"the newest event of any source, {clock.isoformat()}"
+    out: list[SlaResult] = []
+    for table, limit in settings.sla.freshness_minutes.items():
+        newest = _newest(lake, table)
+        lag = None if newest is None else freshness_lag_minutes(newest, clock)
+        out.append(
+            SlaResult(
+                "freshness",
+                table,
+                lag,
+                limit,
+                "minutes",
+                lag is not None and lag <= limit,
+                f"newest event {newest.isoformat()}, against {against}"
+                if newest
+                else "no data yet",
+            )
+        )
+    return out
+
+
 def sla_status(
     lake: LakeReader,
     settings: Settings,
     api_p99_ms: float | None = None,
     now: datetime | None = None,
 ) -> list[SlaResult]:
-    """Every SLA in conf/sla.yaml measured now. End-to-end lag is how long the oldest silver
-    row still waiting for gold has waited (0 when gold is caught up)."""
+    """Every SLA in conf/sla.yaml measured now: freshness (`freshness_status`); end-to-end lag
+    is how long the oldest silver row still waiting for gold has waited (0 when gold is caught
+    up)."""
     now = now or datetime.now(UTC)
     sla = settings.sla
-    out: list[SlaResult] = []
-    for table, limit in sla.freshness_minutes.items():
-        newest = _newest(lake, table)
-        lag = (now - newest).total_seconds() / 60 if newest else None
-        out.append(
-            SlaResult(
-                "freshness",
-                table,
-                None if lag is None else round(lag, 1),
-                limit,
-                "minutes",
-                lag is not None and lag <= limit,
-                f"newest event {newest.isoformat()}" if newest else "no data yet",
-            )
-        )
+    out = freshness_status(lake, settings, now)
     waiting: list[datetime] = []
     for s, (done, target) in silver_ranges(lake, settings).items():
         table = silver_table(settings.contract(s))
@@ -327,7 +358,7 @@ class Alerts:
         if source:
             q = q.where(alerts_table.c.source == source)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [jsonable(r._mapping) for r in conn.execute(q)]
 
 
 def _candidates(c: ContractStatus, now: datetime) -> list[dict[str, Any]]:

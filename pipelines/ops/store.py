@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Mapping
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,3 +133,9 @@ def revision(message: str, folder: Path) -> Path:
 def utc(t: datetime) -> datetime:
     """SQLite hands back naive datetimes; every time stored here is UTC."""
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def jsonable(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stored row for a JSON answer: every time as ISO-8601 with its UTC offset, the same
+    from SQLite (naive) and PostgreSQL (aware)."""
+    return {k: utc(v).isoformat() if isinstance(v, datetime) else v for k, v in row.items()}

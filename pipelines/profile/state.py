@@ -7,13 +7,23 @@ without a JVM; `pipelines.profile.stage` computes and writes gold.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
 import pyarrow as pa
 
 from pipelines.config import Settings
-from pipelines.lakehouse.catalog import DAILY, FACTS, LINKS, MAP, OUTBOX, PROFILES, silver_table
+from pipelines.lakehouse.catalog import (
+    DAILY,
+    FACTS,
+    LINKS,
+    MAP,
+    MERGES,
+    OUTBOX,
+    PROFILES,
+    silver_table,
+)
 from pipelines.lakehouse.reader import LakeReader
 
 IDENTITY_APP = f"{PROFILES}<-{LINKS}"
@@ -103,6 +113,48 @@ def person_at(lake: LakeReader, id_type: str, value: str, at: datetime) -> str |
         & (pl.col("valid_to").is_null() | (pl.col("valid_to") > at))
     )
     return None if rows.is_empty() else str(rows.sort("tenure").get_column("person_id")[-1])
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A person who held an identifier, over [since, until) (None: open-ended)."""
+
+    person_id: str
+    since: datetime | None
+    until: datetime | None
+
+
+def holders(lake: LakeReader, id_type: str, value: str) -> list[Holding]:
+    """Everyone who held an identifier, each over their tenure, and the person ids merged into
+    each of them over the same tenure (what was recorded before a merge names the old id). A
+    recycled number's earlier and later owners are separate holdings."""
+    if not lake.exists(MAP):
+        return []
+    rows = lake.read_polars(
+        MAP,
+        ["person_id", "tenure", "valid_to"],
+        (pl.col("id_type") == id_type) & (pl.col("id_value") == value),
+    )
+    held = [Holding(r["person_id"], r["tenure"], r["valid_to"]) for r in rows.iter_rows(named=True)]
+    if not held or not lake.exists(MERGES):
+        return held
+    merges = lake.read_polars(MERGES, ["change", "from_person_id", "to_person_id"]).filter(
+        pl.col("change") == "merge"
+    )
+    into: dict[str, list[str]] = {}
+    for r in merges.iter_rows(named=True):
+        into.setdefault(r["to_person_id"], []).append(r["from_person_id"])
+    out, todo = list(held), list(held)
+    seen = {h.person_id for h in held}
+    while todo:  # merges of merges
+        h = todo.pop()
+        for old in into.get(h.person_id, []):
+            if old not in seen:
+                seen.add(old)
+                merged = Holding(old, h.since, h.until)
+                out.append(merged)
+                todo.append(merged)
+    return out
 
 
 def profiles_version_at(lake: LakeReader, at: datetime) -> int | None:

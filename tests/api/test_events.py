@@ -5,11 +5,15 @@ them; dead letters can be redelivered; the SSE stream resumes from Last-Event-ID
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +22,13 @@ import pyarrow as pa
 import pytest
 
 from bench.receiver import Receiver
+from bench.server import ServeProcess
 from pipelines.lakehouse.catalog import OUTBOX, PROFILES
+from pipelines.ops.keys import KeyStore
 from pipelines.ops.status import Alerts
 from pipelines.profile.state import OUTBOX_SCHEMA
 from tests.api.conftest import SECRET, call, create_segment, may_use, new_version, wait_for
+from tests.conftest import settings_for
 
 pytestmark = pytest.mark.api
 
@@ -430,3 +437,39 @@ def test_sse_and_webhooks_carry_no_event_of_a_person_without_consent_for_its_pur
                     break
     assert ids[0] in {e["event_id"] for e in seen}
     assert refused not in {e["person_id"] for e in seen}
+
+
+def test_an_open_event_stream_does_not_hold_the_server_at_shutdown(
+    served: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGTERM with a client on /v1/events/stream: the server closes the stream after
+    `api.shutdown_grace_s` (5 s by default) and exits cleanly, the client sees its stream end."""
+    root = tmp_path / "stopping"
+    shutil.copytree(served["root"] / "lake", root / "lake")
+    key = KeyStore(settings_for(root).database_url).create("stream", "channel", "mobile_app")
+    server = ServeProcess(root, {"CDP_EVENTS_DELIVER": "false"})
+    url = f"{server.url}/v1/events/stream"
+    opened = threading.Event()
+    ended: list[float] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", url, headers={"X-API-Key": key}, timeout=120) as r:
+            assert r.status_code == 200
+            opened.set()
+            with contextlib.suppress(httpx.HTTPError):
+                for _ in r.iter_lines():
+                    pass
+        ended.append(time.monotonic())
+
+    client = threading.Thread(target=listen, daemon=True)
+    client.start()
+    try:
+        assert opened.wait(30), "the stream did not open"
+        asked = time.monotonic()
+        assert server.stop(), "cdp serve did not stop cleanly"
+        stopped = time.monotonic() - asked
+    finally:
+        server.stop()
+    client.join(timeout=30)
+    assert stopped < 5 + 10, f"shutdown took {stopped:.1f} s with a stream open"
+    assert ended and ended[0] - asked < 5 + 10

@@ -206,3 +206,39 @@ def test_metrics_count_requests_per_route_and_show_the_snapshot(served: Any) -> 
     assert 'cdp_http_requests_total{route="/v1/profiles/{id_type}/{id_value}",status="200"}' in text
     assert "cdp_http_request_seconds_bucket" in text
     assert "cdp_snapshot_version" in text and "cdp_snapshot_age_seconds" in text
+
+
+def test_the_audit_by_a_number_finds_its_holders_lookups_while_they_held_it(served: Any) -> None:
+    """A steward asks about a recycled number: the lookups of its current holder are there (made
+    by person id, not by the number), those of its earlier owner made today (after their tenure
+    ended) are not."""
+    from pipelines.lakehouse.catalog import MAP
+
+    tenures = (
+        served["lake"]
+        .read_polars(MAP, ["id_type", "id_value", "person_id", "tenure", "valid_to"])
+        .filter(pl.col("id_type") == "msisdn")
+    )
+    recycled = (
+        tenures.group_by("id_value")
+        .agg(pl.col("person_id").n_unique().alias("owners"), pl.col("valid_to").is_null().any())
+        .filter((pl.col("owners") == 2) & pl.col("valid_to"))
+        .sort("id_value")
+        .get_column("id_value")[0]
+    )
+    owners = tenures.filter(pl.col("id_value") == recycled)
+    current = owners.filter(pl.col("valid_to").is_null()).get_column("person_id")[0]
+    earlier = owners.filter(pl.col("valid_to").is_not_null()).get_column("person_id")[0]
+    assert current != earlier
+    for person in (current, earlier):
+        got = _get(served, f"/v1/profiles/person_id/{person}", "contact_centre")
+        assert got.status_code == 200, got.text
+    audit = _get(served, f"/v1/audit?id_type=msisdn&id_value=%2B{recycled}", "steward")
+    assert audit.status_code == 200, audit.text
+    persons = {r["person_id"] for r in audit.json()}
+    assert current in persons and earlier not in persons
+    by_person = _get(served, f"/v1/audit?person={earlier}", "steward").json()
+    assert any(r["channel"] == "contact_centre" for r in by_person)  # it was looked up
+    for query in ("", "?id_type=msisdn", f"?person={current}&id_type=msisdn&id_value=1"):
+        wrong = _get(served, f"/v1/audit{query}", "steward")
+        assert wrong.status_code == 422 and "id_type and id_value" in wrong.text, query
