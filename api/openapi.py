@@ -112,12 +112,21 @@ def identifier_patterns(settings: Settings) -> dict[str, str]:
     }
 
 
+BY_IDENTIFIER = (  # (prefix, suffix) of the paths that take {id_type}/{id_value}
+    (PREFIX, ""),
+    (PREFIX, "/as-of"),
+    ("/v1/audit/by", ""),
+    ("/v1/audit/pushes/by", ""),
+)
+
+
 def _per_identifier_paths(spec: dict[str, Any], settings: Settings) -> None:
-    """`/v1/profiles/{id_type}/{id_value}` as one path per identifier type, each with the
-    format of its value, so that a client (and schemathesis) knows what each type takes."""
+    """`/v1/profiles/{id_type}/{id_value}` (and the audit's) as one path per identifier type,
+    each with the format of its value, so that a client (and schemathesis) knows what each
+    type takes."""
     patterns = identifier_patterns(settings)
-    for suffix in ("", "/as-of"):
-        template = spec["paths"].pop(f"{PREFIX}/{{id_type}}/{{id_value}}{suffix}")
+    for prefix, suffix in BY_IDENTIFIER:
+        template = spec["paths"].pop(f"{prefix}/{{id_type}}/{{id_value}}{suffix}")
         for id_type, pattern in patterns.items():
             methods = copy.deepcopy(template)
             for name, op in methods.items():
@@ -127,7 +136,7 @@ def _per_identifier_paths(spec: dict[str, Any], settings: Settings) -> None:
                 value["schema"] = {"type": "string", "pattern": pattern, "title": id_type}
                 value["description"] = f"The {id_type}"
                 assert name == "get"
-            spec["paths"][f"{PREFIX}/{id_type}/{{id_value}}{suffix}"] = methods
+            spec["paths"][f"{prefix}/{id_type}/{{id_value}}{suffix}"] = methods
 
 
 def _bodies_and_statuses(spec: dict[str, Any]) -> None:

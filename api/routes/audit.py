@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from api.deps import StewardDep
 from api.errors import KEYED, StrictRoute, error
-from api.fastpath import ID_TYPES
 from api.models import IsoTime
-from api.routes.profiles import valid
+from api.routes.profiles import IdType, valid
 from pipelines.identity.resolve import PERSON_ID_PATTERN
 from pipelines.profile.state import Holding, holders
 
@@ -19,33 +18,19 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=KEYED, route_cl
 
 
 Person = Annotated[
-    str | None,
-    Query(description="person_id: P and 20 hex digits", pattern=PERSON_ID_PATTERN),
+    str, Query(description="person_id: P and 20 hex digits", pattern=PERSON_ID_PATTERN)
 ]
-IdTypeQuery = Annotated[
-    str | None,
-    Query(description="Instead of `person`: an identifier's type (msisdn, email, iccid, ...)"),
-]
-IdValueQuery = Annotated[str | None, Query(description="The identifier's value, with `id_type`")]
+SINCE = Query(alias="from", description="Only records at or after this time")
+UNTIL = Query(alias="to", description="Only records at or before this time")
+SEGMENT = Query(description="Only this segment (campaign)")
 
 
-def _whose(
-    request: Request, person: str | None, id_type: str | None, id_value: str | None
-) -> list[Holding]:
-    """The persons asked about: `person`, or every holder of an identifier over their tenure
-    (and the ids merged into them), resolved through the identity map."""
-    if (person is None) == (id_type is None or id_value is None):
-        raise HTTPException(
-            422, "give either person, or id_type and id_value (e.g. id_type=msisdn&id_value=...)"
-        )
-    if person is not None:
-        return [Holding(person, None, None)]
-    assert id_type is not None and id_value is not None
-    if id_type == "person_id":
-        return [Holding(valid(request.app.state.settings, id_type, id_value), None, None)]
-    if id_type not in ID_TYPES:
-        raise HTTPException(422, f"id_type: expected one of {', '.join(ID_TYPES)}")
+def _holders(request: Request, id_type: str, id_value: str) -> list[Holding]:
+    """Every holder of an identifier over their tenure (and the ids merged into them), from
+    the identity map; a person id is its own holder."""
     value = valid(request.app.state.settings, id_type, id_value)
+    if id_type == "person_id":
+        return [Holding(value, None, None)]
     return holders(request.app.state.snapshots.lake, id_type, value)
 
 
@@ -66,19 +51,39 @@ def _within(
 def audit(
     request: Request,
     _who: StewardDep,
-    person: Person = None,
-    id_type: IdTypeQuery = None,
-    id_value: IdValueQuery = None,
-    since: Annotated[IsoTime | None, Query(alias="from")] = None,
-    until: Annotated[IsoTime | None, Query(alias="to")] = None,
+    person: Person,
+    since: Annotated[IsoTime | None, SINCE] = None,
+    until: Annotated[IsoTime | None, UNTIL] = None,
 ) -> list[dict[str, Any]]:
-    """By person, or by identifier: every lookup of each person who held it, while they held
-    it (a recycled number's other owners are not included), under their id or one merged into
-    them."""
+    return _lookups(request, [Holding(person, None, None)], since, until)
+
+
+@router.get(
+    "/by/{id_type}/{id_value}",
+    summary="Every lookup of whoever held an identifier, while they held it (steward or admin)",
+    responses={403: error("The key is not a steward or admin key")},
+)
+def audit_by_identifier(
+    request: Request,
+    _who: StewardDep,
+    id_type: IdType,
+    id_value: str,
+    since: Annotated[IsoTime | None, SINCE] = None,
+    until: Annotated[IsoTime | None, UNTIL] = None,
+) -> list[dict[str, Any]]:
+    """Each person who held the identifier (identity map), over the tenure they held it: a
+    recycled number's other owners are left out; records under an id merged into a holder
+    are included."""
+    return _lookups(request, _holders(request, id_type, id_value), since, until)
+
+
+def _lookups(
+    request: Request, who: list[Holding], since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
     log = request.app.state.audit
     log.flush()  # lookups answered a moment ago are part of the answer
     records: list[dict[str, Any]] = []
-    for h in _whose(request, person, id_type, id_value):
+    for h in who:
         records += log.query(h.person_id, *_within(since, until, h))
     return sorted(records, key=lambda r: (r["at"], r["id"]))
 
@@ -91,19 +96,37 @@ def audit(
 def pushes(
     request: Request,
     _who: StewardDep,
-    person: Person = None,
-    id_type: IdTypeQuery = None,
-    id_value: IdValueQuery = None,
-    segment: Annotated[str | None, Query(description="Only this segment (campaign)")] = None,
+    person: Person,
+    segment: Annotated[str | None, SEGMENT] = None,
 ) -> list[dict[str, Any]]:
     """Answers "on what basis did this customer receive campaign X": per push, the segment
     version and its rule, the channel, the purpose and its legal basis, whether the person
     entered or exited, the consent state used (granted, since, basis, source) and whether the
     channel acknowledged the delivery."""
+    return _pushes(request, [Holding(person, None, None)], segment)
+
+
+@router.get(
+    "/pushes/by/{id_type}/{id_value}",
+    summary="Every segment push about whoever held an identifier, while they held it",
+    responses={403: error("The key is not a steward or admin key")},
+)
+def pushes_by_identifier(
+    request: Request,
+    _who: StewardDep,
+    id_type: IdType,
+    id_value: str,
+    segment: Annotated[str | None, SEGMENT] = None,
+) -> list[dict[str, Any]]:
+    """As by person, for each holder of the identifier over their tenure."""
+    return _pushes(request, _holders(request, id_type, id_value), segment)
+
+
+def _pushes(request: Request, who: list[Holding], segment: str | None) -> list[dict[str, Any]]:
     store = request.app.state.pushes
     segments = request.app.state.segments
     rows: list[dict[str, Any]] = []
-    for h in _whose(request, person, id_type, id_value):
+    for h in who:
         rows += [r for r in store.audit(h.person_id, segment) if _held_then(r, h)]
     for row in rows:
         version = segments.get(row["segment_id"], row["segment_version"])

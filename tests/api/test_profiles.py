@@ -233,12 +233,12 @@ def test_the_audit_by_a_number_finds_its_holders_lookups_while_they_held_it(serv
     for person in (current, earlier):
         got = _get(served, f"/v1/profiles/person_id/{person}", "contact_centre")
         assert got.status_code == 200, got.text
-    audit = _get(served, f"/v1/audit?id_type=msisdn&id_value=%2B{recycled}", "steward")
+    audit = _get(served, f"/v1/audit/by/msisdn/%2B{recycled}", "steward")
     assert audit.status_code == 200, audit.text
     persons = {r["person_id"] for r in audit.json()}
     assert current in persons and earlier not in persons
     by_person = _get(served, f"/v1/audit?person={earlier}", "steward").json()
     assert any(r["channel"] == "contact_centre" for r in by_person)  # it was looked up
-    for query in ("", "?id_type=msisdn", f"?person={current}&id_type=msisdn&id_value=1"):
-        wrong = _get(served, f"/v1/audit{query}", "steward")
-        assert wrong.status_code == 422 and "id_type and id_value" in wrong.text, query
+    malformed = _get(served, "/v1/audit/by/msisdn/12ab", "steward")
+    assert malformed.status_code == 422 and "id_value" in malformed.text
+    assert _get(served, f"/v1/audit/by/msisdn/{recycled}", "mobile_app").status_code == 403
