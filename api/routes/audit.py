@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -136,7 +136,6 @@ def _pushes(request: Request, who: list[Holding], segment: str | None) -> list[d
 
 
 def _held_then(row: dict[str, Any], h: Holding) -> bool:
-    """A push made while the person held the identifier asked about."""
-    at = row["at"] if isinstance(row["at"], datetime) else datetime.fromisoformat(str(row["at"]))
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    """A push made while the person held the identifier asked about (`at`: ISO with offset)."""
+    at = datetime.fromisoformat(row["at"])
     return (h.since is None or at >= h.since) and (h.until is None or at < h.until)

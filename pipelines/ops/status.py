@@ -12,6 +12,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +194,17 @@ class SlaResult:
 
 
 def _newest(lake: LakeReader, table: str) -> datetime | None:
+    """The table's newest event time, read once per table version: the data clock and each
+    table's freshness (for every table Dagster reports on) ask for the same silver tables."""
+    version = lake.version(table)
+    return None if version is None else _newest_at(str(lake.root), table, version)
+
+
+@lru_cache(maxsize=256)
+def _newest_at(root: str, table: str, version: int) -> datetime | None:
     column = "last_event_ts" if table == PROFILES else "event_ts"
-    if not lake.exists(table):
-        return None
-    value = lake.read_polars(table, [column]).select(pl.col(column).max()).item()
+    rows = LakeReader(root).read_polars(table, [column], version=version)
+    value = rows.select(pl.col(column).max()).item()
     return value if isinstance(value, datetime) else None
 
 
