@@ -1,10 +1,13 @@
 """Rows of several kinds in one frame, so that one Python call on an executor gets every input
 of its group and returns every output.
 
-Spark hands a grouped Arrow function one frame per group and takes one frame back. A stage whose
-Python step needs several inputs (the nodes, counters, facts and stored profiles of a set of
-persons) or gives several outputs (profile rows, change events) tags each row with its kind and
-prefixes each kind's columns with it: `kind__column`, null in the other kinds' rows.
+Spark hands a grouped Arrow function one frame per group (or two, cogrouped) and takes one frame
+back. A stage whose Python step needs several inputs (the nodes, counters, facts and stored
+profiles of a set of persons) or gives several outputs (profile rows, change events) tags each
+row with its kind and prefixes each kind's columns with it: `kind__column`, null in the other
+kinds' rows. Every row carries every kind's columns, and Spark converts each cell, null or not,
+to Arrow: kinds with many rows and few columns go on one side of a cogroup and the wide ones on
+the other (`apply_cogrouped`).
 """
 
 from __future__ import annotations
@@ -102,3 +105,22 @@ def apply_grouped(
         return func(table).cast(out)
 
     return frame.groupBy(key).applyInArrow(run, spark_schema(out))
+
+
+def apply_cogrouped(
+    left: DataFrame,
+    right: DataFrame,
+    key: str,
+    func: Callable[[pa.Table, pa.Table], pa.Table],
+    out: pa.Schema,
+) -> DataFrame:
+    """`func` on each group of `key` with the rows of both frames (either may be empty), in
+    Python workers on the executors; it returns a table of `out` (a `combined` schema)."""
+
+    def run(lefts: pa.Table, rights: pa.Table) -> pa.Table:
+        return func(lefts, rights).cast(out)
+
+    # Fresh column identities on one side: both are often derived from one frame (the same
+    # persons), which Spark would otherwise find ambiguous.
+    right = right.select(*[F.col(f"`{c}`").alias(c) for c in right.columns])
+    return left.groupBy(key).cogroup(right.groupBy(key)).applyInArrow(run, spark_schema(out))

@@ -45,6 +45,7 @@ from pipelines.lakehouse.catalog import (
 from pipelines.lakehouse.lake import Lake
 from pipelines.lakehouse.tagged import (
     KIND,
+    apply_cogrouped,
     apply_grouped,
     combined,
     kind_of,
@@ -448,11 +449,12 @@ def _everyone(lake: Lake) -> DataFrame:
 
 def _profile_frame(
     lake: Lake, settings: Settings, persons: DataFrame, buckets: int, long_from: date
-) -> DataFrame:
-    """Everything the profiles of `persons` are built from, tagged and grouped by person: their
-    identity nodes (and the other owners' nodes of their identifiers, which decide who a day of a
-    number handed over that day belongs to), account and household-contact nodes, the daily
-    counters and facts of those identifiers, and their stored profiles."""
+) -> tuple[DataFrame, DataFrame]:
+    """Everything the profiles of `persons` are built from, by group of persons, as two tagged
+    frames: the daily counters and facts of their identifiers (many narrow rows), and the
+    persons, their identity nodes (and the other owners' nodes of their identifiers, which
+    decide who a day of a number handed over that day belongs to), account and
+    household-contact nodes and their stored profiles (few wide rows)."""
     spark = lake.spark
     mine = persons.select("person_id", _bucket("person_id", buckets).alias("_bucket"))
     ids = lake.read_spark(spark, MAP, NODE_COLUMNS)
@@ -478,15 +480,18 @@ def _profile_frame(
         nodes.append(held)
     node_rows = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), nodes)
     values = node_rows.select("id_value", "_bucket").distinct()
-    frames = {"person": mine, "node": node_rows}
+    context = {"person": mine, "node": node_rows}
+    if lake.exists(PROFILES):
+        context["stored"] = lake.read_spark(spark, PROFILES).join(mine, "person_id")
+    usage = {}
     if lake.exists(DAILY):
         daily = lake.read_spark(spark, DAILY).where(F.col("day") >= F.lit(long_from))
-        frames["daily"] = daily.join(values, "id_value")
+        usage["daily"] = daily.join(values, "id_value")
     if lake.exists(FACTS):
-        frames["fact"] = lake.read_spark(spark, FACTS).join(values, "id_value")
-    if lake.exists(PROFILES):
-        frames["stored"] = lake.read_spark(spark, PROFILES).join(mine, "person_id")
-    return tag_frames(frames, ["_bucket"])
+        usage["fact"] = lake.read_spark(spark, FACTS).join(values, "id_value")
+    if not usage:  # nothing derived yet: an empty side of the same kind
+        usage["daily"] = lake.frame(DAILY_SCHEMA.empty_table()).join(values, "id_value")
+    return tag_frames(usage, ["_bucket"]), tag_frames(context, ["_bucket"])
 
 
 def _contact_nodes(lake: Lake, mine: DataFrame) -> DataFrame:
@@ -537,24 +542,24 @@ def _ref(lake: Lake, settings: Settings, name: str) -> pl.DataFrame:
 def _profiled(
     lake: Lake,
     settings: Settings,
-    inputs: DataFrame,
+    inputs: tuple[DataFrame, DataFrame],
     days: tuple[date, date | None],
     now: datetime,
 ) -> DataFrame:
     """Per group of persons, in Python workers: their new profiles, diffed with the stored
     ones into the rows to write, the change events, the triggers fired and the persons gone
-    (tagged `profiled`). `days`: the clock day and the one the stored profiles were built on."""
+    (tagged `profiled`). `inputs`: `_profile_frame`'s two frames; `days`: the clock day and
+    the one the stored profiles were built on."""
     profile_group = profile_builder(lake, settings, days, now)
-    return apply_grouped(
-        inputs, "_bucket", profile_group, profiled_schema(profile_schema(settings.policy))
-    )
+    schema = profiled_schema(profile_schema(settings.policy))
+    return apply_cogrouped(*inputs, "_bucket", profile_group, schema)
 
 
 def profile_builder(
     lake: Lake, settings: Settings, days: tuple[date, date | None], now: datetime
-) -> Callable[[pa.Table], pa.Table]:
-    """What `_profiled` runs on each group of persons (tagged inputs in, tagged outputs out);
-    separate so that a profile of one group's work can run it on the driver."""
+) -> Callable[[pa.Table, pa.Table], pa.Table]:
+    """What `_profiled` runs on each group of persons (its two tagged inputs in, tagged outputs
+    out); separate so that a profile of one group's work can run it on the driver."""
     day, stored_day = days
     schema = profile_schema(settings.policy)
     # A first build is a backfill, not news: triggers fire from the second refresh on.
@@ -565,18 +570,18 @@ def profile_builder(
     profile, scores, policy = settings.profile, settings.scores, settings.policy
     threshold = profile.churn_alert_threshold
 
-    def profile_group(group: pa.Table) -> pa.Table:
-        mine = untag(group, "person", PERSON_SCHEMA).column("person_id")
+    def profile_group(usage: pa.Table, context: pa.Table) -> pa.Table:
+        mine = untag(context, "person", PERSON_SCHEMA).column("person_id")
         inputs = ProfileInputs(
-            _pl(untag(group, "node", nodes_schema)),
-            _pl(untag(group, "daily", DAILY_SCHEMA)),
-            _pl(untag(group, "fact", FACTS_SCHEMA)),
+            _pl(untag(context, "node", nodes_schema)),
+            _pl(untag(usage, "daily", DAILY_SCHEMA)),
+            _pl(untag(usage, "fact", FACTS_SCHEMA)),
             tariffs,
             segments,
         )
         built = build_profiles(inputs, day, profile, scores, policy)
         new = built.filter(_in("person_id", pl.Series(mine.to_pylist(), dtype=pl.String)))
-        stored = _pl(untag(group, "stored", schema))
+        stored = _pl(untag(context, "stored", schema))
         rows, gone, events = diff_profiles(stored, new, schema, now, threshold, policy)
         events += fired(triggers, stored, new, now)
         numbered = [{**e, "_seq": i} for i, e in enumerate(events)]
