@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 SMALL := --subscribers 400 --days 7 --files-per-source 3
 
-.PHONY: run test serve lint java jvm kafka chromium postgres install clean help
+.PHONY: run test serve lint java jvm kafka chromium postgres install assets clean help
 
 help:
 	@echo "make run    install what is missing, generate a small operator, run the pipeline"
@@ -26,7 +26,12 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --quiet
 	@touch $(STAMP)
 
-install: $(STAMP) java jvm
+install: $(STAMP) java jvm assets
+
+# The data docs' scripts and stylesheets (pinned npm packages) into .vendor/npm: built docs never
+# download anything.
+assets: $(STAMP)
+	@$(VENV)/bin/python -m expectations.vendor
 
 java:
 	@scripts/ensure-java.sh

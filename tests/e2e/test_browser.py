@@ -7,6 +7,7 @@ Set CDP_UPDATE_SCREENSHOTS=1 to refresh the screenshots kept under docs/."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -88,7 +89,11 @@ def test_dagster_ui_shows_every_table_in_the_asset_graph(
 
 
 def test_data_docs_build_and_open_without_a_cdn(browser: Any, tmp_path: Path) -> None:
-    env = {**os.environ, "CDP_DATA_ROOT": str(tmp_path)}
+    # No network for the build (every request goes to a dead proxy) nor for the page: the
+    # assets come from what `make install` fetched, never from a download at run time.
+    dead = "http://127.0.0.1:9"
+    offline = {"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "ALL_PROXY": dead, "NO_PROXY": ""}
+    env = {**os.environ, "CDP_DATA_ROOT": str(tmp_path), **offline}
     cdp = Path(sys.executable).parent / "cdp"
     run = subprocess.run(
         [str(cdp), "docs"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -101,6 +106,10 @@ def test_data_docs_build_and_open_without_a_cdn(browser: Any, tmp_path: Path) ->
     html = Path(index).read_text()
     assert "unpkg.com" not in html and "code.jquery.com" not in html  # vendored: works offline
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    remote: list[str] = []
+    page.route(
+        re.compile(r"^https?://"), lambda route: (remote.append(route.request.url), route.abort())
+    )
     page.goto(f"file://{index}", wait_until="load")
     page.get_by_role("link", name="quality.source_health").first.wait_for(timeout=30_000)
     page.locator("#Expectation-Suites-tab").click()
@@ -118,3 +127,4 @@ def test_data_docs_build_and_open_without_a_cdn(browser: Any, tmp_path: Path) ->
     page.get_by_text("churn_risk").first.wait_for(timeout=30_000)
     assert "consent_marketing_granted" in page.inner_text("body")
     page.close()
+    assert remote == []  # the pages asked the network for nothing
