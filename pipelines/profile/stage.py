@@ -449,12 +449,13 @@ def _everyone(lake: Lake) -> DataFrame:
 
 def _profile_frame(
     lake: Lake, settings: Settings, persons: DataFrame, buckets: int, long_from: date
-) -> tuple[DataFrame, DataFrame]:
+) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Everything the profiles of `persons` are built from, by group of persons, as two tagged
     frames: the daily counters and facts of their identifiers (many narrow rows), and the
     persons, their identity nodes (and the other owners' nodes of their identifiers, which
     decide who a day of a number handed over that day belongs to), account and
-    household-contact nodes and their stored profiles (few wide rows)."""
+    household-contact nodes and their stored profiles (few wide rows). Third: the nodes,
+    persisted (both sides read them; the caller unpersists them once the step has run)."""
     spark = lake.spark
     mine = persons.select("person_id", _bucket("person_id", buckets).alias("_bucket"))
     ids = lake.read_spark(spark, MAP, NODE_COLUMNS)
@@ -478,7 +479,7 @@ def _profile_frame(
             .join(own.select("node_key", "_bucket"), ["node_key", "_bucket"], "left_anti")
         )
         nodes.append(held)
-    node_rows = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), nodes)
+    node_rows = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), nodes).persist()
     values = node_rows.select("id_value", "_bucket").distinct()
     context = {"person": mine, "node": node_rows}
     if lake.exists(PROFILES):
@@ -491,7 +492,7 @@ def _profile_frame(
         usage["fact"] = lake.read_spark(spark, FACTS).join(values, "id_value")
     if not usage:  # nothing derived yet: an empty side of the same kind
         usage["daily"] = lake.frame(DAILY_SCHEMA.empty_table()).join(values, "id_value")
-    return tag_frames(usage, ["_bucket"]), tag_frames(context, ["_bucket"])
+    return tag_frames(usage, ["_bucket"]), tag_frames(context, ["_bucket"]), node_rows
 
 
 def _contact_nodes(lake: Lake, mine: DataFrame) -> DataFrame:
@@ -620,17 +621,18 @@ def _write_profiles(
     schema = profile_schema(settings.policy)
     long_from = usage_from(day, settings.profile)
     persons = (_everyone(lake) if persons is None else persons).persist()
+    cached = [persons]
     try:
         result.persons = persons.count()
         buckets = _buckets(spark, result.persons, PERSONS_PER_GROUP)
-        inputs = _profile_frame(lake, settings, persons, buckets, long_from)
+        usage, context, nodes = _profile_frame(lake, settings, persons, buckets, long_from)
+        cached.append(nodes)
         now = datetime.now(UTC)
-        out = _profiled(lake, settings, inputs, days, now).persist()
-    finally:
-        persons.unpersist()
-    try:
-        # One pass tells the persons gone, the change events per type and whether any profile
-        # row is to be written.
+        out = _profiled(lake, settings, (usage, context), days, now).persist()
+        # One pass computes the step and tells the persons gone, the change events per type
+        # and whether any profile row is to be written. The persons and their nodes stay in
+        # memory until then: released earlier, every use of them in the plan would recompute
+        # them (from the touched persons' joins over the identity tables).
         tally = (
             out.groupBy(
                 KIND,
@@ -640,6 +642,10 @@ def _write_profiles(
             .count()
             .collect()
         )
+    finally:
+        for frame in cached:
+            frame.unpersist()
+    try:
         gone = sorted(r.gone for r in tally if r[KIND] == "gone")
         counts = Counter({r.event_type: r["count"] for r in tally if r[KIND] == "event"})
         any_rows = any(r[KIND] == "profile" for r in tally)
