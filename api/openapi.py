@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pyarrow as pa
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -15,8 +16,14 @@ from api.routes.profiles import PREFIX
 from pipelines.activation.events import EVENT_TYPES, FILTER_FIELDS
 from pipelines.config import Settings
 from pipelines.identity.resolve import PERSON_ID_PATTERN
+from pipelines.profile.build import profile_schema
+from pipelines.profile.consent import KEY
 from pipelines.profile.rules import RuleCompiler
 
+DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+RFC3339 = (  # with its offset, always
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
 SCALAR = {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "number"}, {"type": "boolean"}]}
 
 
@@ -63,6 +70,17 @@ def _configured(spec: dict[str, Any], settings: Settings, compiler: RuleCompiler
         _schema(spec, name)["purpose"]["enum"] = sorted(policy.purposes)
         _schema(spec, name)["rule"] = rule
     _schema(spec, "RuleUpdate")["rule"] = rule
+    columns = profile_schema(policy)
+    _schema(spec, "ProfilePublic")["attributes"] = {
+        "type": "object",
+        "description": "Only the attributes this channel may see (conf/policy.yaml), each typed "
+        "as gold.profiles holds it: decimals as strings, times as RFC 3339, absent values null",
+        "properties": {
+            a: nullable(value_schema(columns.field(a).type)) for a in [KEY, *policy.attributes]
+        },
+        "required": [KEY],
+        "additionalProperties": False,
+    }
     _schema(spec, "PushIn")["channel"]["enum"] = sorted(policy.channels)
     subscription = _schema(spec, "SubscriptionIn")
     subscription["event_types"]["items"]["enum"] = sorted(EVENT_TYPES)
@@ -93,6 +111,32 @@ def _configured(spec: dict[str, Any], settings: Settings, compiler: RuleCompiler
             "application/x-ndjson": {"schema": {"type": "string"}},
         },
     }
+
+
+def value_schema(t: pa.DataType) -> dict[str, Any]:
+    """JSON Schema of a gold.profiles value as a profile body encodes it (api.render)."""
+    if pa.types.is_boolean(t):
+        return {"type": "boolean"}
+    if pa.types.is_integer(t):
+        return {"type": "integer"}
+    if pa.types.is_floating(t):
+        return {"type": "number"}
+    if pa.types.is_decimal(t):
+        return {"type": "string", "pattern": DECIMAL}
+    if pa.types.is_timestamp(t):
+        return {"type": "string", "format": "date-time", "pattern": RFC3339}
+    if pa.types.is_date(t):
+        return {"type": "string", "format": "date"}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"type": "array", "items": nullable(value_schema(t.value_type))}
+    if pa.types.is_struct(t):
+        fields = {f.name: nullable(value_schema(f.type)) for f in t}
+        return {"type": "object", "properties": fields, "additionalProperties": False}
+    return {"type": "string"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def identifier_patterns(settings: Settings) -> dict[str, str]:

@@ -22,7 +22,7 @@ from pipelines.identity.resolve import is_person_id
 from pipelines.lakehouse.catalog import PROFILES
 from pipelines.ops.audit import AuditRecord
 from pipelines.ops.keys import Caller
-from pipelines.profile.state import person_at, profiles_version_at
+from pipelines.profile.state import AsOf, person_at, profiles_version_at
 
 PREFIX = "/v1/profiles"
 router = APIRouter(prefix=PREFIX, tags=["profiles"], responses=KEYED, route_class=StrictRoute)
@@ -104,6 +104,14 @@ def lookup_as_of(
     request: Request,
     who: LookupDep,
     snap: SnapshotDep,
+    by: Annotated[
+        AsOf,
+        Query(
+            description="event_time: the profile as it stood at `ts`, from the newest version "
+            "reflecting no event after it (right after a backfill too); commit_time: the "
+            "version the CDP held at `ts`, what it knew and served then"
+        ),
+    ] = "event_time",
 ) -> Response:
     """The values as they were at `ts`, served only where consent for their purpose was in
     force then *and* is now: a withdrawal also ends the use of what was held before it."""
@@ -112,7 +120,7 @@ def lookup_as_of(
     value = valid(request.app.state.settings, id_type, id_value)
     lake = request.app.state.snapshots.lake
     person = value if id_type == "person_id" else person_at(lake, id_type, value, ts)
-    version = profiles_version_at(lake, ts)
+    version = profiles_version_at(lake, ts, by)
     if person is None or version is None:
         raise HTTPException(404, f"no profile held {id_type} {id_value} at {ts.isoformat()}")
     frame = lake.read_polars(PROFILES, where=pl.col("person_id") == person, version=version)

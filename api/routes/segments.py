@@ -223,15 +223,7 @@ async def export(
             for line in chunk.splitlines():
                 doc = json.loads(line)
                 attrs = doc["attributes"]
-                writer.writerow(
-                    [doc["person_id"]]
-                    + [
-                        json.dumps(attrs[c])
-                        if isinstance(attrs.get(c), list | dict)
-                        else attrs.get(c, "")
-                        for c in columns
-                    ]
-                )
+                writer.writerow([doc["person_id"], *(csv_cell(attrs.get(c)) for c in columns)])
             yield out.getvalue().encode()
             out.seek(0)
             out.truncate()
@@ -241,6 +233,20 @@ async def export(
     if fmt == "csv":
         return StreamingResponse(as_csv(), media_type="text/csv", headers=headers)
     return StreamingResponse(bodies(), media_type="application/x-ndjson", headers=headers)
+
+
+def csv_cell(value: Any) -> str:
+    """An attribute as spreadsheet text: lists joined by "; ", a record's fields as
+    "name=value" joined by ", ", true/false, nothing for null (never JSON in a cell)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "; ".join(csv_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={csv_cell(v)}" for k, v in value.items() if v is not None)
+    return str(value)
 
 
 class PushIn(BaseModel):

@@ -24,7 +24,8 @@ from functools import reduce
 
 import polars as pl
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame, SparkSession
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import PolicyCfg, Settings
@@ -77,6 +78,7 @@ from pipelines.profile.facts import (
 from pipelines.profile.facts_spark import anchor_columns, events_spark, latest_spark
 from pipelines.profile.state import (
     CLOCK_APP,
+    DATA_CLOCK,
     IDENTITY_APP,
     OUTBOX_SCHEMA,
     REBUILD_APP,
@@ -91,6 +93,7 @@ COMPACT_AFTER_FILES = 48  # fold daily usage and facts when a day rolls and they
 # when there is that much).
 EVENTS_PER_GROUP = 500_000
 PERSONS_PER_GROUP = 50_000
+CLOCK_LOOKBACK = 100  # gold.profiles commits searched for the last recorded data clock
 SETTLE_DAYS = 2  # facts older than this are folded per tenure node (its tenure is known by then)
 
 # Change events numbered in the order they were made (the outbox keeps that order).
@@ -124,6 +127,7 @@ class GoldResult:
     removed: int = 0
     outbox: int = 0
     clock_day: date | None = None
+    data_clock: datetime | None = None  # the newest event time the profiles reflect
     seconds: float = 0.0
     by_type: dict[str, int] = field(default_factory=dict)
 
@@ -196,8 +200,7 @@ def _refresh(
     for t in (DAILY, FACTS):
         txns[t][f"{t}<-{LINKS}"] = ev_target or 0
     meta = {"stage": "gold.refresh"}
-    stats = events.agg(F.count(F.lit(1)).alias("n"), F.max("event_ts").alias("newest")).first()
-    assert stats is not None
+    stats = _stats(events)
     spark = lake.spark
     attributed = _attributed(
         lake, settings, events, _buckets(spark, stats.n, EVENTS_PER_GROUP)
@@ -234,13 +237,53 @@ def _refresh(
     day = today if wall else _event_clock(newest, clock_done, today)
     full = clock_done is None or day.toordinal() != clock_done
     _with_state(txns, {IDENTITY_APP: ev_target or 0, CLOCK_APP: day.toordinal()})
-    result = GoldResult(mode="full" if full else "incremental", events=stats.n, clock_day=day)
+    result = GoldResult(
+        mode="full" if full else "incremental",
+        events=stats.n,
+        clock_day=day,
+        data_clock=_as_time(stats.newest_us),
+    )
     persons = None if full else _touched(lake, settings, events, ev_done, ev_target)
     stored_day = date.fromordinal(clock_done) if clock_done else None
     _write_profiles(lake, settings, persons, (day, stored_day), (ev_done, ev_target), txns, result)
     if full:
         _compact(lake, settings, day)
     return result
+
+
+def _stats(events: DataFrame) -> Row:
+    """How many events, the newest one's time (`newest`, a naive datetime as PySpark gives it)
+    and, exact and zone-free, its epoch microseconds (`newest_us`)."""
+    newest = F.max("event_ts")
+    stats = events.agg(
+        F.count(F.lit(1)).alias("n"),
+        newest.alias("newest"),
+        F.unix_micros(newest).alias("newest_us"),
+    ).first()
+    assert stats is not None
+    return stats
+
+
+def _as_time(micros: int | None) -> datetime | None:
+    return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+
+
+def _data_clock(lake: Lake, newest: datetime | None) -> datetime | None:
+    """The newest event time gold.profiles reflects once `newest` (this step's newest event)
+    is in: the last clock a commit recorded, or for a table written before clocks were
+    recorded, its newest `last_event_ts`."""
+    stored = None
+    dt = lake.table(PROFILES)
+    if dt is not None:
+        for commit in dt.history(CLOCK_LOOKBACK):  # newest first
+            text = commit.get("userMetadata")
+            if text and (recorded := json.loads(text).get(DATA_CLOCK)):
+                stored = datetime.fromisoformat(recorded)
+                break
+        else:
+            column = lake.read_arrow(PROFILES, ["last_event_ts"]).column(0)
+            stored = pc.max(column).as_py() if len(column) else None
+    return max((t for t in (stored, newest) if t is not None), default=None)
 
 
 def _event_clock(newest: date | None, clock_done: int | None, today: date) -> date:
@@ -660,7 +703,10 @@ def _write_profiles(
         )
         rows = kind_of(out, "profile", schema)
         table_txns = txns[PROFILES]
+        result.data_clock = _data_clock(lake, result.data_clock)
         meta = {"clock_day": day.isoformat(), "stage": "gold.profiles"}
+        if result.data_clock is not None:
+            meta[DATA_CLOCK] = result.data_clock.isoformat()
         if lake.exists(PROFILES) and not gone and not any_rows:
             lake.append_once(
                 PROFILES, schema.empty_table(), table_txns, stage="gold.profiles", metadata=meta
@@ -1063,8 +1109,7 @@ def rebuild_gold(
         spark, [lake.read_spark(spark, silver[s], version=v) for s, v in targets.items()]
     ).persist()
     try:
-        stats = events.agg(F.count(F.lit(1)).alias("n"), F.max("event_ts").alias("newest")).first()
-        assert stats is not None
+        stats = _stats(events)
         attributed = _attributed(
             lake, settings, events, _buckets(spark, stats.n, EVENTS_PER_GROUP)
         ).persist()

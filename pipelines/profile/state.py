@@ -6,9 +6,11 @@ without a JVM; `pipelines.profile.stage` computes and writes gold.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Literal
 
 import polars as pl
 import pyarrow as pa
@@ -157,25 +159,58 @@ def holders(lake: LakeReader, id_type: str, value: str) -> list[Holding]:
     return out
 
 
-def profiles_version_at(lake: LakeReader, at: datetime) -> int | None:
-    """The gold.profiles version current at `at` (None before the table existed): the newest
-    commit whose commit time (the one `history` shows) is not after `at`. delta-rs's
-    `load_as_version(datetime)` can judge by the log file's modification time instead, which is
-    a little later than the commit time, so a time just after a commit found the version before."""
+AsOf = Literal["event_time", "commit_time"]
+DATA_CLOCK = "data_clock"  # gold.profiles commit metadata: the newest event time it reflects
+
+
+@dataclass(frozen=True)
+class ProfilesVersion:
+    """A gold.profiles version: when it was committed and the newest event time it reflects."""
+
+    version: int
+    committed: datetime
+    data_clock: datetime
+
+
+def profiles_versions(lake: LakeReader) -> list[ProfilesVersion]:
+    """Every gold.profiles version in order. Its data clock is the one its commit recorded; a
+    commit that adds no events (a compaction, a version written before clocks were recorded)
+    keeps the clock before it, or its commit time when there is none."""
     dt = lake.table(PROFILES)
     if dt is None:
-        return None
-    at_ms = at.timestamp() * 1000  # commit times are epoch milliseconds
-    committed = [h["version"] for h in dt.history() if h["timestamp"] <= at_ms]
-    return max(committed) if committed else None
+        return []
+    out: list[ProfilesVersion] = []
+    clock: datetime | None = None
+    for h in sorted(dt.history(), key=lambda h: h["version"]):
+        committed = datetime.fromtimestamp(h["timestamp"] / 1000, UTC)
+        text = h.get("userMetadata")
+        recorded = json.loads(text).get(DATA_CLOCK) if text else None
+        if recorded:
+            clock = datetime.fromisoformat(recorded)
+        out.append(ProfilesVersion(h["version"], committed, clock or committed))
+    return out
+
+
+def profiles_version_at(lake: LakeReader, at: datetime, by: AsOf = "event_time") -> int | None:
+    """The gold.profiles version that shows the profiles as they stood at `at` (None when no
+    version does). By event time: the newest version reflecting no event after `at`, so a
+    backfill of old events still answers for the days it covers and never shows what happened
+    later. By commit time: the version current at `at`, what the CDP knew and served then
+    (commit times as `history` shows them; delta-rs's `load_as_version(datetime)` judges by the
+    log file's modification time, a little later)."""
+    chosen = None
+    for v in profiles_versions(lake):
+        if (v.data_clock if by == "event_time" else v.committed) <= at:
+            chosen = v.version
+    return chosen
 
 
 def profile_as_of(
-    lake: LakeReader, person_id: str, at: datetime | None
+    lake: LakeReader, person_id: str, at: datetime | None, by: AsOf = "event_time"
 ) -> dict[str, object] | None:
-    """The person's gold profile now (`at` None) or as it was at `at`: the table version
-    current then (Delta time travel). None when the person had no profile then."""
-    version = lake.version(PROFILES) if at is None else profiles_version_at(lake, at)
+    """The person's gold profile now (`at` None) or as it stood at `at` (`profiles_version_at`,
+    then Delta time travel). None when the person had no profile then."""
+    version = lake.version(PROFILES) if at is None else profiles_version_at(lake, at, by)
     if version is None:
         return None
     rows = lake.read_arrow(PROFILES, where=pl.col("person_id") == person_id, version=version)

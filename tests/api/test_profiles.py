@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import polars as pl
 import pytest
+from jsonschema import Draft202012Validator, FormatChecker
 
 from pipelines.lakehouse.catalog import MERGES, PROFILES
 from pipelines.lakehouse.lake import Lake
@@ -47,9 +48,15 @@ def test_any_spelling_of_a_number_finds_its_person(served: Any) -> None:
 def test_each_channel_sees_only_consented_purposes(served: Any) -> None:
     policy = served["settings"].policy
     rows = [r for r in _rows(served["lake"]) if r["primary_msisdn"]][:40]
+    # Every body is what the OpenAPI document says, down to each attribute's type.
+    document = served["client"].get("/openapi.json").json()
+    profile_schema = {"$ref": "#/components/schemas/ProfilePublic", **document}
+    validator = Draft202012Validator(profile_schema, format_checker=FormatChecker())
     for channel, spec in policy.channels.items():
         for row in rows:
             body = _get(served, f"/v1/profiles/person_id/{row['person_id']}", channel).json()
+            errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(body)]
+            assert not errors, (channel, errors[:5])
             for attribute in body["attributes"]:
                 if attribute == "person_id":
                     continue
@@ -144,12 +151,16 @@ def test_as_of_returns_the_profile_as_it_was_and_the_audit_says_who_saw_it(serve
     )
     at = datetime.fromtimestamp(first["timestamp"] / 1000 + 0.001, UTC)
     path = f"/v1/profiles/person_id/{row['person_id']}/as-of"
+    key = {"X-API-Key": served["keys"]["contact_centre"]}
     got = served["client"].get(
-        path, params={"ts": at.isoformat()}, headers={"X-API-Key": served["keys"]["contact_centre"]}
+        path, params={"ts": at.isoformat(), "by": "commit_time"}, headers=key
     )
     assert got.status_code == 200, got.text
     assert got.json()["profile_version"] == row["profile_version"]
     assert got.json()["snapshot_version"] == first["version"]
+    # by event time (the default), long before the data: no profile stood then
+    ancient = served["client"].get(path, params={"ts": "2000-01-01T00:00:00Z"}, headers=key)
+    assert ancient.status_code == 404 and "no profile held" in ancient.json()["detail"]
     naive = served["client"].get(
         path,
         params={"ts": "2026-10-05T12:00:00"},
@@ -176,7 +187,8 @@ def test_as_of_serves_nothing_of_a_purpose_whose_consent_was_withdrawn_since(ser
     before = datetime.now(UTC)
     time.sleep(0.01)
     path = f"/v1/profiles/person_id/{row['person_id']}/as-of"
-    then = _get(served, f"{path}?ts={quote(before.isoformat())}", "contact_centre")
+    path = f"{path}?by=commit_time&ts="  # what the CDP held before the withdrawal
+    then = _get(served, f"{path}{quote(before.isoformat())}", "contact_centre")
     assert then.status_code == 200 and "churn_risk" in then.json()["attributes"], then.text
     withdrawn = {
         **row,
@@ -191,7 +203,7 @@ def test_as_of_serves_nothing_of_a_purpose_whose_consent_was_withdrawn_since(ser
         if health.get("snapshot_version") == version:
             break
         time.sleep(0.1)
-    later = _get(served, f"{path}?ts={quote(before.isoformat())}", "contact_centre")
+    later = _get(served, f"{path}{quote(before.isoformat())}", "contact_centre")
     assert later.status_code == 200, later.text
     assert later.json()["profile_version"] == row["profile_version"]  # the old version
     assert "churn_risk" not in later.json()["attributes"]

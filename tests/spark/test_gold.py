@@ -17,7 +17,7 @@ import pytest
 from pipelines.lakehouse.catalog import DAILY, FACTS, MAP, OUTBOX, PROFILES
 from pipelines.lakehouse.lake import Lake
 from pipelines.profile.stage import rebuild_gold, refresh_gold
-from pipelines.profile.state import profile_as_of
+from pipelines.profile.state import profile_as_of, profiles_version_at
 from tests.spark.truth_profiles import Truth, expected_profiles, load_truth
 
 pytestmark = pytest.mark.spark
@@ -260,10 +260,36 @@ def test_time_travel_returns_the_profile_as_it_was(gold: dict[str, Any]) -> None
     from datetime import UTC, datetime
 
     at = datetime.fromtimestamp(h["timestamp"] / 1000, UTC) + timedelta(milliseconds=1)
-    assert profile_as_of(lake, changed["person_id"], at) == first
+    assert profile_as_of(lake, changed["person_id"], at, "commit_time") == first
     assert profile_as_of(lake, changed["person_id"], None) == gold["profiles"][changed["person_id"]]
     before = datetime.fromtimestamp(history[0]["timestamp"] / 1000 - 60, UTC)
-    assert profile_as_of(lake, changed["person_id"], before) is None
+    assert profile_as_of(lake, changed["person_id"], before, "commit_time") is None
+
+
+def test_as_of_by_event_time_shows_the_profiles_as_they_stood_on_a_day_of_the_data(
+    gold: dict[str, Any],
+) -> None:
+    """The stream built gold a landing file at a time, minutes ago, from twelve days of events:
+    by commit time no version existed on those days; by event time a day in the middle gets
+    the newest version that holds nothing that happened after it."""
+    lake = gold["lake"]
+    history = sorted(lake.table(PROFILES).history(), key=lambda h: h["version"])
+    newest = {}  # version -> the newest event any of its profiles reflects
+    for h in history:
+        seen = lake.read_arrow(PROFILES, ["last_event_ts"], version=h["version"]).column(0)
+        newest[h["version"]] = pa.compute.max(seen).as_py() if len(seen) else None
+    times = sorted({t for t in newest.values() if t is not None})
+    assert len(times) >= 4, "the stream wrote too few versions to look back into"
+    at = times[len(times) // 2] - timedelta(microseconds=1)  # just before a version's news
+    expected = max(v for v, t in newest.items() if t is not None and t <= at)
+
+    assert profiles_version_at(lake, at) == expected
+    assert profiles_version_at(lake, at, "commit_time") is None  # every commit came later
+    then = lake.read_arrow(PROFILES, version=expected).to_pylist()
+    person = then[len(then) // 2]
+    assert profile_as_of(lake, person["person_id"], at) == person
+    assert person["last_event_ts"] <= at
+    assert newest[history[-1]["version"]] > at  # the current table would show later events
 
 
 class _CrashBefore(Lake):
