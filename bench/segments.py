@@ -40,7 +40,7 @@ from bench.lookup import ensure_lake  # noqa: E402
 from bench.receiver import Receiver  # noqa: E402
 from bench.server import ServeProcess  # noqa: E402
 from pipelines.activation.events import EventStore  # noqa: E402
-from pipelines.activation.webhooks import signature  # noqa: E402
+from pipelines.activation.webhooks import signed_headers  # noqa: E402
 from pipelines.config import PROJECT_ROOT, load_settings  # noqa: E402
 from pipelines.lakehouse.catalog import OUTBOX, PROFILES  # noqa: E402
 from pipelines.lakehouse.lake import Lake  # noqa: E402
@@ -140,11 +140,11 @@ def floor_events_per_s(receiver: Receiver, bodies: list[bytes], batch: int) -> f
     """Post signed batches to the receiver from here, one after another (no queue, no DB)."""
     with httpx.Client() as client:
         started = time.perf_counter()
-        for body in bodies:
+        for i, body in enumerate(bodies):
             r = client.post(
                 f"{receiver.url}/floor",
                 content=body,
-                headers={"X-CDP-Signature": signature(SECRET, body)},
+                headers=signed_headers(SECRET, f"floor-{i}", body),
             )
             r.raise_for_status()
         return len(bodies) * batch / (time.perf_counter() - started)

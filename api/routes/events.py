@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field, HttpUrl, StrictInt
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep
@@ -36,7 +35,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: error("No such subscription of this key"),
     422: error("An unknown event type or filter field; `field` names it"),
 }
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = 15.0  # a comment line this often keeps idle proxies open
+RETRY_MS = 1000  # how long a client waits before reconnecting
 # Sequence numbers are SQL integers: a larger `since` could not be compared, only refused.
 MAX_SEQ = 2**63 - 1
 
@@ -109,8 +109,8 @@ async def _own(request: Request, subscription_id: str, who: Caller) -> Subscript
 )
 async def subscribe(request: Request, body: SubscriptionIn, who: CallerDep) -> dict[str, Any]:
     """Events of `event_types` that pass `filter` are POSTed to `url` in order per person, in
-    batches (`{"subscription_id", "events": [...]}`), signed with `secret`
-    (`X-CDP-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`), retried with
+    batches (`{"subscription_id", "events": [...]}`), signed with `secret` the Standard
+    Webhooks way (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with
     exponential backoff and parked as dead letters after the configured attempts. Delivery
     is at least once: de-duplicate by `event_id`."""
     ops = _audience(who)
@@ -223,7 +223,7 @@ async def stream(
     since: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="Start after this seq")
     ] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """Every event this key may receive, in log order, each with `id: <seq>`; a reconnect with
     `Last-Event-ID` (or `?since=`) continues right after it, without gaps. New events arrive
     within the delivery poll interval; a comment line every 15 s keeps idle proxies open."""
@@ -242,30 +242,20 @@ async def stream(
     poll = settings.api.events.poll_s
     channel = None if ops else who.channel
 
-    async def frames() -> AsyncIterator[bytes]:
-        after, quiet_since = start, time.monotonic()
-        yield b"retry: 1000\n\n"
-        while not await request.is_disconnected():
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        after = start
+        yield ServerSentEvent(retry=RETRY_MS)
+        while True:  # sse-starlette ends it when the client leaves or the server stops
             events = await run_in_threadpool(store.events_after, after, 500, wanted)
             if not events:
-                if time.monotonic() - quiet_since > HEARTBEAT_S:
-                    quiet_since = time.monotonic()
-                    yield b": keep-alive\n\n"
                 await asyncio.sleep(poll)
                 continue
             seen = Visibility(settings, request.app.state.snapshots.current)
             await run_in_threadpool(seen.prepare, events)
-            out = [
-                f"id: {e.seq}\nevent: {e.event_type}\ndata: {json.dumps(e.as_json())}\n\n"
-                for e in events
-                if seen.allows(channel, e)
-            ]
-            after, quiet_since = events[-1].seq, time.monotonic()
-            if out:
-                yield "".join(out).encode()
+            for e in events:
+                if seen.allows(channel, e):
+                    data = json.dumps(e.as_json())
+                    yield ServerSentEvent(data, event=e.event_type, id=str(e.seq))
+            after = events[-1].seq
 
-    return StreamingResponse(
-        frames(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventSourceResponse(frames(), ping=HEARTBEAT_S, sep="\n")

@@ -1,49 +1,57 @@
 """Signed delivery of one message to an HTTP endpoint or a folder.
 
-An HTTP request carries `X-CDP-Signature: t=<unix seconds>,v1=<hex>`, where the hex is the
-HMAC-SHA256 of `<t>.<body>` under the endpoint's secret, and `Idempotency-Key` (the message's
-key: an event id, or a push part). A receiver recomputes the HMAC over the raw body, compares
-in constant time, and refuses a `t` older than a few minutes (a replayed request). A folder
-receives `<key>.json` written to a temporary name, flushed and renamed (never half a file).
+An HTTP request is signed the Standard Webhooks way (standardwebhooks.com, its reference library):
+`webhook-id` (the message's key: an event id, or a push part; also sent as `Idempotency-Key`),
+`webhook-timestamp` (unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<body>">`. The HMAC key is the endpoint's secret as UTF-8 bytes; a receiver
+using a Standard Webhooks library passes it as `whsec_<base64 of the secret>` (`receiver_secret`)
+and the library checks the signature in constant time and refuses a timestamp more than five
+minutes off (a replayed request). A folder receives `<key>.json` written to a temporary name,
+flushed and renamed (never half a file).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import os
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-
-SIGNATURE_HEADER = "X-CDP-Signature"
-MAX_SKEW_S = 300
+from standardwebhooks import Webhook, WebhookVerificationError
 
 
 class DeliveryError(RuntimeError):
     """The endpoint did not take the message (network error, timeout or a non-2xx answer)."""
 
 
-def signature(secret: str, body: bytes, at: int | None = None) -> str:
-    """The signature header value for `body` sent at `at` (unix seconds; now by default)."""
-    t = int(time.time()) if at is None else at
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+def signed_headers(
+    secret: str, key: str, body: bytes, at: datetime | None = None
+) -> dict[str, str]:
+    """The Standard Webhooks headers that sign `body` as message `key`, sent at `at` (now)."""
+    when = at or datetime.now(UTC)
+    return {
+        "webhook-id": key,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(secret.encode()).sign(key, when, body),
+    }
 
 
-def verify(secret: str, body: bytes, header: str, now: float | None = None) -> bool:
-    """Whether `header` signs `body` under `secret` within MAX_SKEW_S (what a receiver does)."""
+def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
+    """Whether `headers` sign `body` under `secret`, sent within the last five minutes (what a
+    receiver does, with the reference library)."""
     try:
-        parts = dict(p.split("=", 1) for p in header.split(","))
-        t = int(parts["t"])
-    except (KeyError, ValueError):
+        Webhook(secret.encode()).verify(body, dict(headers), json_parse=False)
+    except WebhookVerificationError:
         return False
-    if abs((time.time() if now is None else now) - t) > MAX_SKEW_S:
-        return False
-    expected = signature(secret, body, t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    return True
+
+
+def receiver_secret(secret: str) -> str:
+    """`secret` as a Standard Webhooks library takes it (`whsec_` and base64)."""
+    return "whsec_" + base64.b64encode(secret.encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class Sender:
         headers = {
             "Content-Type": content_type,
             "Idempotency-Key": key,
-            SIGNATURE_HEADER: signature(target.secret, body),
+            **signed_headers(target.secret, key, body),
             "User-Agent": "telecom-cdp-delivery/1",
         }
         try:

@@ -3,6 +3,9 @@ dead letters, subscription filters, and who may see which event."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -10,6 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from standardwebhooks import Webhook
 
 from pipelines.activation.delivery import Visibility
 from pipelines.activation.events import (
@@ -19,7 +23,7 @@ from pipelines.activation.events import (
     Subscription,
     check_subscription,
 )
-from pipelines.activation.webhooks import signature, verify
+from pipelines.activation.webhooks import receiver_secret, signed_headers, verify
 from pipelines.config import Settings
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -37,15 +41,26 @@ def _event(kind: str, person: str = "P1", **payload: Any) -> Event:
     return Event(1, f"{kind}:{person}:1", kind, person, None, payload, NOW)
 
 
-def test_a_signature_verifies_only_for_its_body_secret_and_time() -> None:
+def test_a_signature_is_standard_webhooks_and_verifies_only_for_its_body_secret_and_time() -> None:
     body = b'{"events": []}'
-    header = signature("s" * 20, body)
-    assert verify("s" * 20, body, header)
-    assert not verify("s" * 20, body + b" ", header)
-    assert not verify("t" * 20, body, header)
-    old = signature("s" * 20, body, at=int(NOW.timestamp()) - 3600)
-    assert not verify("s" * 20, body, old, now=NOW.timestamp())  # a replay an hour later
-    assert not verify("s" * 20, body, "garbage")
+    at = datetime.now(UTC)
+    headers = signed_headers("s" * 20, "evt_1", body, at)
+    # the spec by hand: base64 of the HMAC-SHA256 of "<id>.<timestamp>.<body>" under the secret
+    signed = f"evt_1.{int(at.timestamp())}.".encode() + body
+    mac = base64.b64encode(hmac.new(b"s" * 20, signed, hashlib.sha256).digest()).decode()
+    assert headers == {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": f"v1,{mac}",
+    }
+    # a receiver with a Standard Webhooks library, given the secret in its whsec_ form
+    assert Webhook(receiver_secret("s" * 20)).verify(body, headers) == {"events": []}
+    assert verify("s" * 20, body, headers)
+    assert not verify("s" * 20, body + b" ", headers)
+    assert not verify("t" * 20, body, headers)
+    old = signed_headers("s" * 20, "evt_1", body, at - timedelta(hours=1))
+    assert not verify("s" * 20, body, old)  # a replay an hour later
+    assert not verify("s" * 20, body, {**headers, "webhook-signature": "garbage"})
 
 
 def test_a_queue_waits_on_its_head_backs_off_and_parks_after_max_attempts(

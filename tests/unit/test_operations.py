@@ -3,6 +3,7 @@ that explains itself."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.unit
 def test_second_holder_of_a_stage_gets_a_clear_message(tmp_path: Path) -> None:
     with stage_lock(tmp_path, "ingest.billing"):
         with (
-            pytest.raises(StageBusyError, match=r"ingest\.billing is already running.*pid"),
+            pytest.raises(
+                StageBusyError, match=rf"ingest\.billing is already running.*\(pid {os.getpid()}\)"
+            ),
             stage_lock(tmp_path, "ingest.billing"),
         ):
             pass
