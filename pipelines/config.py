@@ -41,12 +41,12 @@ class Model(BaseModel):
 class EngineCfg(Model):
     """Spark and micro-batch settings."""
 
-    spark_master: str = "local[*]"
-    shuffle_partitions: int = Field(4, ge=1)
-    driver_memory: str = "4g"
-    ui_enabled: bool = False
-    trigger_interval_s: float = Field(2.0, gt=0)
-    max_files_per_trigger: int | None = Field(None, ge=1)
+    spark_master: str = "local[*]"  # local[N], or spark://host:7077 for a standalone cluster
+    shuffle_partitions: int = Field(4, ge=1)  # Spark shuffle partitions (a few per core)
+    driver_memory: str = "4g"  # the Spark driver JVM heap
+    ui_enabled: bool = False  # Spark UI on port 4040 (jobs, stages, REST API)
+    trigger_interval_s: float = Field(2.0, gt=0)  # `cdp stream`: seconds between micro-batches
+    max_files_per_trigger: int | None = Field(None, ge=1)  # landing files per micro-batch
     # How many sources' micro-batches may run their Spark pass at the same time.
     source_passes_at_once: int = Field(1, ge=1)
     # Events stamped further than this beyond their ingest time are quarantined as "future".
@@ -60,8 +60,8 @@ class KafkaCfg(Model):
     Secrets never sit in conf: the SASL password and the key's passphrase are read from the
     environment variables named here."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = Field("cdp.", pattern=r"^[A-Za-z0-9._-]*$")
+    bootstrap_servers: str = "127.0.0.1:9092"  # host:port,host:port
+    topic_prefix: str = Field("cdp.", pattern=r"^[A-Za-z0-9._-]*$")  # topic = prefix + source
     # `cdp kafka init`: partitions and replication of a new topic, and its message size limit
     partitions: int = Field(12, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -75,7 +75,7 @@ class KafkaCfg(Model):
     delivery_timeout_s: float = Field(30.0, gt=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
+    sasl_username: str | None = None  # SASL_*: the user (its password: sasl_password_env)
     sasl_password_env: str = "CDP_KAFKA_SASL_PASSWORD"
     ssl_ca_location: Path | None = None  # PEM: the brokers' CA
     ssl_certificate_location: Path | None = None  # PEM: this client's certificate (mutual TLS)
@@ -102,17 +102,17 @@ class SourceCfg(Model):
     """Where events come in: landing files only (the embedded default), or Kafka topics as
     well (the landing folder is still read beside them, for backfills)."""
 
-    kind: Literal["files", "kafka"] = "files"
+    kind: Literal["files", "kafka"] = "files"  # kafka: topics too (docs/kafka.md)
     kafka: KafkaCfg = KafkaCfg()
 
 
 class PathsCfg(Model):
     """Where the lake, the landing zone and the streaming checkpoints live."""
 
-    lake_root: Path
-    landing_root: Path
-    checkpoint_root: Path
-    truth_root: Path
+    lake_root: Path  # the Delta tables (relative paths: from the project folder)
+    landing_root: Path  # landing/<source>/*.jsonl, and reference/ files
+    checkpoint_root: Path  # streaming checkpoints and stage locks
+    truth_root: Path  # the synthetic operator's ground truth (tests, benchmarks)
 
 
 # ---------------------------------------------------------------- contracts
@@ -428,8 +428,8 @@ class GeneratorCfg(Model):
 
 
 class WindowsCfg(Model):
-    short_days: int = Field(7, ge=1)
-    long_days: int = Field(30, ge=1)
+    short_days: int = Field(7, ge=1)  # the *_7d columns
+    long_days: int = Field(30, ge=1)  # the *_30d columns
 
     @model_validator(mode="after")
     def _ordered(self) -> WindowsCfg:
@@ -441,13 +441,13 @@ class WindowsCfg(Model):
 class ProfileCfg(Model):
     """How silver events are attributed to identifiers and folded into the profile."""
 
-    clock: Literal["event_time", "wall_clock"] = "event_time"
-    windows: WindowsCfg = WindowsCfg()
+    clock: Literal["event_time", "wall_clock"] = "event_time"  # what windows and SLAs end on
+    windows: WindowsCfg = WindowsCfg()  # the rolling windows of the usage counters
     # source -> identifier fields, first present wins
     anchors: dict[str, list[IdentifierType]]
     # source -> event type -> channel name
     interactions: dict[str, dict[str, str]] = Field(default_factory=dict)
-    churn_alert_threshold: float = Field(0.5, gt=0, lt=1)
+    churn_alert_threshold: float = Field(0.5, gt=0, lt=1)  # churn_risk crossing it: an event
 
 
 # Churn features the code defines (pipelines/profile/scores.py); conf gives their weights.
@@ -579,7 +579,7 @@ class EventsCfg(Model):
     batch: int = Field(100, ge=1, le=10_000)  # events per webhook request
     max_attempts: int = Field(8, ge=1)  # then the message is parked in the dead-letter list
     backoff_s: float = Field(0.5, gt=0)  # first retry delay, doubled per attempt
-    backoff_max_s: float = Field(300, gt=0)
+    backoff_max_s: float = Field(300, gt=0)  # the longest retry delay
     timeout_s: float = Field(10, gt=0)  # per HTTP request
     push_part_members: int = Field(1000, ge=1)  # entered profiles per push request
     deliver: bool = True  # `cdp serve` starts the deliverer (false: run `cdp deliver` apart)
@@ -589,14 +589,14 @@ class ApiCfg(Model):
     """The serving API: where it listens, how often it looks for a new gold version, and where
     operational state (keys, audit) lives."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(1, ge=1)
-    snapshot_poll_s: float = Field(2.0, gt=0)
+    host: str = "127.0.0.1"  # address `cdp serve` listens on (0.0.0.0: every interface)
+    port: int = Field(8000, ge=1, le=65535)  # its port
+    workers: int = Field(1, ge=1)  # API processes; they share the snapshot base file
+    snapshot_poll_s: float = Field(2.0, gt=0)  # how often a process looks for a new gold version
     # On SIGTERM, how long open requests (event streams never end by themselves) may run on
     # before they are closed; an event-stream client resumes with Last-Event-ID.
     shutdown_grace_s: int = Field(5, ge=1)
-    database_url: str | None = None
+    database_url: str | None = None  # ops store (SQLAlchemy URL); default SQLite by the lake
     max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
     max_events: int = Field(10_000, ge=1)  # collector: events in one body (more: 413)
     max_json_depth: int = Field(16, ge=2, le=64)  # nesting of an event's JSON (deeper: 400)
@@ -610,10 +610,10 @@ class SlaCfg(Model):
     """Service levels (conf/sla.yaml): table freshness, end-to-end lag, quarantine rate per
     source (a breach blocks promotion to gold) and API latency."""
 
-    freshness_minutes: dict[str, float] = Field(default_factory=dict)
-    end_to_end_lag_s: float = Field(10, gt=0)
-    quarantine_rate: dict[str, float] = Field(default_factory=dict)
-    api_p99_ms: float = Field(5, gt=0)
+    freshness_minutes: dict[str, float] = Field(default_factory=dict)  # table -> max lag
+    end_to_end_lag_s: float = Field(10, gt=0)  # landing to gold, per micro-batch
+    quarantine_rate: dict[str, float] = Field(default_factory=dict)  # source -> max share
+    api_p99_ms: float = Field(5, gt=0)  # profile lookups, measured by each API process
 
     def max_quarantine_rate(self, source: str) -> float:
         """The source's limit; a source without one may not quarantine anything."""

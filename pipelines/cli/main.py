@@ -67,6 +67,8 @@ kafka_app = typer.Typer(
     help="The Kafka source (source.kind: kafka): create the sources' topics.", no_args_is_help=True
 )
 app.add_typer(kafka_app, name="kafka")
+config_app = typer.Typer(help="The configuration: its reference.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 console = Console()
 
 
@@ -349,6 +351,14 @@ def profiles_show(
         str | None,
         typer.Option("--as-of", help="ISO time: the profile as it was then (time travel)."),
     ] = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="With --as-of: event_time (the profile as it stood then) or commit_time (what "
+            "the CDP held then).",
+        ),
+    ] = "event_time",
     conf: ConfOpt = None,
 ) -> None:
     """Print the profile of the person holding an identifier (its current tenure)."""
@@ -376,7 +386,10 @@ def profiles_show(
     if when is not None and when.tzinfo is None:
         console.print("[red]error:[/red] --as-of needs a time zone, e.g. 2026-10-05T12:00:00Z")
         raise typer.Exit(2)
-    row = profile_as_of(lake, person, when)
+    if by not in ("event_time", "commit_time"):
+        console.print(f"[red]error:[/red] --by {by}: use event_time or commit_time")
+        raise typer.Exit(2)
+    row = profile_as_of(lake, person, when, "event_time" if by == "event_time" else "commit_time")
     if row is None:
         console.print(f"[red]person {person} has no profile{' then' if when else ''}[/red]")
         raise typer.Exit(1)
@@ -477,6 +490,14 @@ def keys_revoke(
         console.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the reference of every conf/ file's keys (docs/config.md is this output)."""
+    from pipelines.cli.confref import reference
+
+    sys.stdout.write(reference())
 
 
 @db_app.command("upgrade")

@@ -422,3 +422,43 @@ def test_a_source_over_its_quarantine_rate_is_held_alone_and_the_run_succeeds(
     assert done is not None and done < current  # crm's good lines wait in silver
     assert {c.source: c for c in contract_status(lake, settings)}["crm"].held
     assert "gate_held" in {a["kind"] for a in Alerts(settings.database_url).list("crm")}
+
+
+def test_selecting_one_sources_table_ingests_that_source_alone(small: dict[str, Any]) -> None:
+    """Materialising only silver/billing in Dagster runs billing's ingestion only: its new
+    payment lands, network's new file waits for a run that selects it, and only the selected
+    table and its checks are reported."""
+    import polars as pl
+
+    settings = small["settings"]
+    lake = Lake(settings.paths.lake_root)
+    _land_payment(settings, lake, 2, "bil-subset-1", "555.00", "billing-subset")
+    folder: Path = settings.paths.landing_root / "network"
+    line = next(
+        line
+        for f in sorted(folder.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line.startswith('{"event_id":"net-')
+    )
+    (folder / "network-subset.jsonl").write_text(
+        line.replace('"event_id":"net-', '"event_id":"net-subset-', 1) + "\n"
+    )
+    network_before = lake.version("bronze.network")
+
+    silver_billing = key_of("silver.billing")
+    result = (
+        small["defs"]
+        .resolve_implicit_global_asset_job_def()
+        .execute_in_process(instance=small["instance"], asset_selection=[silver_billing])
+    )
+
+    assert result.success
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == {silver_billing}
+    assert {c.asset_key for c in result.get_asset_check_evaluations()} == {silver_billing}
+    ids = lake.read_polars("silver.billing").get_column("event_id")
+    assert "bil-subset-1" in ids.to_list()
+    assert lake.version("bronze.network") == network_before  # network was not run
+    network = lake.read_polars("bronze.network").filter(
+        pl.col("raw_line").str.contains("net-subset-")
+    )
+    assert network.height == 0
