@@ -53,6 +53,9 @@ class EngineCfg(Model):
     max_future_skew_minutes: int = Field(60, ge=0)
     # A line (a Kafka message) longer than this is quarantined as "oversized", not parsed.
     max_line_bytes: int = Field(1_048_576, ge=1024)
+    # `cdp stream` serves Prometheus metrics on this port (off when unset; CDP_STREAM_METRICS_PORT)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"  # the address they are served on
 
 
 class KafkaCfg(Model):
@@ -596,6 +599,8 @@ class ApiCfg(Model):
     # On SIGTERM, how long open requests (event streams never end by themselves) may run on
     # before they are closed; an event-stream client resumes with Last-Event-ID.
     shutdown_grace_s: int = Field(5, ge=1)
+    # One JSON line per request on stderr: time, request id, method, route template, status, ms.
+    access_log: bool = True
     database_url: str | None = None  # ops store (SQLAlchemy URL); default SQLite by the lake
     max_body_bytes: int = Field(5_000_000, ge=1024)  # collector: larger bodies get 413
     max_events: int = Field(10_000, ge=1)  # collector: events in one body (more: 413)
@@ -793,8 +798,9 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
 def _engine_and_paths(
     engine_path: Path, env: Mapping[str, str]
 ) -> tuple[EngineCfg, PathsCfg, SourceCfg]:
-    """engine.yaml with CDP_SPARK_MASTER, CDP_DATA_ROOT, the CDP_*_ROOT overrides and
-    CDP_SOURCE_KIND, CDP_KAFKA_BOOTSTRAP_SERVERS, CDP_KAFKA_TOPIC_PREFIX."""
+    """engine.yaml with CDP_SPARK_MASTER, CDP_STREAM_METRICS_PORT/_HOST, CDP_DATA_ROOT, the
+    CDP_*_ROOT overrides and CDP_SOURCE_KIND, CDP_KAFKA_BOOTSTRAP_SERVERS and
+    CDP_KAFKA_TOPIC_PREFIX."""
     raw = _read_yaml(engine_path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{engine_path}: expected a mapping at the top level")
@@ -804,6 +810,9 @@ def _engine_and_paths(
     engine_raw = dict(raw.get("engine") or {})
     if env.get("CDP_SPARK_MASTER"):
         engine_raw["spark_master"] = env["CDP_SPARK_MASTER"]
+    for key in ("metrics_port", "metrics_host"):
+        if env.get(var := f"CDP_STREAM_{key.upper()}"):
+            engine_raw[key] = env[var]
     paths_raw = dict(raw.get("paths") or {})
     if data_root := env.get("CDP_DATA_ROOT"):
         for key, sub in _DATA_SUBDIRS.items():

@@ -59,6 +59,7 @@ ENVIRONMENT = [
     ("CDP_DATA_ROOT", "one folder for lake, landing, checkpoints and truth (engine.yaml paths)"),
     ("CDP_LAKE_ROOT, CDP_LANDING_ROOT, CDP_CHECKPOINT_ROOT, CDP_TRUTH_ROOT", "one of the paths"),
     ("CDP_SPARK_MASTER", "engine.spark_master"),
+    ("CDP_STREAM_METRICS_PORT, CDP_STREAM_METRICS_HOST", "engine.metrics_port, metrics_host"),
     ("CDP_SOURCE_KIND", "source.kind (files or kafka)"),
     ("CDP_KAFKA_BOOTSTRAP_SERVERS, CDP_KAFKA_TOPIC_PREFIX", "source.kafka.*"),
     ("CDP_KAFKA_SASL_PASSWORD, CDP_KAFKA_SSL_KEY_PASSWORD", "Kafka secrets (names in conf)"),

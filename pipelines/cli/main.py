@@ -24,9 +24,12 @@ from pipelines.config import ConfigError, Settings, load_settings, package_versi
 from pipelines.profile.build import check_policy
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipelines.ingest.metrics import StreamMetrics
     from pipelines.lakehouse.lake import Lake
     from pipelines.ops.keys import KeyStore
-    from pipelines.promotion import Promotion
+    from pipelines.promotion import Promoter, Promotion
 
 app = typer.Typer(
     help="Telecom CDP: synthetic operator, streaming ingestion into Delta bronze and silver, "
@@ -217,13 +220,15 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
     promoter = Promoter(settings, lake)
     # A continuous run's log is read later, beside the tables' commit times: each line says when.
     say = console.print if available_now else _timestamped
+    metrics = None if available_now else _stream_metrics(settings, say)
     ingestion = Ingestion(
         spark,
         settings,
         lake,
         on_event=say,
-        downstream=lambda spark: _print_report(promoter(spark), say),
+        downstream=_promotion_step(promoter, say, metrics),
         wake=promoter.released,
+        metrics=metrics,
     )
     stop = threading.Event()
     if not available_now:
@@ -252,6 +257,33 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
 
 def _timestamped(line: str) -> None:
     console.print(f"{datetime.now(UTC):%H:%M:%S.%f}"[:-3] + f" {line}")
+
+
+def _stream_metrics(settings: Settings, say: Callable[[str], None]) -> StreamMetrics | None:
+    """The stream's metrics, served on engine.metrics_port (None when it is not set)."""
+    from pipelines.ingest.metrics import StreamMetrics
+
+    port, host = settings.engine.metrics_port, settings.engine.metrics_host
+    if port is None:
+        return None
+    metrics = StreamMetrics()
+    metrics.serve(port, host)
+    say(f"stream metrics on http://{host}:{port}/metrics")
+    return metrics
+
+
+def _promotion_step(
+    promoter: Promoter, say: Callable[[str], None], metrics: StreamMetrics | None
+) -> Callable[[SparkSession], None]:
+    """The stream's downstream step: promote, count it, and log what it did."""
+
+    def step(spark: SparkSession) -> None:
+        promotion = promoter(spark)
+        if metrics is not None:
+            metrics.step(promotion.seconds)
+        _print_report(promotion, say)
+
+    return step
 
 
 def _print_report(promotion: Promotion, say: Callable[[str], None] = console.print) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.config import Settings, SourceContract
+from pipelines.ingest.metrics import StreamMetrics
 from pipelines.ingest.silver import (
     SilverResult,
     ValidationRules,
@@ -191,15 +193,17 @@ class Ingestion:
         downstream: Callable[[SparkSession], None] | None = None,
         wake: Callable[[], bool] | None = None,
         lockstep: bool = False,
+        metrics: StreamMetrics | None = None,
     ) -> None:
         """`downstream` (identity, gold) runs beside the queries, one call at a time: again after
         any micro-batch's silver commit (batches that commit during a call fold into the next
         call) and once at the end of a bounded run; a continuous run also runs it whenever
         `wake` says so (a steward released a held source). With `lockstep` each micro-batch
         waits for the run it asked for: one downstream step per batch, as a replay or a test of
-        incremental steps wants."""
+        incremental steps wants. `metrics` counts each micro-batch for a scraper."""
         self.spark = spark
         self.lockstep = lockstep
+        self.metrics = metrics
         self.downstream = downstream
         self.wake = wake
         self._coalesced: Coalesced | None = None
@@ -240,6 +244,7 @@ class Ingestion:
                 handle_batch(lines, batch_id)
 
         def handle_batch(lines: DataFrame, batch_id: int) -> None:
+            started = time.perf_counter()
             # One Spark pass parses and checks the lines into executor memory; bronze, silver,
             # quarantine and drift are all written from it, none through the driver.
             checked = check_lines(
@@ -276,6 +281,10 @@ class Ingestion:
                 if not result.skipped:
                     p.silver.append(result)
             bad = sum(result.quarantined.values())
+            if self.metrics is not None:
+                self.metrics.batch(
+                    source, time.perf_counter() - started, added, result.valid, result.quarantined
+                )
             self._ask_downstream()
             self.say(
                 f"{source}{'' if kind == 'files' else f' ({kind})'}: batch {batch_id}: "

@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from bench.server import HOST, free_port
 from pipelines.lakehouse.lake import Lake
 from tests.e2e.runs import ONE_FILE_PER_BATCH, cdp_env, conf_with
 
@@ -47,11 +50,24 @@ def _silver_ids(lake: Lake) -> set[str]:
     return set(lake.read_arrow("silver.network", ["event_id"]).column("event_id").to_pylist())
 
 
-def _stream(conf: Path, root: Path) -> subprocess.Popen[str]:
+def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples a Prometheus endpoint serves, by name and sorted labels ({} if it is down)."""
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _stream(conf: Path, root: Path, **env: str) -> subprocess.Popen[str]:
     """`cdp stream` in a subprocess, its output captured."""
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli.main", "stream"],
-        env=cdp_env(conf, root),
+        env={**cdp_env(conf, root), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -59,18 +75,31 @@ def _stream(conf: Path, root: Path) -> subprocess.Popen[str]:
 
 
 def test_stream_picks_up_new_files_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """... and says what it did on its metrics port: batches, rows per table, quarantine by
+    reason, promotion steps."""
     conf, root = conf_with(tmp_path, **ONE_FILE_PER_BATCH), tmp_path / "data"
     landing = root / "landing" / "network"
     landing.mkdir(parents=True)
     (landing / "n-1.jsonl").write_text(_line("first") + "\n")
-    proc = _stream(conf, root)
+    port = free_port()
+    proc = _stream(conf, root, CDP_STREAM_METRICS_PORT=str(port))
     lake = Lake(root / "lake")
     try:
         assert _wait_for(lambda: "first" in _silver_ids(lake), 120)
         tmp = landing / ".n-2.jsonl.tmp"
-        tmp.write_text(_line("second") + "\n")
+        tmp.write_text(_line("second") + "\n" + "{not json\n")
         tmp.rename(landing / "n-2.jsonl")
         assert _wait_for(lambda: "second" in _silver_ids(lake), 60)
+        url = f"http://{HOST}:{port}/metrics"
+        net = (("source", "network"),)
+        assert _wait_for(lambda: _metrics(url).get(("cdp_stream_batches_total", net)) == 2, 60)
+        assert _wait_for(lambda: _metrics(url).get(("cdp_promotion_steps_total", ())), 120)
+        m = _metrics(url)
+        assert m[("cdp_stream_rows_total", (*net, ("table", "bronze")))] == 3
+        assert m[("cdp_stream_rows_total", (*net, ("table", "silver")))] == 2
+        assert m[("cdp_stream_rows_total", (*net, ("table", "quarantine")))] == 1
+        assert m[("cdp_stream_quarantined_total", (("reason", "bad_json"), *net))] == 1
+        assert m[("cdp_promotion_step_seconds_count", (("part", "gold"),))] >= 1
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
