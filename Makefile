@@ -29,9 +29,10 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 install: $(STAMP) java jvm assets
 
 # The data docs' scripts and stylesheets (pinned npm packages) into .vendor/npm: built docs never
-# download anything.
+# download anything. And the Compose schema the tests check compose.yaml with.
 assets: $(STAMP)
 	@$(VENV)/bin/python -m expectations.vendor
+	@$(VENV)/bin/python scripts/fetch_compose_schema.py
 
 java:
 	@scripts/ensure-java.sh
