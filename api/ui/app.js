@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   key: sessionStorage.getItem("cdp-key") || "", catalogue: null, segment: null, pushMessage: null,
 };
+const PUSHES_PER_PAGE = 10;
 let previewTimer = null;
 let pushTimer = null;
 
@@ -99,7 +100,8 @@ function addCondition(initial) {
   }
   attr.addEventListener("change", () => { fillOps(); changed(); });
   op.addEventListener("change", () => { fillValues(); changed(); });
-  li.addEventListener("input", changed);
+  // Typing in a value; a select's own change handler refills the values first, then asks.
+  li.addEventListener("input", (e) => { if (e.target.tagName !== "SELECT") changed(); });
   negate.addEventListener("change", changed);
   remove.addEventListener("click", () => { li.remove(); changed(); });
   li.append(attr, op, values, notLabel, remove);
@@ -132,7 +134,7 @@ function typed(kind, text) {
 function conditionRule(li) {
   const a = attribute(li.querySelector(".attr").value);
   const op = li.querySelector(".op").value;
-  const get = (cls) => li.querySelector(`.${cls}`).value.trim();
+  const get = (cls) => (li.querySelector(`.${cls}`)?.value ?? "").trim();
   const node = { attr: a.name, op };
   if (op === "between") { node.low = typed(a.kind, get("low")); node.high = typed(a.kind, get("high")); }
   else if (op === "older_than" || op === "within") node.days = Number(get("days"));
@@ -226,6 +228,8 @@ function showSegment(seg) {
     ? `Saved as ${seg.segment_id}, version ${seg.version} (purpose ${seg.purpose}).`
     : "Not saved yet.";
   $("push").disabled = !seg;
+  $("export").disabled = !seg;
+  state.pushPage = 0;
   $("purpose").disabled = !!seg;
   $("name").disabled = !!seg;
   fillChannels();
@@ -266,22 +270,50 @@ async function push() {
   }
 }
 
+async function exportCsv() {
+  const channel = $("channel").value;
+  const seg = state.segment;
+  const response = await fetch(
+    `/v1/segments/${seg.segment_id}/export?channel=${encodeURIComponent(channel)}&format=csv`,
+    { headers: { "X-API-Key": state.key } },
+  );
+  if (!response.ok) {
+    const data = await response.json().catch(() => null);
+    $("push-state").textContent = `Export refused: ${data && data.detail ? data.detail : response.status}`;
+    return;
+  }
+  const link = element("a", { download: `${seg.segment_id}-v${seg.version}-${channel}.csv` });
+  link.href = URL.createObjectURL(await response.blob());
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  $("push-state").textContent = `Exported ${response.headers.get("X-Members")} members for ${channel}.`;
+}
+
 async function refreshPushes() {
   clearTimeout(pushTimer);
   const body = $("pushes").querySelector("tbody");
-  if (!state.segment) { body.replaceChildren(); return; }
-  const rows = await api("GET", `/v1/segments/${state.segment.segment_id}/pushes`);
+  if (!state.segment) { body.replaceChildren(); $("pushes-page").textContent = ""; return; }
+  const all = await api("GET", `/v1/segments/${state.segment.segment_id}/pushes`);
+  const pages = Math.max(1, Math.ceil(all.length / PUSHES_PER_PAGE));
+  state.pushPage = Math.min(state.pushPage || 0, pages - 1);
+  const first = state.pushPage * PUSHES_PER_PAGE;
+  const rows = all.slice(first, first + PUSHES_PER_PAGE);
+  const count = `${all.length} push${all.length === 1 ? "" : "es"}`;
+  $("pushes-page").textContent = `Page ${state.pushPage + 1} of ${pages} (${count})`;
+  $("pushes-newer").disabled = state.pushPage === 0;
+  $("pushes-older").disabled = state.pushPage >= pages - 1;
   body.replaceChildren(...rows.map((p) => {
     const tr = element("tr", { "data-push": p.push_id });
     [new Date(p.at).toLocaleString("en-GB"), p.channel, p.segment_version, p.members, p.entered,
       p.exited, p.delivery].forEach((v) => tr.appendChild(element("td", {}, String(v))));
     return tr;
   }));
-  const latest = rows[0];
+  const latest = all[0];
   if (latest && state.pushMessage && state.pushMessage.id === latest.push_id) {
     $("push-state").textContent = `${state.pushMessage.text}; ${latest.delivery}.`;
   }
-  if (rows.some((p) => p.delivery === "pending")) pushTimer = setTimeout(refreshPushes, 1000);
+  if (all.some((p) => p.delivery === "pending")) pushTimer = setTimeout(refreshPushes, 1000);
 }
 
 async function listSaved() {
@@ -360,4 +392,7 @@ $("combine").addEventListener("change", changed);
 $("purpose").addEventListener("change", () => { fillChannels(); changed(); });
 $("save").addEventListener("click", save);
 $("push").addEventListener("click", push);
+$("export").addEventListener("click", exportCsv);
+$("pushes-newer").addEventListener("click", () => { state.pushPage -= 1; refreshPushes(); });
+$("pushes-older").addEventListener("click", () => { state.pushPage += 1; refreshPushes(); });
 if (state.key) { $("key").value = state.key; start(); }
