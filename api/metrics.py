@@ -1,8 +1,14 @@
-"""Prometheus metrics of one API process: requests and latency per route, snapshot freshness."""
+"""Prometheus metrics of one API process (requests and latency per route, snapshot freshness),
+and its access log: one JSON line per request on stderr with a request id."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Response
@@ -25,14 +31,22 @@ LOOKUP_ROUTE = "/v1/profiles/{id_type}/{id_value}"
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")  # a caller's X-Request-ID we pass on
+ACCESS = logging.getLogger("cdp.access")
+
+
 class Measure:
     """Pure ASGI middleware (no per-request Request/Response objects, unlike @app.middleware):
-    counts and times every request by route template and status."""
+    counts and times every request by route template and status, answers with its request id
+    (the caller's `X-Request-ID` when it is a plain token, else a new one) and, with `log`,
+    writes an access-log line. The line names the route template, never the path or query:
+    identifiers in them are personal data."""
 
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram, log: bool) -> None:
         self.app = app
         self.requests = requests
         self.latency = latency
+        self.log = log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,19 +54,37 @@ class Measure:
             return
         started = time.perf_counter()
         status = 500
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex.encode()
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
             name = getattr(scope.get("route"), "path", "unmatched")
-            self.latency.labels(name).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.latency.labels(name).observe(seconds)
             self.requests.labels(name, str(status)).inc()
+            if self.log:
+                ACCESS.info(
+                    json.dumps(
+                        {
+                            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                            "request_id": request_id.decode(),
+                            "method": scope["method"],
+                            "route": name,
+                            "status": status,
+                            "ms": round(seconds * 1000, 3),
+                        }
+                    )
+                )
 
 
 class ApiMetrics:
@@ -172,7 +204,14 @@ def install(app: FastAPI, holder: SnapshotHolder, events: EventStore) -> None:
     m = ApiMetrics()
     app.state.sla_gauges = m.sla_gauges
     app.state.lookup_p99_ms = m.lookup_p99_ms
-    app.add_middleware(Measure, requests=m.requests, latency=m.latency)
+    log = app.state.settings.api.access_log
+    if log and not ACCESS.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ACCESS.addHandler(handler)
+        ACCESS.setLevel(logging.INFO)
+        ACCESS.propagate = False
+    app.add_middleware(Measure, requests=m.requests, latency=m.latency, log=log)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (no key needed)")
     def metrics() -> Response:

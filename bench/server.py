@@ -41,7 +41,8 @@ def rss_mb(pid: int) -> float:
 
 class ServeProcess:
     """`cdp serve` on `root` (CDP_DATA_ROOT) with extra CDP_* settings in `env`; ready when
-    `ready_path` answers 200 (/readyz: a snapshot is loaded; /healthz: the process answers)."""
+    `ready_path` answers 200 (/readyz: a snapshot is loaded; /healthz: the process answers).
+    Its stderr (the access log, warnings) goes to `log_path`, `serve-<port>.log` in `root`."""
 
     def __init__(
         self,
@@ -57,12 +58,15 @@ class ServeProcess:
         full["CDP_API_PORT"] = str(self.port)
         cdp = Path(sys.executable).parent / "cdp"
         started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [str(cdp), "serve"], env=full, cwd=PROJECT, start_new_session=True
-        )
+        self.log_path = root / f"serve-{self.port}.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(cdp), "serve"], env=full, cwd=PROJECT, start_new_session=True, stderr=log
+            )
         while not self._ready():
             if self.process.poll() is not None:
-                raise RuntimeError(f"cdp serve exited with {self.process.returncode}")
+                tail = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"cdp serve exited with {self.process.returncode}:\n{tail}")
             if time.perf_counter() - started > timeout:
                 self.stop()
                 raise RuntimeError(f"cdp serve was not ready within {timeout:.0f} s")

@@ -4,6 +4,7 @@ bad requests get 401/403/404/422/308 with a message that says what to do."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,3 +255,33 @@ def test_the_audit_by_a_number_finds_its_holders_lookups_while_they_held_it(serv
     malformed = _get(served, "/v1/audit/by/msisdn/12ab", "steward")
     assert malformed.status_code == 422 and "id_value" in malformed.text
     assert _get(served, f"/v1/audit/by/msisdn/{recycled}", "mobile_app").status_code == 403
+
+
+def test_each_request_is_logged_as_json_with_its_request_id_and_no_identifier(served: Any) -> None:
+    row = next(r for r in _rows(served["lake"]) if r["primary_msisdn"])
+    number = row["primary_msisdn"]
+    key = {"X-API-Key": served["keys"]["contact_centre"]}
+    got = served["client"].get(
+        f"/v1/profiles/msisdn/{number}", headers={**key, "X-Request-ID": "req-abc.123"}
+    )
+    assert got.status_code == 200 and got.headers["x-request-id"] == "req-abc.123"
+    # a caller's id that is not a plain token is replaced by one of ours
+    odd = served["client"].get("/healthz", headers={"X-Request-ID": "a b\\c"})
+    assert len(odd.headers["x-request-id"]) == 32 and odd.headers["x-request-id"] != "a b\\c"
+
+    log: Path = served["server"].log_path
+    deadline = time.monotonic() + 10
+    mine: list[dict[str, Any]] = []
+    while not mine and time.monotonic() < deadline:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        mine = [x for x in lines if x["request_id"] == "req-abc.123"]
+        time.sleep(0.1)
+    assert len(mine) == 1
+    line = mine[0]
+    assert {k: line[k] for k in ("method", "route", "status")} == {
+        "method": "GET",
+        "route": "/v1/profiles/{id_type}/{id_value}",
+        "status": 200,
+    }
+    assert line["ms"] >= 0 and datetime.fromisoformat(line["ts"]).tzinfo is not None
+    assert number not in log.read_text()  # routes, never paths: no identifier in the log
