@@ -67,22 +67,28 @@ class KafkaCfg(Model):
     topic_prefix: str = Field("cdp.", pattern=r"^[A-Za-z0-9._-]*$")  # topic = prefix + source
     # `cdp kafka init`: partitions and replication of a new topic, and its message size limit
     partitions: int = Field(12, ge=1)
-    replication_factor: int = Field(1, ge=1)
-    min_insync_replicas: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)  # copies of each partition (3 in production)
+    min_insync_replicas: int = Field(1, ge=1)  # copies that must acknowledge a write (acks=all)
+    # how long a topic keeps messages (a replay reaches back this far)
     retention_hours: int = Field(168, ge=1)
-    max_message_bytes: int = Field(1_048_576, ge=1024)
+    max_message_bytes: int = Field(1_048_576, ge=1024)  # largest message a topic accepts
     # the stream: where a new checkpoint starts, and at most how many messages per micro-batch
     starting_offsets: Literal["earliest", "latest"] = "earliest"
+    # messages per micro-batch and source (null: all new ones)
     max_offsets_per_trigger: int | None = Field(None, ge=1)
     # the collector: how long a batch may wait for the brokers' acknowledgement before a 503
     delivery_timeout_s: float = Field(30.0, gt=0)
+    # how clients talk to the brokers (docs/kafka.md)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # SASL_*: how the user authenticates
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None  # SASL_*: the user (its password: sasl_password_env)
+    # the environment variable that holds the SASL password
     sasl_password_env: str = "CDP_KAFKA_SASL_PASSWORD"
     ssl_ca_location: Path | None = None  # PEM: the brokers' CA
     ssl_certificate_location: Path | None = None  # PEM: this client's certificate (mutual TLS)
     ssl_key_location: Path | None = None  # PEM: its private key
+    # the environment variable that holds the key's passphrase
     ssl_key_password_env: str = "CDP_KAFKA_SSL_KEY_PASSWORD"
 
     @model_validator(mode="after")
@@ -138,12 +144,13 @@ FieldType = Literal[
 class FieldSpec(Model):
     """One payload field of an event type: its type and whether it must be present."""
 
+    # string, integer, decimal, double, boolean, timestamp, date, msisdn, iccid, email, enum
     type: FieldType
-    required: bool = False
+    required: bool = False  # an event without it is quarantined (missing_field)
     values: list[str] | None = None  # for enum
     precision: int = Field(18, ge=1, le=38)  # for decimal
-    scale: int = Field(2, ge=0, le=18)
-    description: str = ""
+    scale: int = Field(2, ge=0, le=18)  # for decimal
+    description: str = ""  # what the field holds
     # A field renamed in a new version keeps filling the old silver column: `balance` in v2
     # with `silver_column: balance_after` lands where v1's `balance_after` does.
     silver_column: str | None = None
@@ -169,31 +176,33 @@ class FieldSpec(Model):
 
 
 class EventTypeSpec(Model):
-    description: str = ""
-    fields: dict[str, FieldSpec]
+    description: str = ""  # what the event means
+    fields: dict[str, FieldSpec]  # payload field -> type (the envelope fields are implicit)
 
 
 class ContractVersion(Model):
     """One schema version of a source's events; several may be active during a migration."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1)  # the schema_version events carry
+    # active, or deprecated (still accepted, flagged)
     status: Literal["active", "deprecated"] = "active"
-    event_types: dict[str, EventTypeSpec]
+    event_types: dict[str, EventTypeSpec]  # event type -> its fields
 
 
 class Steward(Model):
-    name: str
-    email: str
+    name: str  # who answers for the source's data
+    email: str  # where their alerts go
 
 
 class SourceContract(Model):
     """What a valid event of one streaming source is (the only place that says so)."""
 
-    source: str
-    domain: str
-    description: str = ""
-    steward: Steward
-    consumers: list[str]
+    source: str  # the source's name (landing/<source>/, topic <prefix><source>)
+    domain: str  # the business domain it belongs to (billing, crm, network, app)
+    description: str = ""  # what the source sends
+    steward: Steward  # who answers for it
+    consumers: list[str]  # who uses its data (shown to its steward)
+    # its schema versions (several may be active during a migration)
     versions: list[ContractVersion] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -246,25 +255,26 @@ class SourceContract(Model):
 
 
 class RefColumn(Model):
+    # string, integer, decimal, double, boolean or date
     type: Literal["string", "integer", "decimal", "double", "boolean", "date"]
-    required: bool = True
-    precision: int = 18
-    scale: int = 2
+    required: bool = True  # a row without it fails the load
+    precision: int = 18  # for decimal
+    scale: int = 2  # for decimal
 
 
 class RefTableSpec(Model):
-    file: str
-    key: str
-    description: str = ""
-    columns: dict[str, RefColumn]
+    file: str  # the file under landing/reference/
+    key: str  # the column that identifies a row (a duplicate fails the load)
+    description: str = ""  # what the table holds
+    columns: dict[str, RefColumn]  # column -> type
 
 
 class ReferenceContract(Model):
     """Batch reference files (tariffs, products, segments) and their columns."""
 
-    steward: Steward
-    consumers: list[str]
-    tables: dict[str, RefTableSpec]
+    steward: Steward  # who answers for the reference files
+    consumers: list[str]  # who uses them
+    tables: dict[str, RefTableSpec]  # table name -> its file and columns
 
 
 # ---------------------------------------------------------------- identity (junk values so far)
@@ -273,7 +283,9 @@ class ReferenceContract(Model):
 class JunkCfg(Model):
     """Placeholder identifiers sources send instead of a real value."""
 
+    # identifier type -> exact values (after normalising) that are placeholders
     values: dict[str, list[str]] = Field(default_factory=dict)
+    # identifier type -> regular expressions of placeholder values
     patterns: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("patterns")
@@ -291,9 +303,11 @@ class JunkCfg(Model):
 class CountryCfg(Model):
     """Numbering plan used to normalise MSISDNs to E.164 digits."""
 
-    name: str = "Uzbekistan"
+    name: str = "Uzbekistan"  # the operator's country (shown only)
+    # country calling code, digits (998)
     calling_code: str = Field("998", pattern=r"^[1-9]\d{0,2}$")
-    national_number_length: int = 9
+    national_number_length: int = 9  # digits of a national number after the calling code
+    # national prefixes of mobile numbers (others are not lines)
     mobile_prefixes: list[str] = Field(default_factory=lambda: ["90", "91", "93", "94", "97", "99"])
 
 
@@ -309,32 +323,34 @@ class LinkRule(Model):
     stronger evidence and are applied first, so a weak link cannot pre-empt a strong one.
     """
 
-    source: str
-    event_type: str
+    source: str  # the source whose events carry the link
+    event_type: str  # its event type
     link: tuple[str, str]  # two event fields; their identifier types come from `fields`
+    # merge: one person; member: a line of an account, never merged
     kind: Literal["merge", "member"] = "merge"
-    tier: int = Field(1, ge=1, le=9)
+    tier: int = Field(1, ge=1, le=9)  # strength: lower tiers are applied first
     when: dict[str, list[str]] = Field(default_factory=dict)  # field -> allowed values
 
 
 class TenureEvent(Model):
     """An event that opens or closes a tenure of the identifier in `field`."""
 
-    source: str
-    event_type: str
-    field: str
+    source: str  # the source of the event
+    event_type: str  # its event type
+    field: str  # the event field holding the identifier
 
 
 class TenureCfg(Model):
-    opens: list[TenureEvent]
-    closes: list[TenureEvent]
+    opens: list[TenureEvent]  # events that start a tenure (activation, port-in, SIM change...)
+    closes: list[TenureEvent]  # events that end one (deactivation, port-out...)
 
 
 class GuardrailCfg(Model):
     """Limits a merge may not break; a link that would break one is refused and reported."""
 
+    # identifier type -> most of them one person may hold
     max_per_person: dict[IdentifierType, int] = Field(default_factory=dict)
-    max_component_size: int = Field(200, ge=2)
+    max_component_size: int = Field(200, ge=2)  # most identifiers a merge may put together
     # Account types whose lines belong to different people: two such lines never merge.
     one_line_per_person_on: list[str] = Field(default_factory=lambda: ["family", "corporate"])
 
@@ -344,13 +360,14 @@ class SimSwapGuardCfg(Model):
     number is not merged without a second, independent link (account takeover by SIM swap)."""
 
     swap_rule: str = "sim_swap"  # the link rule whose evidence marks a swap
-    window_hours: float = Field(72, ge=0)
+    window_hours: float = Field(72, ge=0)  # how long after a swap the guard holds
+    # identifier types a swap may not bring in alone
     guarded: list[IdentifierType] = ["app_user_id", "email"]
 
 
 class IdentityCfg(Model):
-    country: CountryCfg = CountryCfg()
-    junk: JunkCfg = JunkCfg()
+    country: CountryCfg = CountryCfg()  # the numbering plan numbers are normalised with
+    junk: JunkCfg = JunkCfg()  # placeholder values: quarantined as junk_identifier, never linked
     # A value linked to more distinct lines and accounts than this is a placeholder typed on
     # many contracts (a shop's email, a dummy passport): flagged as junk, it links nothing.
     max_lines_per_value: dict[IdentifierType, int] = Field(default_factory=dict)
@@ -360,10 +377,12 @@ class IdentityCfg(Model):
     sim_swap_guard: SimSwapGuardCfg = SimSwapGuardCfg()
     # Event field -> identifier type, for fields whose name is not the type (previous_iccid).
     identifier_fields: dict[str, IdentifierType] = Field(default_factory=dict)
+    # link rules by name (docs/identity.md)
     rules: dict[str, LinkRule] = Field(default_factory=dict)
+    # recyclable identifier types and the events that open and close their tenures
     tenures: dict[IdentifierType, TenureCfg] = Field(default_factory=dict)
     blocked: JunkCfg = JunkCfg()  # values that must never link anything (shop demo accounts...)
-    guardrails: GuardrailCfg = GuardrailCfg()
+    guardrails: GuardrailCfg = GuardrailCfg()  # limits a merge may not break
 
     def id_type(self, field_name: str) -> str | None:
         """The identifier type an event field carries (None: not an identifier)."""
@@ -376,7 +395,8 @@ class IdentityCfg(Model):
 
 
 class BadRecordShares(Model):
-    """Share of generated events (per kind) that break the contract in a known way."""
+    """Share of generated events (per kind) that break the contract in a known way: each is
+    quarantined with the reason of its name."""
 
     bad_json: float = 0.001
     missing_field: float = 0.001
@@ -409,20 +429,21 @@ class SituationShares(Model):
 class GeneratorCfg(Model):
     """Defaults for `cdp generate`; CLI flags override the scale ones."""
 
-    seed: int = 42
-    subscribers: int = Field(2000, ge=10)
-    days: int = Field(14, ge=1)
-    events_per_subscriber_per_day: float = Field(6.0, gt=0)
-    files_per_source: int = Field(4, ge=1)
-    start_date: str = "2026-10-01"
-    family_account_share: float = 0.12
-    corporate_account_share: float = 0.02
-    multi_line_person_share: float = 0.05
-    late_event_share: float = 0.01
-    recycle_share: float = 0.01
-    sim_swap_share: float = 0.01
-    port_out_share: float = 0.005
-    recycle_quarantine_days: int = 3
+    seed: int = 42  # the same seed gives the same operator
+    subscribers: int = Field(2000, ge=10)  # lines at the start
+    days: int = Field(14, ge=1)  # days of events
+    events_per_subscriber_per_day: float = Field(6.0, gt=0)  # on average, over all sources
+    files_per_source: int = Field(4, ge=1)  # landing files each source's events are split into
+    start_date: str = "2026-10-01"  # the first day (ISO date)
+    family_account_share: float = 0.12  # of accounts: family plans (several users)
+    corporate_account_share: float = 0.02  # of accounts: corporate (many lines)
+    multi_line_person_share: float = 0.05  # of persons: more than one line
+    late_event_share: float = 0.01  # of events: land hours to days after they happened
+    recycle_share: float = 0.01  # of lines: deactivated and given to someone else
+    sim_swap_share: float = 0.01  # of lines: a SIM swap
+    port_out_share: float = 0.005  # of lines: ported out to another operator
+    recycle_quarantine_days: int = 3  # days a number rests before it is reissued
+    # shares of events that break the contract, per way
     bad_records: BadRecordShares = BadRecordShares()
     situations: SituationShares = SituationShares()
 
@@ -466,15 +487,16 @@ CHURN_FEATURES = (
 
 
 class FeatureCfg(Model):
-    weight: float
-    cap: float | None = Field(None, gt=0)
+    weight: float  # the feature's weight in the logistic churn model
+    cap: float | None = Field(None, gt=0)  # the feature's value is capped here before weighting
 
 
 class ChurnCfg(Model):
-    horizon_days: int = Field(90, ge=1)
-    intercept: float = 0.0
-    top_features: int = Field(3, ge=1)
-    low_balance_below: float = Field(5000, ge=0)
+    horizon_days: int = Field(90, ge=1)  # the horizon the churn risk speaks of
+    intercept: float = 0.0  # the logistic model's intercept
+    top_features: int = Field(3, ge=1)  # drivers listed per profile (churn_drivers)
+    low_balance_below: float = Field(5000, ge=0)  # balance below which the low_balance feature is 1
+    # feature -> weight and cap (the features are defined in code: scores.py)
     features: dict[str, FeatureCfg]
 
     @field_validator("features")
@@ -489,25 +511,26 @@ class ChurnCfg(Model):
 
 
 class LifetimeValueCfg(Model):
-    margin: float = Field(0.35, gt=0, le=1)
-    horizon_months: int = Field(24, ge=1)
+    margin: float = Field(0.35, gt=0, le=1)  # share of revenue that is margin
+    horizon_months: int = Field(24, ge=1)  # months of monthly_spend counted
 
 
 class ScoresCfg(Model):
-    churn_risk: ChurnCfg
-    lifetime_value: LifetimeValueCfg = LifetimeValueCfg()
+    churn_risk: ChurnCfg  # the churn model (docs/profiles.md)
+    lifetime_value: LifetimeValueCfg = LifetimeValueCfg()  # the lifetime-value estimate
 
 
 class PurposeCfg(Model):
+    # consent: needs the customer's consent; contract and legitimate_interest do not
     legal_basis: Literal["consent", "contract", "legitimate_interest"]
-    description: str = ""
+    description: str = ""  # what the purpose is (shown on the audience page and in the API)
 
 
 class ChannelCfg(Model):
     """A channel (campaign tool, app, contact centre, NBA engine...) and the purposes it holds."""
 
-    purposes: list[str]
-    description: str = ""
+    purposes: list[str]  # the purposes this channel holds: it sees only their attributes
+    description: str = ""  # what the channel is
 
 
 def package_version() -> str:
@@ -532,8 +555,10 @@ class PolicyCfg(Model):
     """Purposes and their legal basis, the purposes each served attribute may be used for, and
     the purposes each channel holds (conf/policy.yaml). Anything not listed is never served."""
 
-    purposes: dict[str, PurposeCfg]
+    purposes: dict[str, PurposeCfg]  # purpose -> legal basis
+    # served attribute -> the purposes it may be used for
     attributes: dict[str, list[str]] = Field(default_factory=dict)
+    # channel -> the purposes it holds
     channels: dict[str, ChannelCfg] = Field(default_factory=dict)
 
     @field_validator("purposes")
@@ -560,6 +585,7 @@ class EndpointCfg(Model):
     """Where segment pushes for a channel go: an HTTP endpoint (signed with the secret in the
     environment variable `secret_env`) or a folder that receives one file per push part."""
 
+    # http: POST signed parts; file: one file per part in a folder
     kind: Literal["http", "file"] = "file"
     url: str | None = None  # http: the endpoint; CDP_ENDPOINT_<CHANNEL> overrides it
     path: Path | None = None  # file: the folder (default <data root>/pushes/<channel>)
@@ -633,14 +659,15 @@ class TriggerCfg(Model):
     starts to match `when` (a segment rule, docs/segments.md), at most once per `once_per`
     (`day`, `week` or `month` of the profile clock, or an attribute: once per value of it)."""
 
-    description: str = ""
-    purpose: str
-    when: dict[str, Any]
-    once_per: str = "day"
+    description: str = ""  # what the trigger means (shown on the audience page)
+    purpose: str  # the purpose the event is sent for (consent-filtered like any output)
+    when: dict[str, Any]  # the segment rule the profile starts to match
+    once_per: str = "day"  # day, week, month, or an attribute: at most once per value of it
     fields: list[str] = Field(default_factory=list)  # attributes the event carries
 
 
 class TriggersCfg(Model):
+    # trigger name -> its rule (docs/events.md)
     triggers: dict[str, TriggerCfg] = Field(default_factory=dict)
 
     @field_validator("triggers")
