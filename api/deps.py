@@ -9,7 +9,7 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from api.snapshot import Snapshot
-from pipelines.ops.keys import STALE, Caller
+from pipelines.ops.keys import CONSENT, STALE, Caller
 
 key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key: cdp_...")
 
@@ -76,4 +76,18 @@ ChannelDep = Annotated[Caller, Depends(channel_caller)]
 LookupDep = Annotated[Caller, Depends(lookup_caller)]
 SnapshotDep = Annotated[Snapshot, Depends(snapshot)]
 StewardDep = Annotated[Caller, role("steward", "admin", what="this is for")]
+
+
+async def consent_steward(who: StewardDep) -> Caller:
+    """The consent steward (or an admin): who may read whose profile was looked up or pushed."""
+    if not who.stewards(CONSENT):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"the audit of lookups and pushes is for the consent steward or an admin; this key "
+            f"stewards {who.channel!r} (`cdp keys create --role steward --domain consent`)",
+        )
+    return who
+
+
+ConsentStewardDep = Annotated[Caller, Depends(consent_steward)]
 MarketerDep = Annotated[Caller, role("marketing", "admin", what="segments are for")]

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 import polars as pl
@@ -22,6 +20,7 @@ from expectations.suites import MAP_PERSONS, SOURCE_HEALTH, Suite
 from pipelines.config import Settings
 from pipelines.lakehouse.catalog import DAILY, MAP, PROFILES, QUARANTINE, silver_table
 from pipelines.lakehouse.lake import Lake
+from pipelines.ops.releases import released_version, releases
 from pipelines.profile.facts import COUNTERS
 from pipelines.profile.state import silver_ranges
 
@@ -35,36 +34,6 @@ def _pandas(frame: pl.DataFrame, columns: list[str]) -> pd.DataFrame:
     if decimals:
         frame = frame.with_columns(pl.col(decimals).cast(pl.Float64))
     return frame.to_pandas()
-
-
-def _releases_file(settings: Settings) -> Path:
-    return settings.paths.lake_root.parent / "quality" / "released.json"
-
-
-def releases(settings: Settings) -> dict[str, dict[str, object]]:
-    """What stewards released past the gate: per table, the version and when."""
-    path = _releases_file(settings)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def released_version(settings: Settings, table: str) -> int | None:
-    """The version of `table` a steward last released past the gate, if any."""
-    version = releases(settings).get(table, {}).get("version")
-    return version if isinstance(version, int) else None
-
-
-def release(lake: Lake, settings: Settings, table: str) -> int:
-    """Let the rows of `table` waiting now pass the gate (after the steward reviewed them);
-    for the source-health check, the quarantine counted so far. Returns the released version."""
-    version = lake.version(table)
-    if version is None:
-        raise FileNotFoundError(f"{table} does not exist under {lake.root}")
-    data = releases(settings)
-    data[table] = {"version": version, "at": datetime.now(UTC).isoformat()}
-    path = _releases_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-    return version
 
 
 def pending_silver(

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from expectations.frames import released_version
 from expectations.runner import Failure, Outcome, Quality
 from expectations.suites import SOURCE_HEALTH
 from pipelines.lakehouse.catalog import silver_table
+from pipelines.ops.releases import released_version
 from pipelines.ops.status import GateHold, record_gate
 from pipelines.profile.state import silver_ranges
 

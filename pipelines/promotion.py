@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from expectations.frames import releases
 from expectations.gate import GateResult, promotion_gate
 from expectations.runner import Quality
 from pipelines.config import Settings
 from pipelines.identity.outputs import IdentityResult
 from pipelines.identity.stage import refresh_identity
 from pipelines.lakehouse.lake import Lake
+from pipelines.ops.releases import releases
 from pipelines.ops.status import Alerts
 from pipelines.profile.stage import GoldResult, refresh_gold
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import StewardDep
+from api.deps import ConsentStewardDep
 from api.errors import KEYED, StrictRoute, error
 from api.models import IsoTime
 from api.routes.profiles import IdType, valid
@@ -45,12 +45,12 @@ def _within(
 
 @router.get(
     "",
-    summary="Every lookup of a person's profile in a time range (steward or admin keys)",
-    responses={403: error("The key is not a steward or admin key")},
+    summary="Every lookup of a person's profile in a time range (consent steward or admin keys)",
+    responses={403: error("The key is not the consent steward's or an admin's")},
 )
 def audit(
     request: Request,
-    _who: StewardDep,
+    _who: ConsentStewardDep,
     person: Person,
     since: Annotated[IsoTime | None, SINCE] = None,
     until: Annotated[IsoTime | None, UNTIL] = None,
@@ -60,12 +60,12 @@ def audit(
 
 @router.get(
     "/by/{id_type}/{id_value}",
-    summary="Every lookup of whoever held an identifier, while they held it (steward or admin)",
-    responses={403: error("The key is not a steward or admin key")},
+    summary="Every lookup of whoever held an identifier while they held it (consent steward)",
+    responses={403: error("The key is not the consent steward's or an admin's")},
 )
 def audit_by_identifier(
     request: Request,
-    _who: StewardDep,
+    _who: ConsentStewardDep,
     id_type: IdType,
     id_value: str,
     since: Annotated[IsoTime | None, SINCE] = None,
@@ -91,11 +91,11 @@ def _lookups(
 @router.get(
     "/pushes",
     summary="Every segment push that told a channel about a person, with the basis used",
-    responses={403: error("The key is not a steward or admin key")},
+    responses={403: error("The key is not the consent steward's or an admin's")},
 )
 def pushes(
     request: Request,
-    _who: StewardDep,
+    _who: ConsentStewardDep,
     person: Person,
     segment: Annotated[str | None, SEGMENT] = None,
 ) -> list[dict[str, Any]]:
@@ -109,11 +109,11 @@ def pushes(
 @router.get(
     "/pushes/by/{id_type}/{id_value}",
     summary="Every segment push about whoever held an identifier, while they held it",
-    responses={403: error("The key is not a steward or admin key")},
+    responses={403: error("The key is not the consent steward's or an admin's")},
 )
 def pushes_by_identifier(
     request: Request,
-    _who: StewardDep,
+    _who: ConsentStewardDep,
     id_type: IdType,
     id_value: str,
     segment: Annotated[str | None, SEGMENT] = None,

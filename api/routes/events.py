@@ -21,6 +21,7 @@ from api.errors import KEYED, StrictRoute, error, invalid
 from pipelines.activation.delivery import Visibility
 from pipelines.activation.events import (
     EVENT_TYPES,
+    Event,
     EventStore,
     FilterError,
     NotForYouError,
@@ -83,6 +84,11 @@ class RedeliverIn(BaseModel):
 def _store(request: Request) -> EventStore:
     store: EventStore = request.app.state.events
     return store
+
+
+def _domain(event: Event) -> str:
+    """The steward domain an ops event is for: its source's."""
+    return str(event.payload.get("source", ""))
 
 
 def _audience(who: Caller) -> bool:
@@ -253,7 +259,8 @@ async def stream(
             seen = Visibility(settings, request.app.state.snapshots.current)
             await run_in_threadpool(seen.prepare, events)
             for e in events:
-                if seen.allows(channel, e):
+                # ops events name their source: a source steward gets their source's only
+                if seen.allows(channel, e) and (not ops or who.stewards(_domain(e))):
                     data = json.dumps(e.as_json())
                     yield ServerSentEvent(data, event=e.event_type, id=str(e.seq))
             after = events[-1].seq

@@ -1,17 +1,22 @@
 """Status for stewards (steward or admin keys): each source's contract, health and drift, the
-SLAs measured now, and the alerts raised for them."""
+SLAs measured now, the alerts raised for them, and releasing a held source past the gate. A
+source steward sees and acts for their own source; admins (and stewards of every domain) for
+all."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import StewardDep
 from api.errors import KEYED, StrictRoute, error
+from pipelines.lakehouse.catalog import silver_table
 from pipelines.lakehouse.reader import LakeReader
+from pipelines.ops.keys import Caller
+from pipelines.ops.releases import release
 from pipelines.ops.status import Alerts, contract_status, sla_status
 
 router = APIRouter(prefix="/v1/status", tags=["status"], responses=KEYED, route_class=StrictRoute)
@@ -25,10 +30,10 @@ def _lake(request: Request) -> LakeReader:
 @router.get(
     "/contracts", summary="Per source: contract, rows in, quarantine, drift", responses=FORBIDDEN
 )
-async def contracts(request: Request, _who: StewardDep) -> list[dict[str, Any]]:
+async def contracts(request: Request, who: StewardDep) -> list[dict[str, Any]]:
     settings = request.app.state.settings
     found = await run_in_threadpool(contract_status, _lake(request), settings)
-    return [c.as_json() for c in found]
+    return [c.as_json() for c in found if who.stewards(c.source)]
 
 
 @router.get("/sla", summary="Every SLA in conf/sla.yaml, measured now", responses=FORBIDDEN)
@@ -43,8 +48,45 @@ async def sla(request: Request, _who: StewardDep) -> list[dict[str, Any]]:
 @router.get("/alerts", summary="Alerts raised for stewards, newest first", responses=FORBIDDEN)
 async def alerts(
     request: Request,
-    _who: StewardDep,
+    who: StewardDep,
     source: Annotated[str | None, Query(description="only this source")] = None,
 ) -> list[dict[str, Any]]:
+    if source is not None:
+        _steward_of(who, source)
     store = Alerts(request.app.state.settings.database_url)
-    return await run_in_threadpool(store.list, source)
+    found = await run_in_threadpool(store.list, source)
+    return [a for a in found if who.stewards(a["source"])]
+
+
+def _steward_of(who: Caller, source: str) -> None:
+    if not who.stewards(source):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this key stewards {who.channel!r}, not {source!r}: ask {source}'s steward "
+            "(`cdp keys create --role steward --domain <source>`) or an admin",
+        )
+
+
+@router.post(
+    "/sources/{source}/release",
+    summary="Let a held source's waiting rows pass the quality gate (its steward, after review)",
+    responses={
+        **FORBIDDEN,
+        403: error("The key does not steward this source"),
+        404: error("No such source, or nothing of it landed yet"),
+    },
+)
+async def release_source(request: Request, source: str, who: StewardDep) -> dict[str, Any]:
+    """Releases the source's silver rows as they stand now (the same as `cdp quality release
+    silver.<source>`); the running stream promotes them within a second."""
+    settings = request.app.state.settings
+    if source not in settings.contracts:
+        known = ", ".join(settings.sources)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no source {source!r}; sources: {known}")
+    _steward_of(who, source)
+    table = silver_table(settings.contract(source))
+    try:
+        version = await run_in_threadpool(release, _lake(request), settings, table)
+    except FileNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    return {"source": source, "table": table, "released_version": version, "by": who.name}

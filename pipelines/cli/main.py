@@ -446,15 +446,28 @@ def keys_create(
     role: Annotated[
         str | None, typer.Option(help="marketing, steward or admin (instead of a channel).")
     ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="A steward's domain: a source (billing, crm, ...) or consent."),
+    ] = None,
     expires_days: Annotated[
         float | None, typer.Option(help="The key stops working after this many days.", min=0)
     ] = None,
     conf: ConfOpt = None,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
+    from pipelines.ops.keys import CONSENT
+
     settings = _settings(conf)
     if sum(x is not None for x in (channel, source, role)) != 1:
         console.print("[red]error:[/red] give one of --channel <name>, --source <name>, --role")
+        raise typer.Exit(2)
+    domains = [*settings.sources, CONSENT]
+    if (role == "steward") != (domain is not None) or (domain and domain not in domains):
+        console.print(
+            "[red]error:[/red] a steward key names its domain, and only a steward key does: "
+            f"--role steward --domain <{' | '.join(domains)}>"
+        )
         raise typer.Exit(2)
     if channel is not None and channel not in settings.policy.channels:
         known = ", ".join(settings.policy.channels)
@@ -469,7 +482,9 @@ def keys_create(
     bound = "channel" if channel else "source" if source else None
     expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     try:
-        key = _key_store(settings).create(name, role or bound or "", channel or source, expires)
+        key = _key_store(settings).create(
+            name, role or bound or "", channel or source or domain, expires
+        )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -624,10 +639,10 @@ def quality_release(
 ) -> None:
     """Let the rows of TABLE waiting now pass the gate (after review). It takes effect at once:
     a running `cdp stream` promotes them within a second; otherwise this command does."""
-    from expectations.frames import release
     from pipelines.lakehouse.lake import Lake
     from pipelines.lakehouse.locks import StageBusyError, stage_lock
     from pipelines.lakehouse.spark import spark_session
+    from pipelines.ops.releases import release
     from pipelines.promotion import Promoter
 
     settings = _settings(conf)

@@ -3,10 +3,13 @@
 A key is `cdp_<key id>_<secret>`. The store keeps the key id, the SHA-256 of the secret, and who
 the key is for: a channel (`role = channel`, bound to one channel of the policy), a source
 (`role = source`, bound to one source: it may post events to the collector) or a role (marketing,
-steward, admin). The `channel` column holds the bound channel or source. Verification looks the
-key id up and compares hashes in constant time. A key may expire (`expires_at`); rotating a key
-makes a new one for the same holder and lets the old one work for an overlap window, so a
-client can switch without an outage. SQLite by default; any SQLAlchemy URL.
+steward, admin). A steward key names its domain: one source (its contract status, alerts and
+releases) or `consent` (the audit of lookups and pushes); a steward key without one (made before
+domains) has every domain. The `channel` column holds the bound channel, source or domain.
+Verification looks the key id up and compares hashes in constant time. A key may expire
+(`expires_at`); rotating a key makes a new one for the same holder and lets the old one work for
+an overlap window, so a client can switch without an outage. SQLite by default; any SQLAlchemy
+URL.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pipelines.ops.store import metadata, ops_engine
 
 ROLES = ("channel", "source", "marketing", "steward", "admin")
 BOUND = ("channel", "source")  # roles whose key names one channel or one source
+CONSENT = "consent"  # the consent steward's domain (a source steward's is the source's name)
 CACHE_S = 5.0  # a revoked key stops working within this many seconds in every process
 
 api_keys = Table(
@@ -49,7 +53,12 @@ class Caller:
     key_id: str
     name: str
     role: str
-    channel: str | None
+    channel: str | None  # the bound channel, source, or a steward's domain
+
+    def stewards(self, domain: str) -> bool:
+        """Whether this key may act for `domain` (a source, or `consent`): admins and stewards
+        of that domain (or of every domain)."""
+        return self.role == "admin" or (self.role == "steward" and self.channel in (None, domain))
 
 
 class Stale(enum.Enum):
@@ -83,9 +92,10 @@ class KeyStore:
         """A new key; returns the full key (shown once, stored only as a hash)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if (role in BOUND) != (channel is not None):
+        if role != "steward" and (role in BOUND) != (channel is not None):
             raise ValueError(
-                "a channel or source key names exactly one channel or source; other roles none"
+                "a channel or source key names exactly one channel or source, a steward key "
+                "its domain; other roles none"
             )
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         with self.engine.begin() as conn:

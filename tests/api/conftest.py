@@ -66,7 +66,9 @@ def served(
     settings = settings_for(root)
     store = KeyStore(settings.database_url)
     keys = {c: store.create(f"test {c}", "channel", c) for c in settings.policy.channels}
-    keys["steward"] = store.create("test steward", "steward")
+    keys["steward"] = store.create("test steward", "steward")  # every domain (no domain named)
+    keys["steward:billing"] = store.create("billing steward", "steward", "billing")
+    keys["steward:consent"] = store.create("consent steward", "steward", "consent")
     keys["marketing"] = store.create("test marketing", "marketing")
     keys["source:app"] = store.create("test app feed", "source", "app")
     server = ServeProcess(

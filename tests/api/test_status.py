@@ -1,12 +1,18 @@
 """Status for stewards over HTTP: contracts with their health and drift, SLAs measured now (and
-exported to Prometheus), alerts; refused to channel keys."""
+exported to Prometheus), alerts; refused to channel keys. A source steward sees, releases and is
+alerted for their own source only."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
+from pipelines.ops.releases import released_version
 from pipelines.ops.status import Alerts
 
 pytestmark = [pytest.mark.api]
@@ -68,3 +74,64 @@ def test_alerts_are_listed_for_stewards_and_refused_to_channels(served: dict[str
     for path in ("/v1/status/alerts", "/v1/status/sla", "/v1/status/contracts"):
         refused = _get(served, path, "mobile_app")
         assert refused.status_code == 403 and "steward" in refused.json()["detail"]
+
+
+def test_a_source_steward_sees_and_releases_their_source_only(served: dict[str, Any]) -> None:
+    """The billing steward sees billing's contract and alerts and may release billing past
+    the gate; crm's are not theirs, nor is the audit of lookups (the consent steward's)."""
+    settings, lake = served["settings"], served["lake"]
+    mine = _get(served, "/v1/status/contracts", "steward:billing").json()
+    assert [c["source"] for c in mine] == ["billing"]
+    assert _get(served, "/v1/status/alerts?source=crm", "steward:billing").status_code == 403
+    alerts = _get(served, "/v1/status/alerts", "steward:billing").json()
+    assert {a["source"] for a in alerts} <= {"billing"}
+
+    def post(path: str, key: str) -> Any:
+        return served["client"].post(path, headers={"X-API-Key": served["keys"][key]})
+
+    refused = post("/v1/status/sources/crm/release", "steward:billing")
+    assert refused.status_code == 403 and "crm's steward" in refused.json()["detail"]
+    assert released_version(settings, "silver.crm") is None
+    done = post("/v1/status/sources/billing/release", "steward:billing")
+    assert done.status_code == 200, done.text
+    assert done.json()["released_version"] == lake.version("silver.billing")
+    assert released_version(settings, "silver.billing") == lake.version("silver.billing")
+    assert post("/v1/status/sources/nope/release", "steward").status_code == 404
+
+    person = lake.read_arrow("gold.profiles", ["person_id"]).column(0)[0].as_py()
+    audit = f"/v1/audit?person={person}"
+    assert _get(served, audit, "steward:billing").status_code == 403
+    assert _get(served, audit, "steward:consent").status_code == 200
+    assert _get(served, "/v1/status/contracts", "steward:consent").json() == []
+
+
+def test_a_source_steward_streams_the_ops_alerts_of_their_source_only(
+    served: dict[str, Any],
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    ids = {}
+    for source in ("crm", "billing"):  # crm's first: it would arrive before billing's
+        (alert,) = Alerts(served["settings"].database_url).record(
+            [
+                {
+                    "source": source,
+                    "kind": "schema_drift",
+                    "subject": f"field_{tag}",
+                    "steward": f"{source}-steward@example.com",
+                    "detail": {"message": f"{source} sends field_{tag}"},
+                }
+            ],
+            datetime.now(UTC),
+        )
+        ids[source] = f"alert-{alert['alert_id']}"
+    seen: list[str] = []
+    url = f"{served['server'].url}/v1/events/stream?types=ops.schema_drift"
+    key = {"X-API-Key": served["keys"]["steward:billing"]}
+    with httpx.stream("GET", url, headers=key, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:])["event_id"])
+                if ids["billing"] in seen:
+                    break
+    assert ids["billing"] in seen and ids["crm"] not in seen

@@ -70,3 +70,16 @@ def test_rotating_a_key_with_a_lifetime_keeps_its_lifetime(ops_url: str) -> None
     assert abs(utc(old_row["expires_at"]) - (created + timedelta(days=90))) < timedelta(minutes=1)
     lifetime = utc(new_row["expires_at"]) - utc(new_row["created_at"])
     assert abs(lifetime - timedelta(days=90)) < timedelta(minutes=1)
+
+
+def test_a_steward_key_names_its_domain_and_acts_for_it_alone(ops_url: str) -> None:
+    store = KeyStore(ops_url)
+    billing = store.verify(store.create("billing steward", "steward", "billing"))
+    consent = store.verify(store.create("consent steward", "steward", "consent"))
+    admin = store.verify(store.create("admin", "admin"))
+    assert billing is not None and consent is not None and admin is not None
+    assert billing.stewards("billing") and not billing.stewards("crm")
+    assert not billing.stewards("consent") and consent.stewards("consent")
+    assert admin.stewards("crm") and admin.stewards("consent")
+    with pytest.raises(ValueError, match="names exactly one"):
+        store.create("marketing with a domain", "marketing", "billing")

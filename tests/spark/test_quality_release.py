@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from expectations.frames import pending_silver, release, releases
+from expectations.frames import pending_silver
 from pipelines.lakehouse.lake import Lake
+from pipelines.ops.releases import release, releases
 from tests.conftest import settings_for
 
 # The lake writes with delta-spark.
