@@ -84,6 +84,7 @@ from pipelines.profile.state import (
     REBUILD_APP,
     app_id,
     ranges_of,
+    recorded_clock,
     silver_tables,
 )
 from pipelines.profile.triggers import compile_triggers, fired
@@ -276,9 +277,7 @@ def _data_clock(lake: Lake, newest: datetime | None) -> datetime | None:
     dt = lake.table(PROFILES)
     if dt is not None:
         for commit in dt.history(CLOCK_LOOKBACK):  # newest first
-            text = commit.get("userMetadata")
-            if text and (recorded := json.loads(text).get(DATA_CLOCK)):
-                stored = datetime.fromisoformat(recorded)
+            if (stored := recorded_clock(commit)) is not None:
                 break
         else:
             column = lake.read_arrow(PROFILES, ["last_event_ts"]).column(0)

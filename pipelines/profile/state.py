@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -183,12 +183,16 @@ def profiles_versions(lake: LakeReader) -> list[ProfilesVersion]:
     clock: datetime | None = None
     for h in sorted(dt.history(), key=lambda h: h["version"]):
         committed = datetime.fromtimestamp(h["timestamp"] / 1000, UTC)
-        text = h.get("userMetadata")
-        recorded = json.loads(text).get(DATA_CLOCK) if text else None
-        if recorded:
-            clock = datetime.fromisoformat(recorded)
+        clock = recorded_clock(h) or clock
         out.append(ProfilesVersion(h["version"], committed, clock or committed))
     return out
+
+
+def recorded_clock(commit: Mapping[str, Any]) -> datetime | None:
+    """The data clock a gold.profiles commit (a `history` entry) recorded, if it did."""
+    text = commit.get("userMetadata")
+    recorded = json.loads(text).get(DATA_CLOCK) if text else None
+    return datetime.fromisoformat(recorded) if recorded else None
 
 
 def profiles_version_at(lake: LakeReader, at: datetime, by: AsOf = "event_time") -> int | None:
