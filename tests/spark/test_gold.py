@@ -279,7 +279,10 @@ def test_as_of_by_event_time_shows_the_profiles_as_they_stood_on_a_day_of_the_da
         seen = lake.read_arrow(PROFILES, ["last_event_ts"], version=h["version"]).column(0)
         newest[h["version"]] = pa.compute.max(seen).as_py() if len(seen) else None
     times = sorted({t for t in newest.values() if t is not None})
-    assert len(times) >= 4, "the stream wrote too few versions to look back into"
+    # How far each source's files ran ahead of the others' varies from run to run, so the count
+    # of distinct newest events does too; in lockstep the first step held no source's last file
+    # and the last step held them all, so there are always two to look between.
+    assert len(times) >= 2, "the stream wrote too few versions to look back into"
     at = times[len(times) // 2] - timedelta(microseconds=1)  # just before a version's news
     expected = max(v for v, t in newest.items() if t is not None and t <= at)
 
