@@ -16,6 +16,7 @@ from assets.graph import (
     reference_assets,
 )
 from assets.runtime import CdpResource
+from assets.stream import stage_holders, stream_job
 from pipelines.config import Settings
 from pipelines.profile.build import check_policy
 
@@ -79,7 +80,14 @@ def build_definitions(cdp: CdpResource) -> dg.Definitions:
         job=promote_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
     )
     def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        """Starts ingestion when files land that the last run request did not cover."""
+        """Starts ingestion when files land that the last run request did not cover, unless a
+        stream (a `stream` run or `cdp stream`) holds the stages and takes them itself."""
+        holders = stage_holders(settings)
+        if holders:
+            # One owner per stage: the stream takes new files itself. The cursor stays, so files
+            # it left behind get a run once it stops.
+            held = "; ".join(f"{stage} by pid {who}" for stage, who in holders.items())
+            return dg.SkipReason(f"a running stream owns ingestion and promotion ({held})")
         seen: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
         now = landing_files(settings)
         new = sorted(f for f, mtime in now.items() if seen.get(f) != mtime)
@@ -94,7 +102,7 @@ def build_definitions(cdp: CdpResource) -> dg.Definitions:
     return dg.Definitions(
         assets=[reference, ingest, promote, maintenance],
         asset_checks=checks,
-        jobs=[everything, promote_job, recompute, reference_job, maintenance_job],
+        jobs=[everything, promote_job, recompute, reference_job, maintenance_job, stream_job()],
         sensors=[landing_sensor],
         schedules=[
             dg.ScheduleDefinition(

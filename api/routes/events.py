@@ -91,6 +91,20 @@ def _domain(event: Event) -> str:
     return str(event.payload.get("source", ""))
 
 
+def _own_domain(who: Caller, filter_: dict[str, Any]) -> dict[str, Any]:
+    """A steward of one domain subscribes to that domain's ops events only: the filter gets
+    `source` = the domain (asking for another source is refused), as the SSE stream filters."""
+    if who.role != "steward" or who.channel is None:
+        return filter_
+    asked = filter_.get("source", who.channel)
+    if (asked if isinstance(asked, list) else [asked]) != [who.channel]:
+        raise NotForYouError(
+            "filter.source",
+            f"this key stewards {who.channel!r}: its ops events are those of {who.channel!r} only",
+        )
+    return {**filter_, "source": who.channel}
+
+
 def _audience(who: Caller) -> bool:
     """True for keys that receive ops events (steward, admin); channels receive the rest."""
     if who.role in ("steward", "admin"):
@@ -122,6 +136,7 @@ async def subscribe(request: Request, body: SubscriptionIn, who: CallerDep) -> d
     ops = _audience(who)
     try:
         check_subscription(body.event_types, body.filter, ops)
+        scoped = _own_domain(who, body.filter) if ops else body.filter
     except NotForYouError as err:
         raise HTTPException(403, {"field": err.field, "error": err.message}) from None
     except FilterError as err:
@@ -131,7 +146,7 @@ async def subscribe(request: Request, body: SubscriptionIn, who: CallerDep) -> d
         who.key_id,
         None if ops else who.channel,
         body.event_types,
-        body.filter,
+        scoped,
         str(body.url),
         body.secret,
     )

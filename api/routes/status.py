@@ -15,6 +15,7 @@ from api.deps import StewardDep
 from api.errors import KEYED, StrictRoute, error
 from pipelines.lakehouse.catalog import silver_table
 from pipelines.lakehouse.reader import LakeReader
+from pipelines.ops.health import pipeline_health
 from pipelines.ops.keys import Caller
 from pipelines.ops.releases import release
 from pipelines.ops.status import Alerts, contract_status, sla_status
@@ -43,6 +44,24 @@ async def sla(request: Request, _who: StewardDep) -> list[dict[str, Any]]:
     found = await run_in_threadpool(sla_status, _lake(request), settings, p99)
     request.app.state.sla_gauges(found)
     return [asdict(r) for r in found]
+
+
+@router.get(
+    "/pipeline",
+    summary="Which stage is behind: what waits at each hop, and for how long",
+    responses=FORBIDDEN,
+)
+async def pipeline(request: Request, _who: StewardDep) -> dict[str, Any]:
+    """Per source: landing files (or topic messages) not yet in bronze, bronze rows not yet in
+    silver, silver rows not yet in gold; and the gold versions this API process has not applied.
+    `behind` names the hop whose oldest waiting item has waited longest: every later stage can
+    only be as fresh as it. Counts and ages only, so every steward sees every source."""
+    settings = request.app.state.settings
+    current = request.app.state.snapshots.current
+    serving = None if current is None else current.version
+    return await run_in_threadpool(
+        pipeline_health, _lake(request), settings, serving_version=serving
+    )
 
 
 @router.get("/alerts", summary="Alerts raised for stewards, newest first", responses=FORBIDDEN)

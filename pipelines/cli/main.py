@@ -170,24 +170,29 @@ def generate(
 
 
 @contextmanager
-def _holding(settings: Settings, stage: str = "identity") -> Iterator[None]:
+def _holding(
+    settings: Settings, stage: str = "identity", owner: str | None = None
+) -> Iterator[None]:
     """Run the command holding `stage`'s lock (the one the stream, `cdp run`, the rebuilds and
     Dagster share for identity and gold); a lock another process holds, for this stage or a
     source's ingestion, ends the command with the holder named and exit status 3."""
     from pipelines.lakehouse.locks import StageBusyError, stage_lock
 
     try:
-        with stage_lock(settings.paths.checkpoint_root, stage):
+        with stage_lock(settings.paths.checkpoint_root, stage, owner):
             yield
     except StageBusyError as exc:
         console.print(f"[red]busy:[/red] {exc}")
         raise typer.Exit(3) from None
 
 
+_OWNER = {True: "cdp run", False: "cdp stream"}  # what holds the stage locks, by run kind
+
+
 def _pipeline(settings: Settings, *, available_now: bool) -> None:
     """Reference loads, ingestion and promotion, all under the identity lock: a second process
     stops before it writes anything."""
-    with _holding(settings):
+    with _holding(settings, owner=_OWNER[available_now]):
         _ingest_and_promote(settings, available_now=available_now)
 
 
@@ -229,6 +234,7 @@ def _ingest_and_promote(settings: Settings, *, available_now: bool) -> None:
         downstream=_promotion_step(promoter, say, metrics),
         wake=promoter.released,
         metrics=metrics,
+        owner=_OWNER[available_now],
     )
     stop = threading.Event()
     if not available_now:
@@ -693,6 +699,31 @@ def contracts_status(conf: ConfOpt = None) -> None:
             )
         for a in alerts.list(c.source):
             console.print(f"  alert {a['raised_at']:%Y-%m-%d %H:%M}: {a['detail']['message']}")
+
+
+@app.command()
+def status(conf: ConfOpt = None) -> None:
+    """Which stage is behind: per source and hop (landing or topic -> bronze -> silver -> gold),
+    what waits there and how long the oldest of it has waited."""
+    from pipelines.lakehouse.reader import LakeReader
+    from pipelines.ops.health import pipeline_health
+
+    settings = _settings(conf)
+    health = pipeline_health(LakeReader(settings.paths.lake_root), settings)
+    table = Table(title=f"What waits at each hop ({settings.paths.lake_root})")
+    for col in ("hop", "source", "waiting", "oldest waited s", "detail"):
+        table.add_column(col, justify="right" if col in ("waiting", "oldest waited s") else "left")
+    for h in health["hops"]:
+        age = "?" if h["oldest_s"] is None else f"{h['oldest_s']:,.1f}"
+        table.add_row(h["hop"], h["subject"], f"{h['waiting']:,} {h['unit']}", age, h["detail"])
+    console.print(table)
+    behind = health["behind"]
+    console.print(
+        f"behind: [bold]{behind['hop']}[/bold] for {behind['subject']} (its oldest item has "
+        "waited longest; every later stage can only be as fresh as it)"
+        if behind
+        else "nothing waits: every stage is caught up"
+    )
 
 
 @app.command()

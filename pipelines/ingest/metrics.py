@@ -62,6 +62,14 @@ class StreamMetrics:
             registry=r,
         )
 
+        self.offsets_behind = Gauge(
+            "cdp_stream_kafka_offsets_behind",
+            "Messages of the source's topic after the last micro-batch read (the partition "
+            "furthest behind, from Spark's Kafka source progress)",
+            ["source"],
+            registry=r,
+        )
+
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Answer scrapes on http://host:port/metrics from a daemon thread."""
         start_http_server(port, addr=host, registry=self.registry)
@@ -83,6 +91,13 @@ class StreamMetrics:
         for reason, n in quarantined.items():
             self.quarantined.labels(source, reason).inc(n)
         self.last_batch.labels(source).set(time.time())
+
+    def kafka_progress(self, source: str, progress: Mapping[str, object] | None) -> None:
+        """Record how far the source's topic query is behind the newest offsets."""
+        for src in (progress or {}).get("sources", []) or []:  # type: ignore[attr-defined]
+            behind = (src.get("metrics") or {}).get("maxOffsetsBehindLatest")
+            if behind is not None:
+                self.offsets_behind.labels(source).set(float(behind))
 
     def step(self, parts: Mapping[str, float]) -> None:
         """One promotion step, with the seconds each part took."""

@@ -24,7 +24,14 @@ from pipelines.config import (
     Settings,
     SourceContract,
 )
-from pipelines.lakehouse.catalog import DRIFT, QUARANTINE, REJECTED, bronze_table, silver_table
+from pipelines.lakehouse.catalog import (
+    DRIFT,
+    QUARANTINE,
+    REJECTED,
+    bronze_table,
+    refined_from,
+    silver_table,
+)
 from pipelines.lakehouse.lake import Lake
 
 # Identifier fields rejected alone (a junk email on a good login): the line itself is valid.
@@ -750,8 +757,8 @@ class SilverResult:
 
 def _app_ids(contract: SourceContract) -> dict[str, str]:
     """The app transaction of each silver-side table: its watermark of the bronze consumed."""
-    bronze = bronze_table(contract.source)
-    return {t: f"{t}<-{bronze}" for t in (silver_table(contract), QUARANTINE, DRIFT, REJECTED)}
+    tables = (silver_table(contract), QUARANTINE, DRIFT, REJECTED)
+    return {t: refined_from(t, contract.source) for t in tables}
 
 
 def silver_watermark(lake: Lake, contract: SourceContract) -> int | None:

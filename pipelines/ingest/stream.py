@@ -37,7 +37,7 @@ from pipelines.ingest.silver import (
     refresh_silver,
     silver_watermark,
 )
-from pipelines.lakehouse.catalog import bronze_table
+from pipelines.lakehouse.catalog import bronze_table, ingest_checkpoint
 from pipelines.lakehouse.kafka import spark_options
 from pipelines.lakehouse.lake import Lake
 from pipelines.lakehouse.locks import stage_lock
@@ -194,14 +194,17 @@ class Ingestion:
         wake: Callable[[], bool] | None = None,
         lockstep: bool = False,
         metrics: StreamMetrics | None = None,
+        owner: str | None = None,
     ) -> None:
         """`downstream` (identity, gold) runs beside the queries, one call at a time: again after
         any micro-batch's silver commit (batches that commit during a call fold into the next
         call) and once at the end of a bounded run; a continuous run also runs it whenever
         `wake` says so (a steward released a held source). With `lockstep` each micro-batch
         waits for the run it asked for: one downstream step per batch, as a replay or a test of
-        incremental steps wants. `metrics` counts each micro-batch for a scraper."""
+        incremental steps wants. `metrics` counts each micro-batch for a scraper; `owner` says
+        what holds the sources' stage locks (e.g. a Dagster run), for whoever is refused."""
         self.spark = spark
+        self.owner = owner
         self.lockstep = lockstep
         self.metrics = metrics
         self.downstream = downstream
@@ -227,8 +230,7 @@ class Ingestion:
         return ("files", "kafka") if self.settings.source.kind == "kafka" else ("files",)
 
     def checkpoint(self, source: str, kind: str = "files") -> Path:
-        folder = "ingest" if kind == "files" else f"ingest-{kind}"
-        return self.settings.paths.checkpoint_root / folder / source
+        return ingest_checkpoint(self.settings, source, kind)
 
     def _query_id(self, source: str, kind: str) -> str:
         # Spark keeps the query id in the checkpoint across restarts; a new checkpoint gets a new
@@ -378,7 +380,9 @@ class Ingestion:
             self.say(f"warning: {warning}")
         with ExitStack() as stack:
             for s in sources:
-                stack.enter_context(stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}"))
+                stack.enter_context(
+                    stage_lock(self.settings.paths.checkpoint_root, f"ingest.{s}", self.owner)
+                )
             if self.downstream is not None:
                 step, spark = self.downstream, self.spark
 
@@ -402,6 +406,15 @@ class Ingestion:
             if self._coalesced is not None:
                 self._coalesced.request()  # the last run: what the end of the run committed
 
+    def _record_progress(self, queries: list[StreamingQuery]) -> None:
+        """The topic queries' distance behind the newest offsets, for the metrics."""
+        if self.metrics is None:
+            return
+        for q in queries:
+            if q.name.endswith("_kafka"):
+                source = q.name.removeprefix("ingest_").removesuffix("_kafka")
+                self.metrics.kafka_progress(source, q.lastProgress)
+
     def _run_queries(
         self, sources: list[str], available_now: bool, stop: threading.Event | None
     ) -> None:
@@ -421,6 +434,7 @@ class Ingestion:
             else:
                 stop = stop or threading.Event()
                 while not stop.is_set() and all(q.isActive for q in queries):
+                    self._record_progress(queries)
                     if self._coalesced is not None:
                         self._coalesced.raise_failure()
                         if self.wake is not None and self.wake():

@@ -10,6 +10,7 @@ follow from conf: contracts, the profile, the policy).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipelines.config import Settings, SourceContract
 
@@ -33,6 +34,18 @@ class TableSpec:
 def bronze_table(source: str) -> str:
     """A source's raw lines, exactly once per landing line (`ingest`)."""
     return f"bronze.{source}"
+
+
+def ingest_checkpoint(settings: Settings, source: str, kind: str = "files") -> Path:
+    """Where the stream keeps a source's query state (offsets, files seen)."""
+    folder = "ingest" if kind == "files" else f"ingest-{kind}"
+    return settings.paths.checkpoint_root / folder / source
+
+
+def refined_from(table: str, source: str) -> str:
+    """The app transaction a silver-side table (silver, quarantine, drift, rejected) keeps for
+    the bronze version of `source` it has refined up to."""
+    return f"{table}<-{bronze_table(source)}"
 
 
 def silver_table(contract: SourceContract) -> str:

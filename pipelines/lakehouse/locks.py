@@ -1,7 +1,7 @@
 """Stage locks: one process runs a stage at a time (the stream, `cdp run`, Dagster and the
 deliverer share them), held with `filelock` (an `flock` on a file next to the checkpoints), so
 the lock goes with the process however it ends (kill -9 included). The holder writes its pid
-into the file, so the refusal can say who holds it."""
+(and what it is, e.g. a Dagster run) into the file, so a refusal can say who holds it."""
 
 from __future__ import annotations
 
@@ -17,22 +17,45 @@ class StageBusyError(RuntimeError):
     """Another process is already running this stage."""
 
 
+def _path(checkpoint_root: Path, stage: str) -> Path:
+    return checkpoint_root / f"{stage}.lock"
+
+
+def _holder(path: Path) -> str:
+    text = path.read_text().strip() if path.exists() else ""
+    return text or "unknown"
+
+
 @contextmanager
-def stage_lock(checkpoint_root: Path, stage: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock for `stage`; released when the process dies too."""
+def stage_lock(checkpoint_root: Path, stage: str, owner: str | None = None) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock for `stage`; released when the process dies too.
+    `owner` says what holds it (shown to whoever is refused)."""
     checkpoint_root.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_root / f"{stage}.lock"
+    path = _path(checkpoint_root, stage)
     lock = FileLock(path, blocking=False)
     try:
         lock.acquire()
     except Timeout:
-        holder = path.read_text().strip() if path.exists() else ""
         raise StageBusyError(
-            f"stage {stage} is already running in another process (pid {holder or 'unknown'}); "
+            f"stage {stage} is already running in another process (pid {_holder(path)}); "
             f"wait for it to finish or stop it (lock: {path})"
         ) from None
     try:
-        path.write_text(str(os.getpid()))
+        path.write_text(str(os.getpid()) + (f", {owner}" if owner else ""))
         yield
     finally:
         lock.release()
+
+
+def held_by(checkpoint_root: Path, stage: str) -> str | None:
+    """Who holds `stage` now ("<pid>[, <owner>]"), or None when nobody does."""
+    path = _path(checkpoint_root, stage)
+    if not path.exists():
+        return None
+    lock = FileLock(path, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return _holder(path)
+    lock.release()
+    return None

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.compute as pc
 from sqlalchemy import JSON, Column, DateTime, String, Table, select
 
 from pipelines.config import Settings
 from pipelines.lakehouse.catalog import DRIFT, PROFILES, QUARANTINE, silver_table
 from pipelines.lakehouse.reader import LakeReader
+from pipelines.ops.health import gold_waiting
 from pipelines.ops.store import jsonable, metadata, ops_engine
-from pipelines.profile.state import silver_ranges
 
 DAY = timedelta(days=1)
 
@@ -264,20 +263,8 @@ def sla_status(
     now = now or datetime.now(UTC)
     sla = settings.sla
     out = freshness_status(lake, settings, now)
-    waiting: list[datetime] = []
-    for s, (done, target) in silver_ranges(lake, settings).items():
-        table = silver_table(settings.contract(s))
-        if done is None or done < target:
-            oldest = (
-                lake.read_polars(table, ["_ingest_ts"], version=target)
-                .select(pl.col("_ingest_ts").min())
-                .item()
-                if done is None
-                else _oldest_added(lake, table, done, target)
-            )
-            if oldest is not None:
-                waiting.append(oldest)
-    lag_s = (now - min(waiting)).total_seconds() if waiting else 0.0
+    waiting = [h.oldest_s for h in gold_waiting(lake, settings, now) if h.waiting and h.oldest_s]
+    lag_s = max(waiting, default=0.0)
     out.append(
         SlaResult(
             "end_to_end_lag",
@@ -314,12 +301,6 @@ def sla_status(
         )
     )
     return out
-
-
-def _oldest_added(lake: LakeReader, table: str, done: int, target: int) -> datetime | None:
-    value = lake.appended(table, done, target, ["_ingest_ts"]).column("_ingest_ts")
-    oldest = pc.min(value).as_py()
-    return oldest if isinstance(oldest, datetime) else None
 
 
 class Alerts:

@@ -272,6 +272,11 @@ def test_subscriptions_refuse_unknown_types_fields_and_wrong_audiences(
     assert ops.status_code == 403 and ops.json()["field"] == "event_types[0]"
     assert subscribe("steward", ["ops.schema_drift"], {"source": "billing"}).status_code == 201
     assert subscribe("marketing", ["churn_risk.crossed"]).status_code == 403
+    # A source steward's subscription carries their source, as the SSE stream filters it.
+    own = subscribe("steward:billing", ["ops.gate_held", "ops.schema_drift"])
+    assert own.status_code == 201 and own.json()["filter"] == {"source": "billing"}
+    other = subscribe("steward:billing", ["ops.gate_held"], {"source": ["billing", "crm"]})
+    assert other.status_code == 403 and other.json()["field"] == "filter.source"
 
 
 def test_the_stream_resumes_from_last_event_id_without_gaps(served: dict[str, Any]) -> None:

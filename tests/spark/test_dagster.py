@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,8 @@ def test_rows_committed_while_the_gate_runs_wait_for_the_next_gate(small: dict[s
 
     from expectations.gate import promotion_gate
     from expectations.runner import Quality
+    from pipelines.ops.health import pipeline_health
+    from pipelines.ops.status import sla_status
     from pipelines.profile.stage import refresh_gold
     from pipelines.profile.state import silver_ranges
 
@@ -358,6 +360,16 @@ def test_rows_committed_while_the_gate_runs_wait_for_the_next_gate(small: dict[s
     assert done == gate.until["silver.network"] < current
     again = promotion_gate(Quality(settings, lake))
     assert next(o for o in again.outcomes if o.table == "silver.network").rows >= 1
+    # The health view counts the row as waiting for gold, aged from its ingestion, and the
+    # end-to-end lag SLA is that same wait.
+    now = datetime.now(UTC)
+    hops = pipeline_health(lake, settings, now=now)["hops"]
+    waiting = next(h for h in hops if h["hop"] == "silver -> gold" and h["subject"] == "network")
+    assert waiting["waiting"] == 1
+    ingested = late.column("_ingest_ts")[0].as_py()
+    assert waiting["oldest_s"] == round((now - ingested).total_seconds(), 1)
+    lag = next(r for r in sla_status(lake, settings, now=now) if r.sla == "end_to_end_lag")
+    assert lag.measured == max(h["oldest_s"] for h in hops if h["hop"] == "silver -> gold")
 
 
 def test_nightly_maintenance_compacts_every_table_and_changes_no_row(small: dict[str, Any]) -> None:
@@ -462,3 +474,66 @@ def test_selecting_one_sources_table_ingests_that_source_alone(small: dict[str, 
         pl.col("raw_line").str.contains("net-subset-")
     )
     assert network.height == 0
+
+
+def test_the_stream_runs_in_dagster_owns_its_stages_and_stops_when_terminated(
+    small: dict[str, Any],
+) -> None:
+    """The `stream` job ingests and promotes a payment landed while it runs; meanwhile the
+    landing sensor skips, naming the run, instead of starting runs that fail "stage busy";
+    terminating the run stops the stream cleanly and frees the stages."""
+    import threading
+    import time
+
+    import polars as pl
+
+    from assets.stream import STREAM
+    from pipelines.lakehouse.locks import held_by
+
+    settings, instance = small["settings"], small["instance"]
+    defs: dg.Definitions = small["defs"]
+    lake = Lake(settings.paths.lake_root)
+    results: list[dg.ExecuteInProcessResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(
+            defs.resolve_job_def(STREAM).execute_in_process(instance=instance, raise_on_error=False)
+        )
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        run = None
+        while run is None and time.monotonic() < deadline:
+            started = instance.get_runs(dg.RunsFilter(job_name=STREAM))
+            run = started[0] if started else None
+            time.sleep(0.5)
+        assert run is not None, "the stream run did not start"
+        while held_by(settings.paths.checkpoint_root, "ingest.billing") is None:
+            assert runner.is_alive() and time.monotonic() < deadline, "the stream took no lock"
+            time.sleep(0.5)
+        profile = _land_payment(settings, lake, 3, "bil-stream-1", "777.00", "billing-stream")
+
+        def balance() -> str:
+            row = lake.read_polars(PROFILES).filter(pl.col("person_id") == profile["person_id"])
+            return str(row["balance_total"][0])
+
+        deadline = time.monotonic() + 300
+        while balance() != "777.00":
+            assert runner.is_alive() and time.monotonic() < deadline, "the payment never showed"
+            time.sleep(1)
+
+        tick = defs.resolve_sensor_def("landing_sensor").evaluate_tick(
+            dg.build_sensor_context(instance=instance)
+        )
+        assert not tick.run_requests
+        assert f"Dagster run {run.run_id} (job stream)" in (tick.skip_message or "")
+    finally:
+        for r in instance.get_runs(dg.RunsFilter(job_name=STREAM)):
+            instance.report_run_canceling(r)
+        runner.join(timeout=180)
+    assert not runner.is_alive(), "the stream did not stop after termination"
+    (result,) = results
+    assert result.success
+    assert key_of(PROFILES) in {e.asset_key for e in result.get_asset_materialization_events()}
+    for stage in ("ingest.billing", "identity"):
+        assert held_by(settings.paths.checkpoint_root, stage) is None
