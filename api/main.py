@@ -14,7 +14,18 @@ from api import errors, metrics, openapi
 from api.fastpath import LookupFastPath
 from api.publisher import KafkaPublisher
 from api.ratelimit import RateLimits
-from api.routes import audit, collect, docs, events, health, profiles, segments, status, ui
+from api.routes import (
+    audit,
+    collect,
+    docs,
+    events,
+    health,
+    persons,
+    profiles,
+    segments,
+    status,
+    ui,
+)
 from api.security import SecurityHeaders
 from api.snapshot import SnapshotHolder
 from pipelines.activation.events import EventStore
@@ -64,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(profiles.router)
     app.include_router(audit.router)
+    app.include_router(persons.router)
     app.include_router(collect.router)
     app.include_router(status.router)
     app.include_router(segments.router)

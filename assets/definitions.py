@@ -14,6 +14,7 @@ from assets.graph import (
     promotion_assets,
     recompute_checks,
     reference_assets,
+    retention_assets,
 )
 from assets.runtime import CdpResource
 from assets.stream import stage_holders, stream_job
@@ -25,6 +26,7 @@ INGEST = "ingest_and_promote"
 RECOMPUTE = "full_recompute"
 REFERENCE = "reference_load"
 MAINTENANCE = "lake_maintenance"
+RETENTION = "retention"
 
 
 def landing_files(settings: Settings) -> dict[str, float]:
@@ -47,13 +49,16 @@ def build_definitions(cdp: CdpResource) -> dg.Definitions:
     promote = promotion_assets(settings)
     checks = recompute_checks(settings)
     maintenance = maintenance_assets(settings)
+    retention = retention_assets(settings)
 
     # The nightly recompute checks run on their schedule only, not with every run of the assets
     # they check (they were 35 s of a 52 s sensor run).
     nightly = dg.AssetSelection.checks(*checks)
     everything = dg.define_asset_job(
         EVERYTHING,
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(maintenance) - nightly,
+        selection=dg.AssetSelection.all()
+        - dg.AssetSelection.assets(maintenance, retention)
+        - nightly,
         description="Reference, ingestion, identity and profiles from whatever is landed.",
     )
     promote_job = dg.define_asset_job(
@@ -74,6 +79,12 @@ def build_definitions(cdp: CdpResource) -> dg.Definitions:
         MAINTENANCE,
         selection=dg.AssetSelection.assets(maintenance),
         description="Compaction and VACUUM of every Delta table.",
+    )
+
+    retention_job = dg.define_asset_job(
+        RETENTION,
+        selection=dg.AssetSelection.assets(retention),
+        description="Rows past their table's retention deleted and vacuumed (conf/retention.yaml).",
     )
 
     @dg.sensor(
@@ -100,9 +111,17 @@ def build_definitions(cdp: CdpResource) -> dg.Definitions:
         )
 
     return dg.Definitions(
-        assets=[reference, ingest, promote, maintenance],
+        assets=[reference, ingest, promote, maintenance, retention],
         asset_checks=checks,
-        jobs=[everything, promote_job, recompute, reference_job, maintenance_job, stream_job()],
+        jobs=[
+            everything,
+            promote_job,
+            recompute,
+            reference_job,
+            maintenance_job,
+            retention_job,
+            stream_job(),
+        ],
         sensors=[landing_sensor],
         schedules=[
             dg.ScheduleDefinition(
@@ -122,6 +141,12 @@ def build_definitions(cdp: CdpResource) -> dg.Definitions:
                 cron_schedule="0 4 * * *",
                 execution_timezone="UTC",
                 name="nightly_lake_maintenance",
+            ),
+            dg.ScheduleDefinition(
+                job=retention_job,
+                cron_schedule="30 3 * * *",
+                execution_timezone="UTC",
+                name="nightly_retention",
             ),
         ],
         resources={"cdp": cdp},

@@ -37,10 +37,10 @@ from pipelines.lakehouse.catalog import (
     OUTBOX,
     PROFILES,
     QUARANTINE,
-    REJECTED,
     bronze_table,
     ref_table,
     silver_table,
+    stream_appended,
 )
 from pipelines.lakehouse.locks import StageBusyError
 
@@ -435,10 +435,7 @@ def maintenance_assets(settings: Settings) -> dg.AssetsDefinition:
 
     # Written by the ingest queries with blind appends, which never conflict with a compaction:
     # these are compacted while the stream runs. The rest is written under the identity lock.
-    appended = {bronze_table(s) for s in settings.sources} | {
-        silver_table(settings.contract(s)) for s in settings.sources
-    }
-    appended |= {QUARANTINE, DRIFT, REJECTED}
+    appended = stream_appended(settings)
 
     @dg.asset(
         key=["ops", "lake_maintenance"],
@@ -478,3 +475,39 @@ def maintenance_assets(settings: Settings) -> dg.AssetsDefinition:
         )
 
     return lake_maintenance
+
+
+def retention_assets(settings: Settings) -> dg.AssetsDefinition:
+    """Nightly retention (conf/retention.yaml): rows past their table's days deleted, the files
+    that held them vacuumed, old audit records deleted."""
+    from pipelines.lakehouse.locks import stage_lock
+    from pipelines.ops.retention import apply_retention
+
+    @dg.asset(
+        key=["ops", "retention"],
+        group_name="maintenance",
+        kinds={"spark", "delta"},
+        description="Deletes each table's rows older than its retention in conf/retention.yaml "
+        "(raw lines by ingestion time, events by event time), vacuums the files that held them "
+        "after retention.vacuum_hours, and deletes audit records older than audit_days.",
+    )
+    def retention(context: AssetExecutionContext, cdp: CdpResource) -> dg.MaterializeResult:
+        rt = cdp.runtime()
+        try:
+            with stage_lock(settings.paths.checkpoint_root, "identity"):
+                report = apply_retention(
+                    rt.lake, rt.settings, locked=True, progress=context.log.info
+                )
+        except StageBusyError:
+            report = apply_retention(rt.lake, rt.settings, locked=False, progress=context.log.info)
+        return dg.MaterializeResult(
+            metadata={
+                "rows_deleted": dg.MetadataValue.json(report.deleted),
+                "files_vacuumed": dg.MetadataValue.json(report.vacuumed),
+                "cutoffs": dg.MetadataValue.json(report.cutoffs),
+                "skipped": ", ".join(report.skipped) or "none",
+                "vacuum_waits_for_readers": ", ".join(report.vacuum_waits) or "none",
+            }
+        )
+
+    return retention

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -651,6 +659,19 @@ class SlaCfg(Model):
         return self.quarantine_rate.get(source, 0.0)
 
 
+class RetentionCfg(Model):
+    """How long rows are kept (conf/retention.yaml): rows of a named table older than its days
+    are deleted by the nightly retention run, and the files that held them vacuumed after
+    `vacuum_hours`. Raw lines age from their ingestion (wall clock), events from when they
+    happened (the data clock). Tables not named keep everything."""
+
+    tables: dict[str, PositiveFloat] = Field(default_factory=dict)  # table -> days rows are kept
+    audit_days: float | None = Field(None, gt=0)  # lookup and push audit records (ops store)
+    # Files that held deleted rows stay this long for readers of older versions (time travel,
+    # a running stream); below 168 (Delta's default) older versions lose their files sooner.
+    vacuum_hours: float = Field(168, ge=0)
+
+
 # ---------------------------------------------------------------- the whole thing
 
 
@@ -691,6 +712,7 @@ class Settings(Model):
     api: ApiCfg = ApiCfg()
     sla: SlaCfg = SlaCfg()
     triggers: dict[str, TriggerCfg] = Field(default_factory=dict)
+    retention: RetentionCfg = RetentionCfg()
 
     def contract(self, source: str) -> SourceContract:
         try:
@@ -819,6 +841,7 @@ def load_settings(conf_dir: Path | None = None, env: Mapping[str, str] | None = 
         api=_api(conf_dir / "api.yaml", env, policy),
         sla=_sla(conf_dir / "sla.yaml", contracts),
         triggers=_triggers(conf_dir / "triggers.yaml", policy),
+        retention=_retention(conf_dir / "retention.yaml"),
     )
 
 
@@ -909,6 +932,13 @@ def _sla(sla_path: Path, contracts: dict[str, SourceContract]) -> SlaCfg:
             f"contracts exist for {sorted(contracts)}"
         )
     return sla
+
+
+def _retention(path: Path) -> RetentionCfg:
+    """retention.yaml (optional)."""
+    if not path.exists():
+        return RetentionCfg()
+    return _parse(RetentionCfg, _read_yaml(path), path)
 
 
 def _triggers(path: Path, policy: PolicyCfg) -> dict[str, TriggerCfg]:

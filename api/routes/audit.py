@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from api.deps import ConsentStewardDep
 from api.errors import KEYED, StrictRoute, error
 from api.models import IsoTime
 from api.routes.profiles import IdType, valid
+from pipelines.activation.report import campaign_report, report_csv, report_html
 from pipelines.identity.resolve import PERSON_ID_PATTERN
 from pipelines.profile.state import Holding, holders
 
@@ -139,3 +141,47 @@ def _held_then(row: dict[str, Any], h: Holding) -> bool:
     """A push made while the person held the identifier asked about (`at`: ISO with offset)."""
     at = datetime.fromisoformat(row["at"])
     return (h.since is None or at >= h.since) and (h.until is None or at < h.until)
+
+
+@router.get(
+    "/campaigns/{push_id}",
+    summary="The regulator's report of one push: rule, purpose, legal basis, and per recipient "
+    "the consent state used and the attributes sent (consent steward or admin)",
+    responses={
+        200: {
+            "description": "The report: JSON (default), CSV (a row per recipient) or a page",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/csv": {},
+                "text/html": {},
+            },
+        },
+        403: error("The key is not the consent steward's or an admin's"),
+        404: error("No such push"),
+    },
+    response_model=None,
+)
+def campaign(
+    request: Request,
+    _who: ConsentStewardDep,
+    push_id: str,
+    format: Annotated[
+        Literal["json", "csv", "html"], Query(description="json, csv (a row per recipient) or html")
+    ] = "json",
+) -> Response:
+    """The consent state is the one the push recorded when it was sent: a recipient who
+    withdrew consent later still shows what the push relied on, as the law asks."""
+    state = request.app.state
+    state.audit.flush()  # the push's own records
+    report = campaign_report(state.pushes, state.segments, push_id)
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no push {push_id!r}")
+    if format == "csv":
+        return Response(
+            report_csv(report),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{push_id}.csv"'},
+        )
+    if format == "html":
+        return HTMLResponse(report_html(report))
+    return JSONResponse(report)

@@ -294,6 +294,31 @@ class PushStore:
             out.append(row)
         return out
 
+    def memberships(self, person_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The segments these persons are members of now, and the channels told so."""
+        s, c = segment_members.c, channel_members.c
+        with self.engine.connect() as conn:
+            segments = conn.execute(
+                select(s.segment_id, s.person_id).where(s.person_id.in_(list(person_ids)))
+            ).all()
+            told = conn.execute(
+                select(c.segment_id, c.person_id, c.channel).where(
+                    c.person_id.in_(list(person_ids))
+                )
+            ).all()
+        channels: dict[tuple[str, str], list[str]] = {}
+        for seg, person, channel in told:
+            channels.setdefault((seg, person), []).append(channel)
+        keys = {(seg, person) for seg, person in segments} | set(channels)
+        return [
+            {
+                "segment_id": seg,
+                "person_id": person,
+                "channels": sorted(channels.get((seg, person), [])),
+            }
+            for seg, person in sorted(keys)
+        ]
+
     # ------------------------------------------------------------ membership events
 
     def evaluate(

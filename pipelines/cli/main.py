@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -37,41 +38,40 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-identity_app = typer.Typer(
-    help="Identity: explain why an identifier belongs to its person; rebuild from all evidence.",
-    no_args_is_help=True,
+
+
+def _group(name: str, help_text: str) -> typer.Typer:
+    """A command group (`cdp <name> ...`) under the main app."""
+    group = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+identity_app = _group(
+    "identity",
+    "Identity: explain why an identifier belongs to its person; rebuild from all evidence.",
 )
-app.add_typer(identity_app, name="identity")
-gold_app = typer.Typer(
-    help="Gold profiles: show a person's profile (now or as of a time); rebuild from silver.",
-    no_args_is_help=True,
+gold_app = _group(
+    "profiles", "Gold profiles: show a person's profile (now or as of a time); rebuild from silver."
 )
-app.add_typer(gold_app, name="profiles")
-keys_app = typer.Typer(
-    help="API keys: create (the key is shown once), list, revoke.", no_args_is_help=True
+keys_app = _group("keys", "API keys: create (the key is shown once), list, revoke.")
+quality_app = _group(
+    "quality", "Data quality: run every suite, release a reviewed batch past the gate, build docs."
 )
-app.add_typer(keys_app, name="keys")
-quality_app = typer.Typer(
-    help="Data quality: run every suite, release a reviewed batch past the gate, build docs.",
-    no_args_is_help=True,
+contracts_app = _group(
+    "contracts", "Source contracts: version, steward, rows in, quarantine by reason, drift, alerts."
 )
-app.add_typer(quality_app, name="quality")
-contracts_app = typer.Typer(
-    help="Source contracts: version, steward, rows in, quarantine by reason, drift, alerts.",
-    no_args_is_help=True,
+db_app = _group(
+    "db", "The ops database (keys, audit, segments, events): migrate it, show its revision."
 )
-app.add_typer(contracts_app, name="contracts")
-db_app = typer.Typer(
-    help="The ops database (keys, audit, segments, events): migrate it, show its revision.",
-    no_args_is_help=True,
+kafka_app = _group("kafka", "The Kafka source (source.kind: kafka): create the sources' topics.")
+retention_app = _group(
+    "retention", "Retention (conf/retention.yaml): each table's oldest row; delete what is past it."
 )
-app.add_typer(db_app, name="db")
-kafka_app = typer.Typer(
-    help="The Kafka source (source.kind: kafka): create the sources' topics.", no_args_is_help=True
+report_app = _group(
+    "report", "Reports for a regulator: a campaign push, with each recipient's consent and basis."
 )
-app.add_typer(kafka_app, name="kafka")
-config_app = typer.Typer(help="The configuration: its reference.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
+config_app = _group("config", "The configuration: its reference.")
 console = Console()
 
 
@@ -723,6 +723,129 @@ def status(conf: ConfOpt = None) -> None:
         "waited longest; every later stage can only be as fresh as it)"
         if behind
         else "nothing waits: every stage is caught up"
+    )
+
+
+@app.command("export-person")
+def export_person(
+    id_type: Annotated[
+        str,
+        typer.Argument(help="msisdn, iccid, account_id, app_user_id, email, passport, person_id"),
+    ],
+    value: Annotated[str, typer.Argument(help="The identifier, as any source spells it.")],
+    at: Annotated[
+        datetime | None,
+        typer.Option("--at", help="The holder at this time (default now: today's holder)."),
+    ] = None,
+    html_path: Annotated[
+        Path | None, typer.Option("--html", help="Also write the readable page here.")
+    ] = None,
+    conf: ConfOpt = None,
+) -> None:
+    """Right of access: everything held about the person holding an identifier (identifiers
+    with tenures, profile, events, consent history, segments, pushes, lookups) as JSON on
+    stdout; a recycled number's other owners are left out."""
+    from pipelines.activation.events import EventStore
+    from pipelines.activation.push import PushStore
+    from pipelines.config import IDENTIFIER_TYPES
+    from pipelines.identity.explain import normalise_value
+    from pipelines.lakehouse.reader import LakeReader
+    from pipelines.ops.audit import AuditLog
+    from pipelines.ops.subject import holder_at, render_html, subject_export
+
+    settings = _settings(conf)
+    if id_type not in (*IDENTIFIER_TYPES, "person_id"):
+        console.print(
+            f"[red]error:[/red] {id_type!r} is not one of {IDENTIFIER_TYPES} or person_id"
+        )
+        raise typer.Exit(2)
+    lake = LakeReader(settings.paths.lake_root)
+    when = at.replace(tzinfo=at.tzinfo or UTC) if at else None
+    person = value
+    if id_type != "person_id":
+        normal = normalise_value(id_type, value, settings.identity)
+        person = holder_at(lake, id_type, normal, when) or ""
+    audit = AuditLog(settings.database_url)
+    try:
+        doc = person and subject_export(
+            lake, settings, person, audit, PushStore(EventStore(settings.database_url))
+        )
+    finally:
+        audit.close()
+    if not doc:
+        console.print(f"[red]error:[/red] no person holds {id_type} {value}")
+        raise typer.Exit(1)
+    if html_path is not None:
+        html_path.write_text(render_html(doc))
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+@report_app.command("campaign")
+def report_campaign(
+    push_id: Annotated[str, typer.Argument(help="The push (push_...), from GET .../pushes.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="csv (a row per recipient), json or html.")
+    ] = "csv",
+    conf: ConfOpt = None,
+) -> None:
+    """One push: segment version and rule, channel, purpose, legal basis, and per recipient
+    the consent state the push used and the attributes it sent, on stdout."""
+    from pipelines.activation.events import EventStore
+    from pipelines.activation.push import PushStore
+    from pipelines.activation.report import campaign_report, report_csv, report_html
+    from pipelines.activation.segment_store import SegmentStore
+
+    settings = _settings(conf)
+    render = {"csv": report_csv, "html": report_html, "json": lambda r: json.dumps(r, indent=2)}
+    if fmt not in render:
+        console.print(f"[red]error:[/red] --format {fmt!r}: one of csv, json, html")
+        raise typer.Exit(2)
+    url = settings.database_url
+    report = campaign_report(PushStore(EventStore(url)), SegmentStore(url), push_id)
+    if report is None:
+        console.print(f"[red]error:[/red] no push {push_id!r} in {url}")
+        raise typer.Exit(1)
+    print(render[fmt](report), end="" if fmt == "csv" else "\n")
+
+
+@retention_app.command("status")
+def retention_status_cmd(conf: ConfOpt = None) -> None:
+    """Each configured table's oldest row against its retention (from file statistics)."""
+    from pipelines.lakehouse.reader import LakeReader
+    from pipelines.ops.retention import retention_status
+
+    settings = _settings(conf)
+    for r in retention_status(LakeReader(settings.paths.lake_root), settings):
+        state = "[green]ok[/green]" if r.ok else "[red]past retention[/red]"
+        oldest = f"{r.oldest:%Y-%m-%d %H:%M}" if r.oldest else "no rows"
+        console.print(
+            f"{r.table}: keeps {r.days:g} days of {r.column} by the {r.clock} (cut-off "
+            f"{r.cutoff:%Y-%m-%d %H:%M}); oldest {oldest}: {state}"
+        )
+
+
+@retention_app.command("apply")
+def retention_apply(conf: ConfOpt = None) -> None:
+    """Delete rows past their table's retention and vacuum the files that held them, as the
+    nightly Dagster asset does; tables the stream does not only append to wait for its lock."""
+    from pipelines.lakehouse.lake import Lake
+    from pipelines.lakehouse.locks import StageBusyError, stage_lock
+    from pipelines.lakehouse.spark import spark_session
+    from pipelines.ops.retention import apply_retention
+
+    settings = _settings(conf)
+    spark = spark_session(settings.engine, app_name="cdp-retention")
+    lake = Lake(settings.paths.lake_root, spark)
+    try:
+        try:
+            with stage_lock(settings.paths.checkpoint_root, "identity", "cdp retention apply"):
+                report = apply_retention(lake, settings, locked=True, progress=console.print)
+        except StageBusyError:
+            report = apply_retention(lake, settings, locked=False, progress=console.print)
+    finally:
+        spark.stop()
+    console.print(
+        f"deleted {sum(report.deleted.values()):,} rows; skipped {report.skipped or 'none'}"
     )
 
 

@@ -138,6 +138,20 @@ def event_time(table: str) -> str | None:
     return spec.event_time if spec else LAYER_EVENT_TIME.get(table.partition(".")[0])
 
 
+def stream_appended(settings: Settings) -> set[str]:
+    """The tables the ingest queries write with blind appends only: maintenance (compaction,
+    retention deletes) may change them while the stream runs; the rest is written under the
+    identity lock."""
+    sources = settings.sources
+    return {
+        *(bronze_table(s) for s in sources),
+        *(silver_table(settings.contract(s)) for s in sources),
+        QUARANTINE,
+        DRIFT,
+        REJECTED,
+    }
+
+
 def every_table(settings: Settings) -> list[str]:
     """Every table the pipeline writes for this conf, in the order of the flow."""
     return [

@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import reduce
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -33,7 +35,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from pipelines.lakehouse.arrowtypes import spark_ready
-from pipelines.lakehouse.reader import LakeReader
+from pipelines.lakehouse.reader import LakeReader, insert_ranges
 
 # Rows per file a driver-side table is written as (larger tables spread over every core).
 FILE_ROWS = 256 * 1024
@@ -42,6 +44,7 @@ NO_STATS = frozenset({"raw_line"})
 # Session settings a MERGE takes its app transaction from, and the commit metadata setting.
 TXN_SETTINGS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 METADATA_SETTING = "spark.databricks.delta.commitInfo.userMetadata"
+RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 CHANGE_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
 
@@ -291,19 +294,45 @@ class Lake(LakeReader):
                 SparkDeltaTable.forPath(session, self.uri(table)).optimize().executeCompaction()
             return before, self.file_count(table)
 
-    def vacuum(self, table: str) -> int:
-        """Delete the files no version within the table's `delta.deletedFileRetentionDuration`
-        still references (Delta VACUUM); returns how many Parquet files went."""
+    def vacuum(self, table: str, hours: float | None = None) -> int:
+        """Delete the files no version within the last `hours` (default: the table's
+        `delta.deletedFileRetentionDuration`) still references (Delta VACUUM); returns how many
+        Parquet files went. Under Delta's 7 days, readers of older versions lose their files."""
         from delta.tables import DeltaTable as SparkDeltaTable
 
         def data_files() -> int:
             files = Path(self.uri(table)).rglob("*.parquet")
             return sum(1 for f in files if "_delta_log" not in f.parts)
 
-        with self._locks[table]:
+        with self._locks[table], self._session("vacuum") as session:
             before = data_files()
-            SparkDeltaTable.forPath(self.spark, self.uri(table)).vacuum()
+            delta = SparkDeltaTable.forPath(session, self.uri(table))
+            if hours is None:
+                delta.vacuum()
+            else:
+                session.conf.set(RETENTION_CHECK, "false")  # a shorter window, asked for
+                try:
+                    delta.vacuum(hours)
+                finally:
+                    session.conf.unset(RETENTION_CHECK)
             return before - data_files()
+
+    def delete_before(self, table: str, column: str, cutoff: datetime, *, stage: str) -> int:
+        """Delete the rows whose `column` is before `cutoff` (Delta DELETE: the files holding
+        them are rewritten without them; the Change Data Feed records deletes, never new
+        rows). Returns how many rows went."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+        from pyspark.sql import functions as F
+
+        with self._locks[table]:
+            before = self.version(table)
+            with self._session(stage, {"cutoff": cutoff.isoformat()}) as session:
+                delta = SparkDeltaTable.forPath(session, self.uri(table))
+                delta.delete(F.col(column) < F.lit(cutoff))
+            if self.version(table) == before:
+                return 0
+            history = self._existing(table).history(1)[0]
+            return int(history.get("operationMetrics", {}).get("numDeletedRows", 0))
 
     def frame(self, data: Rows) -> DataFrame:
         """`data` as a Spark frame: a driver-side Arrow table is sliced over the cores."""
@@ -349,23 +378,24 @@ class Lake(LakeReader):
     ) -> Changes:
         """Rows inserted after `since_version` (None: from the start) up to `until_version`
         (None: the current version), from the table's Change Data Feed: compaction adds no
-        rows to it, and rows a DELETE or MERGE rewrote are not replayed as new."""
+        rows to it, rows a DELETE or MERGE rewrote are not replayed as new, and DELETE commits
+        (retention, erasure) are not read at all (`insert_ranges`)."""
         dt = self._existing(table, until_version)
         until = dt.version()
         start = 0 if since_version is None else since_version + 1
-        if start > until:
-            empty = spark.read.format("delta").load(self.uri(table)).limit(0)
-            return Changes(empty, until)
-        frame = (
+        frames = [
             spark.read.format("delta")
             .option("readChangeFeed", "true")
-            .option("startingVersion", start)
-            .option("endingVersion", until)
+            .option("startingVersion", low)
+            .option("endingVersion", high)
             .load(self.uri(table))
             .where("_change_type = 'insert'")
             .drop(*CHANGE_COLUMNS)
-        )
-        return Changes(frame, until)
+            for low, high in insert_ranges(dt, start, until)
+        ]
+        if not frames:
+            return Changes(spark.read.format("delta").load(self.uri(table)).limit(0), until)
+        return Changes(reduce(DataFrame.unionByName, frames), until)
 
 
 def sized(frame: DataFrame, rows: int) -> DataFrame:

@@ -157,16 +157,20 @@ class LakeReader:
         if columns:
             schema = pa.schema([schema.field(c) for c in columns])
         start = 0 if since_version is None else since_version + 1
-        if start > dt.version():
-            return schema.empty_table()
-        reader = dt.load_cdf(
-            starting_version=start,
-            ending_version=dt.version(),
-            columns=[*(columns or schema.names), "_change_type"],
-            predicate="_change_type = 'insert'",
-        )
-        rows = pa.table(reader)
-        return rows.select(schema.names).cast(schema)
+        parts = [
+            pa.table(
+                dt.load_cdf(
+                    starting_version=lo,
+                    ending_version=hi,
+                    columns=[*(columns or schema.names), "_change_type"],
+                    predicate="_change_type = 'insert'",
+                )
+            )
+            .select(schema.names)
+            .cast(schema)
+            for lo, hi in insert_ranges(dt, start, dt.version())
+        ]
+        return pa.concat_tables(parts) if parts else schema.empty_table()
 
     def row_changes(self, table: str, after: int, upto: int) -> pl.DataFrame | None:
         """Every row change of the versions after `after` up to `upto` (the Change Data Feed:
@@ -258,3 +262,24 @@ class Progress:
         for old in self.folder.glob("*.json"):
             if old.stem.isdigit() and int(old.stem) < txn[1] - PROGRESS_KEPT:
                 old.unlink(missing_ok=True)
+
+
+def insert_ranges(dt: DeltaTable, start: int, until: int) -> list[tuple[int, int]]:
+    """The versions `start`..`until` as ranges without DELETE commits: a delete inserts nothing,
+    and retention and erasure vacuum its change files (the deleted rows) at once, so a change
+    feed read across it would fail on files that are gone."""
+    if start > until:
+        return []
+    deletes = sorted(
+        h["version"]
+        for h in dt.history(until - start + 1)
+        if h.get("operation") == "DELETE" and start <= h["version"] <= until
+    )
+    ranges, low = [], start
+    for v in deletes:
+        if v > low:
+            ranges.append((low, v - 1))
+        low = v + 1
+    if low <= until:
+        ranges.append((low, until))
+    return ranges

@@ -151,6 +151,19 @@ def _versions_hop(
     return Hop(hop, subject, len(rows), "rows", age, f"{table} versions after {after}")
 
 
+def consumed(lake: LakeReader, settings: Settings, table: str) -> int | None:
+    """The last version of `table` its pipeline reader has taken (silver refines bronze, gold
+    reads a source's silver); None when no stage reads it incrementally."""
+    for s in settings.sources:
+        silver = silver_table(settings.contract(s))
+        if table == bronze_table(s):
+            return lake.committed(silver, refined_from(silver, s)) if lake.exists(silver) else -1
+        if table == silver:
+            done = silver_ranges(lake, settings).get(s, (None, 0))[0]
+            return -1 if done is None else done
+    return None
+
+
 def gold_waiting(lake: LakeReader, settings: Settings, now: datetime) -> list[Hop]:
     """Per source gold is built from: its silver rows gold does not reflect yet (the quality
     gate judges them at the next promotion step)."""

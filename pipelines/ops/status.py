@@ -289,6 +289,22 @@ def sla_status(
                 "last day",
             )
         )
+    from pipelines.ops.retention import retention_status  # it measures with data_clock
+
+    for r in retention_status(lake, settings, now):
+        out.append(
+            SlaResult(
+                "retention",
+                r.table,
+                r.oldest_days,
+                r.days,
+                "days",
+                r.ok,
+                f"oldest {r.column} {r.oldest:%Y-%m-%d %H:%M} by the {r.clock}"
+                if r.oldest
+                else "no rows",
+            )
+        )
     out.append(
         SlaResult(
             "api_p99",

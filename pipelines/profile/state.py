@@ -126,6 +126,26 @@ class Holding:
     until: datetime | None
 
 
+def merged_into(lake: LakeReader, person_id: str) -> list[str]:
+    """The person ids merged into `person_id` (and into those, and so on)."""
+    if not lake.exists(MERGES):
+        return []
+    merges = lake.read_polars(MERGES, ["change", "from_person_id", "to_person_id"]).filter(
+        pl.col("change") == "merge"
+    )
+    into: dict[str, list[str]] = {}
+    for r in merges.iter_rows(named=True):
+        into.setdefault(r["to_person_id"], []).append(r["from_person_id"])
+    out: list[str] = []
+    todo = [person_id]
+    while todo:  # merges of merges
+        for old in into.get(todo.pop(), []):
+            if old not in out and old != person_id:
+                out.append(old)
+                todo.append(old)
+    return out
+
+
 def holders(lake: LakeReader, id_type: str, value: str) -> list[Holding]:
     """Everyone who held an identifier, each over their tenure, and the person ids merged into
     each of them over the same tenure (what was recorded before a merge names the old id). A
@@ -138,25 +158,9 @@ def holders(lake: LakeReader, id_type: str, value: str) -> list[Holding]:
         (pl.col("id_type") == id_type) & (pl.col("id_value") == value),
     )
     held = [Holding(r["person_id"], r["tenure"], r["valid_to"]) for r in rows.iter_rows(named=True)]
-    if not held or not lake.exists(MERGES):
-        return held
-    merges = lake.read_polars(MERGES, ["change", "from_person_id", "to_person_id"]).filter(
-        pl.col("change") == "merge"
-    )
-    into: dict[str, list[str]] = {}
-    for r in merges.iter_rows(named=True):
-        into.setdefault(r["to_person_id"], []).append(r["from_person_id"])
-    out, todo = list(held), list(held)
-    seen = {h.person_id for h in held}
-    while todo:  # merges of merges
-        h = todo.pop()
-        for old in into.get(h.person_id, []):
-            if old not in seen:
-                seen.add(old)
-                merged = Holding(old, h.since, h.until)
-                out.append(merged)
-                todo.append(merged)
-    return out
+    return held + [
+        Holding(old, h.since, h.until) for h in held for old in merged_into(lake, h.person_id)
+    ]
 
 
 AsOf = Literal["event_time", "commit_time"]

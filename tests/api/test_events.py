@@ -156,6 +156,33 @@ def test_push_sends_who_entered_then_who_exited_signed_and_audited(
     assert exited_row["consent_source"] == "test withdrawal"
     assert call(served, "GET", f"/v1/audit/pushes?person={leaver}", "marketing").status_code == 403
 
+    _campaign_report_shows_what_the_push_relied_on(served, push["push_id"], rule, leaver, entered)
+
+
+def _campaign_report_shows_what_the_push_relied_on(
+    served: dict[str, Any],
+    push_id: str,
+    rule: dict[str, Any],
+    leaver: str,
+    entered: list[dict[str, Any]],
+) -> None:
+    """The campaign report of a push: every recipient, with the consent the push relied on
+    (the leaver's later withdrawal does not rewrite it) and the attributes it sent."""
+    url = f"/v1/audit/campaigns/{push_id}"
+    assert call(served, "GET", url, "marketing").status_code == 403
+    report = call(served, "GET", url, "steward:consent").json()
+    assert report["segment"]["rule"] == rule and report["legal_basis"] == "consent"
+    rows = {r["person_id"]: r for r in report["recipients"]}
+    assert rows.keys() == {p["person_id"] for p in entered}
+    assert rows[leaver]["consent_granted"] is True and rows[leaver]["change"] == "entered"
+    for p in entered:
+        assert set(rows[p["person_id"]]["attributes_sent"]) == set(p["attributes"]), p
+    csv_text = call(served, "GET", url + "?format=csv", "steward:consent").text
+    lines = csv_text.splitlines()
+    assert len(lines) == 1 + len(entered) and lines[0].startswith("push_id,at,segment_id")
+    assert any(line.split(",")[7] == leaver and ",True," in line for line in lines[1:])
+    assert call(served, "GET", "/v1/audit/campaigns/push_nope", "steward").status_code == 404
+
 
 def test_a_marketing_push_on_churn_risk_reaches_only_persons_who_may_be_profiled(
     served: dict[str, Any], receiver: Receiver

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from assets.definitions import (
@@ -22,9 +23,11 @@ from assets.definitions import (
     MAINTENANCE,
     RECOMPUTE,
     REFERENCE,
+    RETENTION,
     build_definitions,
 )
 from assets.runtime import CdpResource, key_of
+from assets.stream import STREAM
 from pipelines.config import PROJECT_ROOT
 from pipelines.lakehouse.catalog import MAP, PROFILES
 from pipelines.lakehouse.lake import Lake
@@ -69,13 +72,14 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluat
 
 def test_definitions_resolve_every_job_sensor_and_schedule(small: dict[str, Any]) -> None:
     defs: dg.Definitions = small["defs"]
-    for job in (EVERYTHING, INGEST, RECOMPUTE, REFERENCE, MAINTENANCE):
+    for job in (EVERYTHING, INGEST, RECOMPUTE, REFERENCE, MAINTENANCE, RETENTION, STREAM):
         assert defs.resolve_job_def(job).name == job
     assert {s.name for s in defs.sensors} == {"landing_sensor"}
     assert {s.name for s in defs.schedules} == {
         "nightly_full_recompute",
         "daily_reference_load",
         "nightly_lake_maintenance",
+        "nightly_retention",
     }
     keys = {"/".join(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}
     settings = small["settings"]
@@ -487,7 +491,6 @@ def test_the_stream_runs_in_dagster_owns_its_stages_and_stops_when_terminated(
 
     import polars as pl
 
-    from assets.stream import STREAM
     from pipelines.lakehouse.locks import held_by
 
     settings, instance = small["settings"], small["instance"]
@@ -537,3 +540,131 @@ def test_the_stream_runs_in_dagster_owns_its_stages_and_stops_when_terminated(
     assert key_of(PROFILES) in {e.asset_key for e in result.get_asset_materialization_events()}
     for stage in ("ingest.billing", "identity"):
         assert held_by(settings.paths.checkpoint_root, stage) is None
+
+
+def test_the_retention_asset_leaves_no_row_past_its_tables_retention(
+    small: dict[str, Any], tmp_path: Path
+) -> None:
+    """Network events kept 2 days (of the operator's 4) by the data clock, raw network lines
+    ~9 s by the wall clock, audit records 30 days, files vacuumed at once: afterwards no row
+    past its retention is left in the tables, every newer row is untouched, the status shows
+    each table within its retention, and the stream's stages read on across the deletes. A
+    vacuum waits while a table's reader is behind (its unread versions name the rewritten
+    files), and happens on the next run once it has caught up."""
+    import polars as pl
+    from sqlalchemy import func, select
+
+    from pipelines.ops.audit import audit_records
+    from pipelines.ops.releases import release
+    from pipelines.ops.status import sla_status
+    from pipelines.ops.store import ops_engine
+
+    settings, instance = small["settings"], small["instance"]
+    rules = {
+        "tables": {"silver.network": 2, "bronze.network": 0.0001},
+        "audit_days": 30,
+        "vacuum_hours": 0,
+    }
+    cdp = _with_conf(tmp_path, settings, "retention.yaml", rules)
+    defs = build_definitions(cdp)
+    lake = Lake(settings.paths.lake_root)
+    release(lake, settings, "silver.network")  # earlier tests left broken rows held at the gate
+    assert defs.resolve_job_def(INGEST).execute_in_process(instance=instance).success
+    # one network row waits for gold: its reader (the promotion) is behind when retention runs
+    _append_silver_copy(lake, "silver.network", "net-retention-waiting")
+
+    events = lake.read_arrow("silver.network", ["event_id", "event_ts"]).to_pylist()
+    newest = max(
+        lake.read_polars(f"silver.{settings.contract(s).domain}", ["event_ts"])["event_ts"].max()
+        for s in settings.sources
+    )
+    cutoff = newest - timedelta(days=2)  # the data clock: the newest event of any source
+    kept = {e["event_id"] for e in events if e["event_ts"] >= cutoff}
+    assert 0 < len(kept) < len(events) and "net-retention-waiting" in kept
+    now = datetime.now(UTC)
+    engine = ops_engine(settings.database_url)
+    _audit_records_aged(engine, now, (45, 5))
+    retention_settings = cdp.settings()
+    before = {r.subject: r.ok for r in sla_status(lake, retention_settings) if r.sla == "retention"}
+    assert before == {"silver.network": False, "bronze.network": False}
+
+    first = defs.resolve_job_def(RETENTION).execute_in_process(instance=instance)  # or raises
+
+    (done,) = first.get_asset_materialization_events()
+    meta = done.materialization.metadata
+    assert meta["vacuum_waits_for_readers"].value == "silver.network"  # gold is behind
+    after = lake.read_arrow("silver.network", ["event_id", "event_ts"]).to_pylist()
+    assert {e["event_id"] for e in after} == kept
+    assert lake.rows("bronze.network") == 0  # every raw line was ingested well before
+    with engine.begin() as db:
+        mine = audit_records.c.key_id == "k-retention"
+        ages = db.execute(select(func.count()).select_from(audit_records).where(mine)).scalar_one()
+    assert ages == 1  # the 45-day-old record went, the 5-day-old one stays
+    status = {r.subject: r for r in sla_status(lake, retention_settings) if r.sla == "retention"}
+    assert all(r.ok for r in status.values()), status
+
+    # The stages read on across the delete (the waiting row reaches gold), and the next run's
+    # vacuum removes every file that held a deleted row.
+    profile = _land_payment(settings, lake, 4, "bil-after-retention", "4321.00", "billing-late")
+    assert defs.resolve_job_def(INGEST).execute_in_process(instance=instance).success
+    row = lake.read_polars(PROFILES).filter(pl.col("person_id") == profile["person_id"])
+    assert str(row["balance_total"][0]) == "4321.00"
+    again = defs.resolve_job_def(RETENTION).execute_in_process(instance=instance)
+    (done,) = again.get_asset_materialization_events()
+    assert done.materialization.metadata["vacuum_waits_for_readers"].value == "none"
+    root = settings.paths.lake_root  # no file under the tables holds a deleted row
+    assert not _files_with_older(root / "silver" / "network", "event_ts", cutoff)
+    raw_limit = now - timedelta(seconds=9)
+    assert not _files_with_older(root / "bronze" / "network", "ingest_ts", raw_limit)
+
+
+def _with_conf(tmp_path: Path, settings: Any, name: str, content: dict[str, Any]) -> CdpResource:
+    """The `cdp` resource on a copy of the project's conf with file `name` replaced."""
+    import yaml
+
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    (conf / name).write_text(yaml.safe_dump(content))
+    return CdpResource(conf_dir=str(conf), env={"CDP_DATA_ROOT": str(settings.data_root)})
+
+
+def _append_silver_copy(lake: Lake, table: str, event_id: str) -> None:
+    """A copy of the table's newest good row (earlier tests left broken ones: negative byte
+    counts) under `event_id`, appended as a batch of its own."""
+    import polars as pl
+
+    good = pl.col("bytes_down").fill_null(0) >= 0
+    newest = lake.read_polars(table).filter(good).sort("event_ts").tail(1)
+    row = newest.with_columns(pl.lit(event_id).alias("event_id")).to_arrow()
+    lake.append_once(table, row.cast(lake.arrow_schema(table)), {}, stage="test")
+
+
+def _audit_records_aged(engine: Any, now: datetime, ages_days: tuple[int, ...]) -> None:
+    """Lookup audit records made `ages_days` ago, under the key id `k-retention`."""
+    from sqlalchemy import insert
+
+    from pipelines.ops.audit import audit_records
+
+    with engine.begin() as db:
+        for days in ages_days:
+            db.execute(
+                insert(audit_records).values(
+                    at=now - timedelta(days=days),
+                    kind="lookup",
+                    key_id="k-retention",
+                    channel="mobile_app",
+                    person_id=None,
+                    disclosure_id="d-retention",
+                )
+            )
+
+
+def _files_with_older(table: Path, column: str, limit: datetime) -> list[str]:
+    """Parquet files under a table's folder (data and change files) holding a `column` value
+    before `limit`."""
+    return [
+        f.name
+        for f in table.rglob("*.parquet")
+        if "_delta_log" not in f.parts
+        and any(v < limit for v in pq.read_table(f, columns=[column])[column].to_pylist())
+    ]
