@@ -161,6 +161,7 @@ BY_IDENTIFIER = (  # (prefix, suffix) of the paths that take {id_type}/{id_value
     (PREFIX, "/as-of"),
     ("/v1/audit/by", ""),
     ("/v1/audit/pushes/by", ""),
+    ("/v1/persons", "/export"),
 )
 
 

@@ -392,6 +392,13 @@ class IdentityCfg(Model):
     blocked: JunkCfg = JunkCfg()  # values that must never link anything (shop demo accounts...)
     guardrails: GuardrailCfg = GuardrailCfg()  # limits a merge may not break
 
+    def evidence_sources(self) -> list[str]:
+        """The sources identity reads evidence from: its rules' and its tenures' events."""
+        sources = {r.source for r in self.rules.values()}
+        for t in self.tenures.values():
+            sources |= {e.source for e in (*t.opens, *t.closes)}
+        return sorted(sources)
+
     def id_type(self, field_name: str) -> str | None:
         """The identifier type an event field carries (None: not an identifier)."""
         if field_name in self.identifier_fields:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.config import IdentityCfg, Settings
+from pipelines.config import Settings
 from pipelines.identity.evidence import EVIDENCE_SCHEMA, derive_evidence
 from pipelines.identity.full import rebuild_identity
 from pipelines.identity.outputs import (
@@ -60,13 +60,6 @@ __all__ = [
 ]
 
 
-def _rule_sources(cfg: IdentityCfg) -> list[str]:
-    sources = {r.source for r in cfg.rules.values()}
-    for t in cfg.tenures.values():
-        sources |= {e.source for e in (*t.opens, *t.closes)}
-    return sorted(sources)
-
-
 def collect_evidence(
     spark: SparkSession, lake: Lake, settings: Settings, until: Mapping[str, int] | None = None
 ) -> int:
@@ -75,7 +68,7 @@ def collect_evidence(
     read (so a rerun after a crash adds nothing twice)."""
     frames: dict[str, DataFrame] = {}
     txns: dict[str, int] = {}
-    for source in _rule_sources(settings.identity):
+    for source in settings.identity.evidence_sources():
         silver = silver_table(settings.contract(source))
         version = lake.version(silver)
         if version is not None and until and silver in until:

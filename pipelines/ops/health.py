@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import Settings
 from pipelines.lakehouse.catalog import (
+    EVIDENCE,
     PROFILES,
     bronze_table,
     ingest_checkpoint,
@@ -24,7 +25,7 @@ from pipelines.lakehouse.catalog import (
     silver_table,
 )
 from pipelines.lakehouse.reader import LakeReader
-from pipelines.profile.state import silver_ranges
+from pipelines.profile.state import app_id, silver_ranges
 
 HOPS = ("landing -> bronze", "topic -> bronze", "bronze -> silver", "silver -> gold")
 SERVING = "gold -> serving"
@@ -152,15 +153,24 @@ def _versions_hop(
 
 
 def consumed(lake: LakeReader, settings: Settings, table: str) -> int | None:
-    """The last version of `table` its pipeline reader has taken (silver refines bronze, gold
-    reads a source's silver); None when no stage reads it incrementally."""
+    """The last version of `table` all its pipeline readers have taken (silver refines bronze;
+    identity's evidence and gold read a source's silver); None when no stage reads it
+    incrementally, -1 when a reader has read none of it yet."""
     for s in settings.sources:
         silver = silver_table(settings.contract(s))
         if table == bronze_table(s):
-            return lake.committed(silver, refined_from(silver, s)) if lake.exists(silver) else -1
-        if table == silver:
-            done = silver_ranges(lake, settings).get(s, (None, 0))[0]
+            done = lake.committed(silver, refined_from(silver, s)) if lake.exists(silver) else None
             return -1 if done is None else done
+        if table != silver:
+            continue
+        readers: list[int | None] = []
+        if s in settings.profile.anchors:  # gold
+            readers.append(silver_ranges(lake, settings).get(s, (None, 0))[0])
+        if s in settings.identity.evidence_sources():
+            evidence = lake.exists(EVIDENCE)
+            readers.append(lake.committed(EVIDENCE, app_id(EVIDENCE, silver)) if evidence else None)
+        if readers:
+            return min(-1 if v is None else v for v in readers)
     return None
 
 
