@@ -27,7 +27,6 @@ from pipelines.lakehouse.catalog import (
 from pipelines.lakehouse.reader import LakeReader
 from pipelines.profile.state import app_id, silver_ranges
 
-HOPS = ("landing -> bronze", "topic -> bronze", "bronze -> silver", "silver -> gold")
 SERVING = "gold -> serving"
 
 
@@ -152,6 +151,11 @@ def _versions_hop(
     return Hop(hop, subject, len(rows), "rows", age, f"{table} versions after {after}")
 
 
+def _refined(lake: LakeReader, silver: str, source: str) -> int | None:
+    """The bronze version `silver` holds the rows of (None: none yet)."""
+    return lake.committed(silver, refined_from(silver, source)) if lake.exists(silver) else None
+
+
 def consumed(lake: LakeReader, settings: Settings, table: str) -> int | None:
     """The last version of `table` all its pipeline readers have taken (silver refines bronze;
     identity's evidence and gold read a source's silver); None when no stage reads it
@@ -159,7 +163,7 @@ def consumed(lake: LakeReader, settings: Settings, table: str) -> int | None:
     for s in settings.sources:
         silver = silver_table(settings.contract(s))
         if table == bronze_table(s):
-            done = lake.committed(silver, refined_from(silver, s)) if lake.exists(silver) else None
+            done = _refined(lake, silver, s)
             return -1 if done is None else done
         if table != silver:
             continue
@@ -207,8 +211,9 @@ def pipeline_health(
                 hops.append(Hop("topic -> bronze", s, 0, "messages", None, f"broker: {exc}"))
         bronze, silver = bronze_table(s), silver_table(contract)
         if lake.exists(bronze):
-            done = lake.committed(silver, refined_from(silver, s)) if lake.exists(silver) else None
-            hops.append(_versions_hop(lake, "bronze -> silver", s, bronze, done, now))
+            hops.append(
+                _versions_hop(lake, "bronze -> silver", s, bronze, _refined(lake, silver, s), now)
+            )
     hops.extend(gold_waiting(lake, settings, now))
     if serving_version is not None and lake.exists(PROFILES):
         hops.append(_serving_hop(lake, serving_version, now))
